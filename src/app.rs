@@ -1,0 +1,206 @@
+//! The application: builds every part from settings, binds, and runs until
+//! told to stop.
+//!
+//! A clean stop (the future passed to [`Application::run_until_stopped`])
+//! turns `/readyz` to 503, finishes in-flight requests (every accepted order
+//! is already durable when its `201` leaves), stops the workers, drains the
+//! intent queue and joins the store's writer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::serve::ListenerExt;
+use axum::{BoxError, Router};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::{Authenticator, Secret};
+use crate::backend::embedded::SqliteStore;
+use crate::backend::OrderStore;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::http::{self, ApiError, AppState};
+use crate::worker;
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    engine: Arc<Engine>,
+    store: Arc<dyn OrderStore>,
+    accepting: Arc<AtomicBool>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    /// The admin token in force (given or generated).
+    pub admin_token: Secret,
+    /// The JWT secret in force (given or generated).
+    pub jwt_secret: Secret,
+}
+
+impl Application {
+    /// Opens the store, rebuilds state, starts workers, binds the listener.
+    ///
+    /// # Errors
+    /// When the data directory, store or address cannot be used.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::telemetry::prometheus();
+        let store: Arc<dyn OrderStore> = Arc::new(
+            SqliteStore::open(&settings.data_dir, &settings.store)
+                .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
+        );
+        let stop = CancellationToken::new();
+        let (engine, intent_task) = Engine::load(store.clone(), &settings.engine, stop.clone())
+            .await
+            .context("rebuilding state from the store")?;
+        let admin_token = settings
+            .admin_token
+            .clone()
+            .unwrap_or_else(Secret::generate);
+        let jwt_secret = settings.jwt_secret.clone().unwrap_or_else(Secret::generate);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            engine: engine.clone(),
+            auth: Arc::new(Authenticator::new(&jwt_secret, admin_token.clone())),
+            accepting: accepting.clone(),
+        };
+        let router = with_layers(http::router(state), &settings);
+        let tasks = vec![
+            intent_task,
+            worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
+            worker::spawn_housekeeping(engine.clone(), stop.clone()),
+        ];
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            addr,
+            router,
+            engine,
+            store,
+            accepting,
+            stop,
+            tasks,
+            admin_token,
+            jwt_secret,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The engine (for in-process inspection by tests and tools).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` resolves, then stops cleanly.
+    ///
+    /// # Errors
+    /// When the server fails while serving.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let accepting = self.accepting.clone();
+        let listener = self.listener.tap_io(|tcp| {
+            // Small JSON answers: send them now rather than wait for more.
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                accepting.store(false, Ordering::Release);
+                tracing::info!("stopping: finishing in-flight requests");
+            })
+            .await
+            .context("serving HTTP")?;
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        drop(self.engine);
+        self.store.shutdown().await;
+        tracing::info!("stopped cleanly; every accepted order is on disk");
+        Ok(())
+    }
+}
+
+fn with_layers(router: Router, settings: &Settings) -> Router {
+    router
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                    if !err.is::<tower::load_shed::error::Overloaded>()
+                        && !err.is::<tower::timeout::error::Elapsed>()
+                    {
+                        tracing::error!(error = %err, "request failed in middleware");
+                    }
+                    ApiError::Overloaded
+                }))
+                // Shed instead of queueing: in a flash crowd a fast "try
+                // again" beats a slow timeout.
+                .load_shed()
+                .concurrency_limit(settings.max_in_flight)
+                .timeout(settings.request_timeout),
+        )
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("handler panicked");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(
+                    serde_json::json!({"error": {"code": "internal", "message": "internal error"}}),
+                ),
+            )
+                .into_response()
+        }))
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

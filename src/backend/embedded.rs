@@ -1,0 +1,571 @@
+//! The embedded order store: SQLite in WAL mode with `synchronous=FULL`.
+//!
+//! Group commit: one dedicated writer thread owns the write connection.
+//! Callers send a command with a reply channel; the writer takes everything
+//! queued (up to `max_batch`), applies it in one transaction, commits once
+//! (one fsync), then answers every waiter. While one batch is being fsync'd
+//! the next one queues up, so durability costs one fsync per batch, not per
+//! order. `max_batch = 1` gives the one-commit-per-order baseline.
+//!
+//! Reads (order lookups, intent pages, start-up load) use separate
+//! connections: WAL lets them run beside the writer.
+//!
+//! rusqlite rather than sqlx here: the writer is a single blocking thread by
+//! design, and rusqlite's cached prepared statements avoid sqlx's per-query
+//! hop through its own worker thread, which would cap the writer's rate.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
+use crate::domain::order::Transition;
+use crate::domain::{Order, OrderStatus, Sale};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records progress.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE sales (
+    sale_id INTEGER PRIMARY KEY,
+    item TEXT NOT NULL,
+    stock INTEGER NOT NULL,
+    per_user_limit INTEGER NOT NULL,
+    starts_at INTEGER NOT NULL,
+    ends_at INTEGER,
+    payment_window_secs INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE orders (
+    order_id INTEGER PRIMARY KEY,
+    sale_id INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    idempotency_key TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+CREATE INDEX orders_pending_expiry ON orders(expires_at) WHERE status = 'pending_payment';
+CREATE UNIQUE INDEX orders_idempotency ON orders(user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE purchase_intents (
+    sale_id INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (sale_id, user_id)
+) WITHOUT ROWID;
+"#];
+
+const ORDER_COLUMNS: &str = "order_id, sale_id, user_id, quantity, status, idempotency_key, \
+                             created_at, updated_at, expires_at";
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteSettings {
+    /// Most commands applied in one transaction (1 = commit per order).
+    pub max_batch: usize,
+    /// Read connections beside the writer.
+    pub readers: usize,
+}
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 4096,
+            readers: 2,
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    CreateSale(Sale, Reply<()>),
+    CommitOrder(Box<Order>, Reply<()>),
+    Transition {
+        order_id: u64,
+        user_id: String,
+        transition: Transition,
+        now_ms: i64,
+        reply: Reply<Option<TransitionReport>>,
+    },
+    ExpireDue(i64, usize, Reply<Vec<Order>>),
+    RecordIntents(Vec<Intent>, Reply<()>),
+}
+
+/// A reply computed inside the transaction, delivered once the commit's
+/// outcome is known: on a failed commit every waiter hears the failure.
+type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn deliver<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Deliver {
+    Box::new(move |commit_error| {
+        let result = match commit_error {
+            Some(e) => Err(StoreError::Backend(e.to_owned())),
+            None => result,
+        };
+        // The waiter may have gone (client hung up); the write still stands.
+        let _ = reply.send(result);
+    })
+}
+
+/// SQLite-backed [`OrderStore`] with a group-committing writer thread.
+pub struct SqliteStore {
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<[Mutex<Connection>]>,
+    next_reader: AtomicUsize,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsync'd at every commit, so a committed order survives
+    // power loss, not only a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/flashsale.db` and starts the writer.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the directory or database cannot be opened or
+    /// migrated.
+    pub fn open(dir: &Path, settings: &SqliteSettings) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let path = dir.join("flashsale.db");
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        let readers: Vec<_> = (0..settings.readers.max(1))
+            .map(|_| open_connection(&path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        let (tx, rx) = mpsc::channel(65_536);
+        let max_batch = settings.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("flashsale-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_batch))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: readers.into(),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Command>, StoreError> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let idx = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[idx].lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch.min(4096));
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        let delivers = apply_batch(&mut conn, &mut batch);
+        metrics::histogram!("flashsale_store_batch_size").record(size as f64);
+        match delivers {
+            Ok(delivers) => delivers.into_iter().for_each(|d| d(None)),
+            Err((e, delivers)) => {
+                tracing::error!(error = %e, batch = size, "order store commit failed");
+                delivers.into_iter().for_each(|d| d(Some(&e)));
+            }
+        }
+    }
+    tracing::debug!("order store writer stopped");
+}
+
+type BatchResult = Result<Vec<Deliver>, (String, Vec<Deliver>)>;
+
+fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> BatchResult {
+    let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            for cmd in batch.drain(..) {
+                delivers.push(fail(cmd));
+            }
+            return Err((e.to_string(), delivers));
+        }
+    };
+    for cmd in batch.drain(..) {
+        delivers.push(apply(&tx, cmd));
+    }
+    match tx.commit() {
+        Ok(()) => Ok(delivers),
+        Err(e) => Err((e.to_string(), delivers)),
+    }
+}
+
+fn fail(cmd: Command) -> Deliver {
+    match cmd {
+        Command::CreateSale(_, r) | Command::CommitOrder(_, r) | Command::RecordIntents(_, r) => {
+            deliver(r, Ok(()))
+        }
+        Command::Transition { reply, .. } => deliver(reply, Ok(None)),
+        Command::ExpireDue(_, _, r) => deliver(r, Ok(Vec::new())),
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Deliver {
+    match cmd {
+        Command::CreateSale(sale, r) => deliver(r, insert_sale(tx, &sale)),
+        Command::CommitOrder(order, r) => deliver(r, insert_order(tx, &order)),
+        Command::Transition {
+            order_id,
+            user_id,
+            transition,
+            now_ms,
+            reply,
+        } => deliver(
+            reply,
+            transition_order(tx, order_id, &user_id, transition, now_ms),
+        ),
+        Command::ExpireDue(now_ms, limit, r) => deliver(r, expire_due(tx, now_ms, limit)),
+        Command::RecordIntents(intents, r) => deliver(r, insert_intents(tx, &intents)),
+    }
+}
+
+fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO sales (sale_id, item, stock, per_user_limit, starts_at, ends_at, \
+         payment_window_secs, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        sale.id as i64,
+        sale.item,
+        sale.stock as i64,
+        sale.per_user_limit,
+        sale.starts_at_ms,
+        sale.ends_at_ms,
+        sale.payment_window_secs.map(|w| w as i64),
+        sale.created_at_ms
+    ])?;
+    Ok(())
+}
+
+fn insert_order(tx: &Connection, o: &Order) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO orders (order_id, sale_id, user_id, quantity, status, idempotency_key, \
+         created_at, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        o.id as i64,
+        o.sale_id as i64,
+        o.user_id,
+        o.quantity,
+        o.status.as_str(),
+        o.idempotency_key,
+        o.created_at_ms,
+        o.updated_at_ms,
+        o.expires_at_ms
+    ])?;
+    Ok(())
+}
+
+fn row_to_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
+    let status: String = row.get(4)?;
+    Ok(Order {
+        id: row.get::<_, i64>(0)? as u64,
+        sale_id: row.get::<_, i64>(1)? as u64,
+        user_id: row.get(2)?,
+        quantity: row.get(3)?,
+        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::PendingPayment),
+        idempotency_key: row.get(5)?,
+        created_at_ms: row.get(6)?,
+        updated_at_ms: row.get(7)?,
+        expires_at_ms: row.get(8)?,
+    })
+}
+
+fn select_order(conn: &Connection, order_id: u64) -> Result<Option<Order>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1"
+        ))?
+        .query_row([order_id as i64], row_to_order)
+        .optional()?)
+}
+
+fn set_status(
+    tx: &Connection,
+    order_id: u64,
+    status: OrderStatus,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE orders SET status = ?2, updated_at = ?3 WHERE order_id = ?1")?
+        .execute(params![order_id as i64, status.as_str(), now_ms])?;
+    Ok(())
+}
+
+// Runs on the single writer thread inside its transaction, so the read and
+// the update below cannot interleave with another writer: one winner always.
+fn transition_order(
+    tx: &Connection,
+    order_id: u64,
+    user_id: &str,
+    transition: Transition,
+    now_ms: i64,
+) -> Result<Option<TransitionReport>, StoreError> {
+    let Some(mut order) = select_order(tx, order_id)? else {
+        return Ok(None);
+    };
+    if order.user_id != user_id {
+        return Ok(None);
+    }
+    if order.status != OrderStatus::PendingPayment {
+        return Ok(Some(TransitionReport {
+            order,
+            applied: false,
+            stock_returned: false,
+        }));
+    }
+    let overdue = order.expires_at_ms.is_some_and(|d| d <= now_ms);
+    let (status, applied) = match transition {
+        Transition::Pay if overdue => (OrderStatus::Expired, false),
+        Transition::Pay => (OrderStatus::Paid, true),
+        Transition::Cancel => (OrderStatus::Cancelled, true),
+    };
+    set_status(tx, order_id, status, now_ms)?;
+    order.status = status;
+    order.updated_at_ms = now_ms;
+    Ok(Some(TransitionReport {
+        order,
+        applied,
+        stock_returned: !status.holds_stock(),
+    }))
+}
+
+fn expire_due(tx: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Order>, StoreError> {
+    let mut due: Vec<Order> = tx
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'pending_payment' \
+             AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2"
+        ))?
+        .query_map(params![now_ms, limit as i64], row_to_order)?
+        .collect::<Result<_, _>>()?;
+    for order in &mut due {
+        set_status(tx, order.id, OrderStatus::Expired, now_ms)?;
+        order.status = OrderStatus::Expired;
+        order.updated_at_ms = now_ms;
+    }
+    Ok(due)
+}
+
+fn insert_intents(tx: &Connection, intents: &[Intent]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO purchase_intents (sale_id, user_id, quantity, created_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for i in intents {
+        stmt.execute(params![
+            i.sale_id as i64,
+            i.user_id,
+            i.quantity,
+            i.created_at_ms
+        ])?;
+    }
+    Ok(())
+}
+
+fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
+    let sales = conn
+        .prepare(
+            "SELECT sale_id, item, stock, per_user_limit, starts_at, ends_at, \
+             payment_window_secs, created_at FROM sales ORDER BY sale_id",
+        )?
+        .query_map([], |r| {
+            Ok(Sale {
+                id: r.get::<_, i64>(0)? as u64,
+                item: r.get(1)?,
+                stock: r.get::<_, i64>(2)? as u64,
+                per_user_limit: r.get(3)?,
+                starts_at_ms: r.get(4)?,
+                ends_at_ms: r.get(5)?,
+                payment_window_secs: r.get::<_, Option<i64>>(6)?.map(|w| w as u64),
+                created_at_ms: r.get(7)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let holdings = conn
+        .prepare(
+            "SELECT sale_id, user_id, SUM(quantity) FROM orders \
+             WHERE status IN ('pending_payment', 'paid') GROUP BY sale_id, user_id",
+        )?
+        .query_map([], |r| {
+            Ok(Holding {
+                sale_id: r.get::<_, i64>(0)? as u64,
+                user_id: r.get(1)?,
+                units: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let persisted = conn
+        .prepare("SELECT sale_id, COUNT(*) FROM orders GROUP BY sale_id")?
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let keyed_orders = conn
+        .prepare(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key IS NOT NULL"
+        ))?
+        .query_map([], row_to_order)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_id: i64 = conn.query_row(
+        "SELECT MAX(COALESCE((SELECT MAX(order_id) FROM orders), 0), \
+                    COALESCE((SELECT MAX(sale_id) FROM sales), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Snapshot {
+        sales,
+        holdings,
+        persisted,
+        keyed_orders,
+        max_id: max_id as u64,
+    })
+}
+
+#[async_trait]
+impl OrderStore for SqliteStore {
+    async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError> {
+        let sale = sale.clone();
+        self.call(|r| Command::CreateSale(sale, r)).await
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        self.read(load_snapshot).await
+    }
+
+    async fn commit_order(&self, order: Order) -> Result<(), StoreError> {
+        self.call(|r| Command::CommitOrder(Box::new(order), r))
+            .await
+    }
+
+    async fn get_order(&self, order_id: u64) -> Result<Option<Order>, StoreError> {
+        self.read(move |c| select_order(c, order_id)).await
+    }
+
+    async fn transition(
+        &self,
+        order_id: u64,
+        user_id: &str,
+        transition: Transition,
+        now_ms: i64,
+    ) -> Result<Option<TransitionReport>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.call(|reply| Command::Transition {
+            order_id,
+            user_id,
+            transition,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn expire_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Order>, StoreError> {
+        self.call(|r| Command::ExpireDue(now_ms, limit, r)).await
+    }
+
+    async fn record_intents(&self, intents: Vec<Intent>) -> Result<(), StoreError> {
+        self.call(|r| Command::RecordIntents(intents, r)).await
+    }
+
+    async fn list_intents(
+        &self,
+        sale_id: u64,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Intent>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT sale_id, user_id, quantity, created_at FROM purchase_intents \
+                 WHERE sale_id = ?1 AND user_id > ?2 ORDER BY user_id LIMIT ?3",
+            )?
+            .query_map(
+                params![sale_id as i64, cursor.unwrap_or_default(), limit as i64],
+                |r| {
+                    Ok(Intent {
+                        sale_id: r.get::<_, i64>(0)? as u64,
+                        user_id: r.get(1)?,
+                        quantity: r.get(2)?,
+                        created_at_ms: r.get(3)?,
+                    })
+                },
+            )?
+            .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.sender()?;
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn shutdown(&self) {
+        // Dropping the last sender lets the writer drain what is queued and
+        // stop; joining it means every queued write has been committed.
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

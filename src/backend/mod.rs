@@ -1,0 +1,160 @@
+//! The storage seam: one object-safe trait per concern, one file per technology.
+//!
+//! Methods are business-atomic ("commit this accepted order durably", "move
+//! this order out of `pending_payment` if it still is"), so each backend uses
+//! its own atomic primitive. The embedded default ([`embedded::SqliteStore`])
+//! needs no external service.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::order::Transition;
+use crate::domain::{Order, Sale};
+
+/// Failure of a storage backend; the cause goes to the log, never to buyers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend answered with an error or could not be reached.
+    #[error("order store failure: {0}")]
+    Backend(String),
+    /// The store is shutting down and takes no more work.
+    #[error("order store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+/// A buyer turned away with `sold_out`, kept so the shop can follow up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Intent {
+    /// The sale.
+    #[serde(serialize_with = "crate::http::ser_id")]
+    pub sale_id: u64,
+    /// The buyer.
+    pub user_id: String,
+    /// Units asked for on the first miss.
+    pub quantity: u32,
+    /// First miss, epoch ms.
+    #[serde(rename = "created_at", serialize_with = "crate::http::ser_time")]
+    pub created_at_ms: i64,
+}
+
+/// Units one user holds in one sale (orders pending or paid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The sale.
+    pub sale_id: u64,
+    /// The buyer.
+    pub user_id: String,
+    /// Units held.
+    pub units: u32,
+}
+
+/// Everything needed to rebuild in-memory state after a restart.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every sale.
+    pub sales: Vec<Sale>,
+    /// Every (sale, user) holding units.
+    pub holdings: Vec<Holding>,
+    /// Orders stored per sale (any status).
+    pub persisted: Vec<(u64, u64)>,
+    /// Orders that carry an idempotency key, to keep replays working.
+    pub keyed_orders: Vec<Order>,
+    /// Highest sale or order id stored, so new ids stay unique.
+    pub max_id: u64,
+}
+
+/// What an attempted state change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionReport {
+    /// The order after the attempt.
+    pub order: Order,
+    /// True when the requested change was applied.
+    pub applied: bool,
+    /// True when this very call moved the order out of a stock-holding state,
+    /// so the caller must return its units (exactly once).
+    pub stock_returned: bool,
+}
+
+/// Durable home of sales, orders and purchase intents.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// Stores a new sale.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write did not become durable.
+    async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError>;
+
+    /// Reads everything needed to rebuild in-memory state.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// Stores an accepted order; returns only once it is durable.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the order is not durable; the caller must then
+    /// return the units and must not tell the buyer "accepted".
+    async fn commit_order(&self, order: Order) -> Result<(), StoreError>;
+
+    /// Reads one order.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn get_order(&self, order_id: u64) -> Result<Option<Order>, StoreError>;
+
+    /// Applies `transition` to `user`'s order if it is still pending; an
+    /// order past its payment deadline is expired instead of paid. `None`
+    /// when the order does not exist or belongs to someone else.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change could not be made durable.
+    async fn transition(
+        &self,
+        order_id: u64,
+        user_id: &str,
+        transition: Transition,
+        now_ms: i64,
+    ) -> Result<Option<TransitionReport>, StoreError>;
+
+    /// Expires up to `limit` pending orders whose deadline is at or before
+    /// `now_ms` and returns them; each is returned by exactly one call.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change could not be made durable.
+    async fn expire_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Order>, StoreError>;
+
+    /// Records missed buyers; a (sale, user) pair already present is kept.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write failed.
+    async fn record_intents(&self, intents: Vec<Intent>) -> Result<(), StoreError>;
+
+    /// Lists a sale's intents ordered by user id, after `cursor`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn list_intents(
+        &self,
+        sale_id: u64,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Intent>, StoreError>;
+
+    /// Checks the store answers.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it does not.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes queued writes and stops taking new ones.
+    async fn shutdown(&self);
+}

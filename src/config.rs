@@ -1,0 +1,115 @@
+//! Settings: typed, with defaults, from flags and `FLASHSALE_…` variables.
+//!
+//! `flashsale serve --help` lists every setting with its variable; the
+//! README's configuration reference mirrors it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::Secret;
+use crate::backend::embedded::SqliteSettings;
+use crate::engine::EngineSettings;
+
+/// Everything `flashsale serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Admin bearer token; generated and printed when unset.
+    pub admin_token: Option<Secret>,
+    /// HS256 secret of buyer tokens; generated and printed when unset.
+    pub jwt_secret: Option<Secret>,
+    /// Embedded store settings (group-commit batch size).
+    pub store: SqliteSettings,
+    /// Rate limits and node id.
+    pub engine: EngineSettings,
+    /// Requests in flight before new ones are shed with `503 overloaded`.
+    pub max_in_flight: usize,
+    /// Longest a request may take before it is answered `503`.
+    pub request_timeout: Duration,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// How often overdue unpaid orders are expired.
+    pub sweep_interval: Duration,
+}
+
+impl Settings {
+    /// Defaults with `data_dir` set: the embedded default on a free port.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.into(),
+            admin_token: None,
+            jwt_secret: None,
+            store: SqliteSettings::default(),
+            engine: EngineSettings::default(),
+            max_in_flight: 8192,
+            request_timeout: Duration::from_secs(10),
+            body_limit: 16 * 1024,
+            sweep_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Flags of `flashsale serve`, each also read from its variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded order store.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Admin bearer token (generated and printed when unset).
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// HS256 secret for buyer JWTs (generated and printed when unset).
+    #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Most writes per group commit (1 = one fsync per order, the baseline).
+    #[arg(long, env = "FLASHSALE_COMMIT_BATCH", default_value_t = 4096)]
+    pub commit_batch: usize,
+    /// Requests in flight before shedding with 503.
+    #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 8192)]
+    pub max_in_flight: usize,
+    /// Request timeout in milliseconds.
+    #[arg(long, env = "FLASHSALE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "FLASHSALE_BODY_LIMIT", default_value_t = 16 * 1024)]
+    pub body_limit: usize,
+    /// Purchase requests per second per user (0 disables the limit).
+    #[arg(long, env = "FLASHSALE_USER_RATE", default_value_t = 20)]
+    pub user_rate: u32,
+    /// Burst above the per-user rate.
+    #[arg(long, env = "FLASHSALE_USER_BURST", default_value_t = 40)]
+    pub user_burst: u32,
+    /// Expiry sweep interval in milliseconds.
+    #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 500)]
+    pub sweep_interval_ms: u64,
+    /// Node id (0..1023) baked into generated ids.
+    #[arg(long, env = "FLASHSALE_NODE_ID", default_value_t = 0)]
+    pub node_id: u16,
+}
+
+impl ServeArgs {
+    /// The settings these flags describe.
+    pub fn into_settings(self) -> Settings {
+        let mut s = Settings::with_data_dir(self.data_dir);
+        s.listen = self.listen;
+        s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
+        s.jwt_secret = self.jwt_secret.filter(|t| !t.is_empty()).map(Secret::new);
+        s.store.max_batch = self.commit_batch.max(1);
+        s.max_in_flight = self.max_in_flight.max(1);
+        s.request_timeout = Duration::from_millis(self.request_timeout_ms.max(1));
+        s.body_limit = self.body_limit;
+        s.engine.user_rate_per_sec = self.user_rate;
+        s.engine.user_burst = self.user_burst;
+        s.engine.node_id = self.node_id;
+        s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
+        s
+    }
+}

@@ -1,0 +1,286 @@
+//! A sale: N units of one item on sale in a time window, with a per-user limit.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::ValidationError;
+
+/// Largest stock one sale may offer (contract: 1..10^9).
+pub const MAX_STOCK: u64 = 1_000_000_000;
+/// Longest item name, in characters.
+pub const MAX_ITEM_CHARS: usize = 200;
+/// Longest payment window: 30 days.
+pub const MAX_PAYMENT_WINDOW_SECS: u64 = 30 * 24 * 3600;
+
+/// A validated request to create a sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSale {
+    /// What is on sale.
+    pub item: String,
+    /// Units on offer.
+    pub stock: u64,
+    /// Most units one user may hold.
+    pub per_user_limit: u32,
+    /// Opening time, epoch ms.
+    pub starts_at_ms: i64,
+    /// Closing time, epoch ms (exclusive), if any.
+    pub ends_at_ms: Option<i64>,
+    /// Unpaid orders expire after this many seconds, if set.
+    pub payment_window_secs: Option<u64>,
+}
+
+impl NewSale {
+    /// Validates the JSON body of `POST /api/v1/sales`.
+    ///
+    /// Unknown fields are ignored so shops can send richer bodies; every known
+    /// field is checked for type and range, and the error names the field.
+    ///
+    /// # Errors
+    /// A [`ValidationError`] naming the first field at fault.
+    pub fn parse(body: &Value) -> Result<Self, ValidationError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ValidationError::new("body", "must be a JSON object"))?;
+        let item = match obj.get("item") {
+            Some(Value::String(s)) => s.trim().to_owned(),
+            Some(_) => return Err(ValidationError::new("item", "must be a string")),
+            None => return Err(ValidationError::new("item", "is required")),
+        };
+        let chars = item.chars().count();
+        if chars == 0 || chars > MAX_ITEM_CHARS {
+            return Err(ValidationError::new("item", "must be 1..200 characters"));
+        }
+        let stock =
+            int_field(obj, "stock")?.ok_or_else(|| ValidationError::new("stock", "is required"))?;
+        if !(1..=MAX_STOCK).contains(&stock) {
+            return Err(ValidationError::new(
+                "stock",
+                "must be an integer in 1..=1000000000",
+            ));
+        }
+        let per_user_limit = int_field(obj, "per_user_limit")?.unwrap_or(1);
+        if per_user_limit == 0 || per_user_limit > u64::from(u32::MAX) {
+            return Err(ValidationError::new(
+                "per_user_limit",
+                "must be an integer >= 1",
+            ));
+        }
+        let starts_at_ms = time_field(obj, "starts_at")?
+            .ok_or_else(|| ValidationError::new("starts_at", "is required (RFC 3339)"))?;
+        let ends_at_ms = time_field(obj, "ends_at")?;
+        if let Some(ends) = ends_at_ms {
+            if ends <= starts_at_ms {
+                return Err(ValidationError::new("ends_at", "must be after starts_at"));
+            }
+        }
+        let payment_window_secs = int_field(obj, "payment_window_secs")?;
+        if let Some(w) = payment_window_secs {
+            if w == 0 || w > MAX_PAYMENT_WINDOW_SECS {
+                return Err(ValidationError::new(
+                    "payment_window_secs",
+                    "must be an integer in 1..=2592000",
+                ));
+            }
+        }
+        Ok(Self {
+            item,
+            stock,
+            per_user_limit: per_user_limit as u32,
+            starts_at_ms,
+            ends_at_ms,
+            payment_window_secs,
+        })
+    }
+}
+
+/// Reads an optional non-negative integer field; `null` counts as absent.
+fn int_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<u64>, ValidationError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ValidationError::new(field, "must be a non-negative integer")),
+        Some(_) => Err(ValidationError::new(field, "must be an integer")),
+    }
+}
+
+/// Reads an optional RFC 3339 timestamp field as epoch milliseconds.
+fn time_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<i64>, ValidationError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.timestamp_millis()))
+            .map_err(|_| ValidationError::new(field, "must be an RFC 3339 time")),
+        Some(_) => Err(ValidationError::new(
+            field,
+            "must be an RFC 3339 time string",
+        )),
+    }
+}
+
+/// A sale as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sale {
+    /// Unique id.
+    pub id: u64,
+    /// What is on sale.
+    pub item: String,
+    /// Units on offer.
+    pub stock: u64,
+    /// Most units one user may hold.
+    pub per_user_limit: u32,
+    /// Opening time, epoch ms.
+    pub starts_at_ms: i64,
+    /// Closing time, epoch ms (exclusive), if any.
+    pub ends_at_ms: Option<i64>,
+    /// Unpaid orders expire after this many seconds, if set.
+    pub payment_window_secs: Option<u64>,
+    /// Creation time, epoch ms.
+    pub created_at_ms: i64,
+}
+
+impl Sale {
+    /// A stored sale from a validated request.
+    pub fn from_new(id: u64, new: NewSale, created_at_ms: i64) -> Self {
+        Self {
+            id,
+            item: new.item,
+            stock: new.stock,
+            per_user_limit: new.per_user_limit,
+            starts_at_ms: new.starts_at_ms,
+            ends_at_ms: new.ends_at_ms,
+            payment_window_secs: new.payment_window_secs,
+            created_at_ms,
+        }
+    }
+
+    /// Where `now_ms` falls relative to the sale window.
+    pub fn window(&self, now_ms: i64) -> Window {
+        if now_ms < self.starts_at_ms {
+            Window::Upcoming
+        } else if self.ends_at_ms.is_some_and(|end| now_ms >= end) {
+            Window::Ended
+        } else {
+            Window::Open
+        }
+    }
+
+    /// The buyer-facing status given the units left.
+    pub fn status(&self, now_ms: i64, remaining: u64) -> SaleStatus {
+        match self.window(now_ms) {
+            Window::Upcoming => SaleStatus::Upcoming,
+            Window::Ended => SaleStatus::Ended,
+            Window::Open if remaining == 0 => SaleStatus::SoldOut,
+            Window::Open => SaleStatus::Open,
+        }
+    }
+}
+
+/// Position of a moment relative to the sale window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Before `starts_at`.
+    Upcoming,
+    /// Between `starts_at` and `ends_at`.
+    Open,
+    /// At or after `ends_at`.
+    Ended,
+}
+
+/// What buyers see of a sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleStatus {
+    /// Not started yet.
+    Upcoming,
+    /// Buying is possible.
+    Open,
+    /// No units left (may reopen when an order expires or is cancelled).
+    SoldOut,
+    /// The window has closed.
+    Ended,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({"item": "phone", "stock": 10, "starts_at": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn parses_defaults() {
+        let s = NewSale::parse(&valid()).unwrap();
+        assert_eq!(s.per_user_limit, 1);
+        assert_eq!(s.ends_at_ms, None);
+        assert_eq!(s.stock, 10);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let cases = [
+            (
+                json!({"stock": 1, "starts_at": "2026-01-01T00:00:00Z"}),
+                "item",
+            ),
+            (
+                json!({"item": "", "stock": 1, "starts_at": "2026-01-01T00:00:00Z"}),
+                "item",
+            ),
+            (
+                json!({"item": "x", "stock": 0, "starts_at": "2026-01-01T00:00:00Z"}),
+                "stock",
+            ),
+            (
+                json!({"item": "x", "stock": "5", "starts_at": "2026-01-01T00:00:00Z"}),
+                "stock",
+            ),
+            (
+                json!({"item": "x", "stock": 1_000_000_001u64, "starts_at": "2026-01-01T00:00:00Z"}),
+                "stock",
+            ),
+            (
+                json!({"item": "x", "stock": 1.5, "starts_at": "2026-01-01T00:00:00Z"}),
+                "stock",
+            ),
+            (
+                json!({"item": "x", "stock": 1, "starts_at": "yesterday"}),
+                "starts_at",
+            ),
+            (
+                json!({"item": "x", "stock": 1, "per_user_limit": 0, "starts_at": "2026-01-01T00:00:00Z"}),
+                "per_user_limit",
+            ),
+            (
+                json!({"item": "x", "stock": 1, "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2025-01-01T00:00:00Z"}),
+                "ends_at",
+            ),
+            (
+                json!({"item": "x", "stock": 1, "starts_at": "2026-01-01T00:00:00Z", "payment_window_secs": -3}),
+                "payment_window_secs",
+            ),
+            (json!([1, 2]), "body"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(NewSale::parse(&body).unwrap_err().field, field, "{body}");
+        }
+    }
+
+    #[test]
+    fn status_follows_window_and_stock() {
+        let sale = Sale::from_new(1, NewSale::parse(&valid()).unwrap(), 0);
+        let start = sale.starts_at_ms;
+        assert_eq!(sale.status(start - 1, 5), SaleStatus::Upcoming);
+        assert_eq!(sale.status(start, 5), SaleStatus::Open);
+        assert_eq!(sale.status(start, 0), SaleStatus::SoldOut);
+    }
+}

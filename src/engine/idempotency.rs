@@ -1,0 +1,230 @@
+//! `Idempotency-Key` on purchase: a retry with the same key by the same user
+//! gets the first answer and never buys twice.
+//!
+//! Keys are scoped to the user. The first request with a key claims it; a
+//! concurrent retry waits for the first to finish and then replays its
+//! answer. Accepted orders carry their key into the order store, so replays
+//! of accepted purchases survive a restart; a rejection is replayed from
+//! memory for [`REJECTION_TTL_MS`]. A failed attempt (store unavailable)
+//! releases the key so the retry runs afresh.
+
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::domain::Order;
+
+/// How long a remembered rejection is replayed.
+pub const REJECTION_TTL_MS: i64 = 24 * 3600 * 1000;
+/// Longest accepted key.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// The first answer to a keyed purchase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Accepted with this order.
+    Accepted(Order),
+    /// Rejected with this domain outcome code (e.g. `sold_out`).
+    Rejected(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Done {
+    sale_id: u64,
+    quantity: u32,
+    answer: Recorded,
+    at_ms: i64,
+}
+
+enum Slot {
+    InFlight(watch::Receiver<Option<Done>>),
+    Done(Done),
+}
+
+/// What to do with a keyed purchase.
+pub enum Claim {
+    /// First use of the key: run the purchase, then [`Guard::finish`].
+    Fresh(Guard),
+    /// The key already has an answer for this request: replay it.
+    Replay(Recorded),
+    /// The key was used for a different sale or quantity.
+    Mismatch,
+    /// The first request with this key failed while this one waited.
+    Retry,
+}
+
+type Key = (Box<str>, Box<str>);
+
+/// Remembered keyed answers.
+#[derive(Default)]
+pub struct IdempotencyCache {
+    slots: Arc<DashMap<Key, Slot>>,
+}
+
+impl IdempotencyCache {
+    /// Restores an accepted order's key after a restart.
+    pub fn restore(&self, order: &Order) {
+        if let Some(key) = &order.idempotency_key {
+            self.slots.insert(
+                (order.user_id.as_str().into(), key.as_str().into()),
+                Slot::Done(Done {
+                    sale_id: order.sale_id,
+                    quantity: order.quantity,
+                    answer: Recorded::Accepted(order.clone()),
+                    at_ms: order.created_at_ms,
+                }),
+            );
+        }
+    }
+
+    /// Claims `key` for a purchase, or finds its first answer.
+    pub async fn claim(&self, user: &str, key: &str, sale_id: u64, quantity: u32) -> Claim {
+        let k: Key = (user.into(), key.into());
+        let mut rx = match self.slots.entry(k.clone()) {
+            Entry::Vacant(v) => {
+                let (tx, rx) = watch::channel(None);
+                v.insert(Slot::InFlight(rx));
+                return Claim::Fresh(Guard {
+                    slots: self.slots.clone(),
+                    key: Some(k),
+                    tx,
+                    sale_id,
+                    quantity,
+                });
+            }
+            Entry::Occupied(o) => match o.get() {
+                Slot::Done(done) => return judge(done, sale_id, quantity),
+                Slot::InFlight(rx) => rx.clone(),
+            },
+        };
+        // Wait for the first request with this key to finish (or fail).
+        let _ = rx.wait_for(Option::is_some).await;
+        let done = rx.borrow().clone();
+        match done {
+            Some(done) => judge(&done, sale_id, quantity),
+            None => Claim::Retry,
+        }
+    }
+
+    /// Forgets rejections older than the TTL (accepted keys are kept).
+    pub fn evict_expired(&self, now_ms: i64) {
+        self.slots.retain(|_, slot| match slot {
+            Slot::Done(d) => {
+                matches!(d.answer, Recorded::Accepted(_)) || now_ms - d.at_ms < REJECTION_TTL_MS
+            }
+            Slot::InFlight(_) => true,
+        });
+    }
+
+    /// Keys remembered.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+fn judge(done: &Done, sale_id: u64, quantity: u32) -> Claim {
+    if done.sale_id == sale_id && done.quantity == quantity {
+        Claim::Replay(done.answer.clone())
+    } else {
+        Claim::Mismatch
+    }
+}
+
+/// Holds a claimed key until the purchase's answer is known.
+pub struct Guard {
+    slots: Arc<DashMap<Key, Slot>>,
+    key: Option<Key>,
+    tx: watch::Sender<Option<Done>>,
+    sale_id: u64,
+    quantity: u32,
+}
+
+impl Guard {
+    /// Records the answer and wakes any waiting retry.
+    pub fn finish(mut self, answer: Recorded, now_ms: i64) {
+        let done = Done {
+            sale_id: self.sale_id,
+            quantity: self.quantity,
+            answer,
+            at_ms: now_ms,
+        };
+        if let Some(key) = self.key.take() {
+            self.slots.insert(key, Slot::Done(done.clone()));
+        }
+        self.tx.send_replace(Some(done));
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Not finished: the attempt failed; free the key for a fresh retry.
+        // Waiters see the sender close with `None` and are told to retry.
+        if let Some(key) = self.key.take() {
+            self.slots.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replays_and_detects_mismatch() {
+        let cache = IdempotencyCache::default();
+        let Claim::Fresh(guard) = cache.claim("u", "k", 1, 1).await else {
+            panic!("first claim must be fresh")
+        };
+        guard.finish(Recorded::Rejected("sold_out"), 0);
+        assert!(matches!(
+            cache.claim("u", "k", 1, 1).await,
+            Claim::Replay(Recorded::Rejected("sold_out"))
+        ));
+        assert!(matches!(cache.claim("u", "k", 2, 1).await, Claim::Mismatch));
+        // Another user's identical key is independent.
+        assert!(matches!(cache.claim("v", "k", 1, 1).await, Claim::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_retry_waits_for_first() {
+        let cache = Arc::new(IdempotencyCache::default());
+        let Claim::Fresh(guard) = cache.claim("u", "k", 1, 1).await else {
+            panic!("first claim must be fresh")
+        };
+        let c2 = cache.clone();
+        let waiter = tokio::spawn(async move { c2.claim("u", "k", 1, 1).await });
+        tokio::task::yield_now().await;
+        guard.finish(Recorded::Rejected("limit_reached"), 0);
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Claim::Replay(Recorded::Rejected("limit_reached"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn failed_attempt_frees_the_key() {
+        let cache = IdempotencyCache::default();
+        let Claim::Fresh(guard) = cache.claim("u", "k", 1, 1).await else {
+            panic!("first claim must be fresh")
+        };
+        drop(guard);
+        assert!(matches!(cache.claim("u", "k", 1, 1).await, Claim::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn evicts_old_rejections_only() {
+        let cache = IdempotencyCache::default();
+        if let Claim::Fresh(g) = cache.claim("u", "k", 1, 1).await {
+            g.finish(Recorded::Rejected("sold_out"), 0);
+        }
+        cache.evict_expired(REJECTION_TTL_MS + 1);
+        assert!(cache.is_empty());
+    }
+}

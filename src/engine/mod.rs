@@ -1,0 +1,522 @@
+//! The sale engine: every sale's live state and the purchase decision.
+//!
+//! Rejections are answered from memory in the order the mission lists them —
+//! unknown sale, window (not started / ended), the local sold-out flag,
+//! per-user rate limit — and only then comes the atomic deduction in the
+//! [`Ledger`]. An accepted order is committed durably by the order store
+//! before the buyer hears `201`; if that fails the units go back.
+//!
+//! Follow-up work after a store call (returning units, recording the
+//! idempotent answer) runs in a spawned task, so a client that hangs up
+//! mid-request can never leave the in-memory state out of step with the store.
+
+pub mod idempotency;
+pub mod intents;
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::backend::{OrderStore, StoreError};
+use crate::domain::order::Transition;
+use crate::domain::sale::Window;
+use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Reserve, Sale};
+use crate::telemetry::PurchaseMetrics;
+use idempotency::{Claim, IdempotencyCache, Recorded};
+use intents::{IntentRecorder, MissedBuyers};
+
+/// Per-sale counters reported by the stats endpoint (since process start,
+/// except `orders_persisted`, which is rebuilt from the store).
+#[derive(Debug, Default)]
+pub struct SaleCounters {
+    /// Purchase attempts that reached this sale.
+    pub attempts: AtomicU64,
+    /// Orders accepted.
+    pub accepted: AtomicU64,
+    /// Orders in the order store (any status).
+    pub orders_persisted: AtomicU64,
+    /// Rejected: sold out.
+    pub sold_out: AtomicU64,
+    /// Rejected: per-user limit.
+    pub limit_reached: AtomicU64,
+    /// Rejected: before the start.
+    pub not_started: AtomicU64,
+    /// Rejected: after the end.
+    pub ended: AtomicU64,
+    /// Rejected: per-user rate limit.
+    pub rate_limited: AtomicU64,
+    /// Answered from the idempotency cache.
+    pub replayed: AtomicU64,
+    /// Orders paid.
+    pub paid: AtomicU64,
+    /// Orders expired (stock returned).
+    pub expired: AtomicU64,
+    /// Orders cancelled (stock returned).
+    pub cancelled: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One sale's live state.
+#[derive(Debug)]
+pub struct SaleRuntime {
+    /// The sale as stored.
+    pub sale: Sale,
+    /// Stock and holdings.
+    pub ledger: Ledger,
+    /// Counters for stats.
+    pub counters: SaleCounters,
+    /// Users already recorded as missed.
+    pub missed: MissedBuyers,
+}
+
+impl SaleRuntime {
+    fn new(sale: Sale) -> Self {
+        Self {
+            ledger: Ledger::new(sale.stock, sale.per_user_limit),
+            sale,
+            counters: SaleCounters::default(),
+            missed: MissedBuyers::default(),
+        }
+    }
+}
+
+/// A purchase's answer; rejections are values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurchaseOutcome {
+    /// Accepted and durable; `replayed` when answered from an earlier
+    /// request with the same `Idempotency-Key`.
+    Accepted {
+        /// The order.
+        order: Order,
+        /// True for an idempotent replay.
+        replayed: bool,
+    },
+    /// Not enough units left.
+    SoldOut,
+    /// Over the per-user limit.
+    LimitReached,
+    /// Before the sale starts.
+    NotStarted,
+    /// After the sale ends.
+    Ended,
+    /// Over the per-user request rate; retry after this many seconds.
+    RateLimited(u64),
+}
+
+impl PurchaseOutcome {
+    /// Low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::SoldOut => "sold_out",
+            Self::LimitReached => "limit_reached",
+            Self::NotStarted => "not_started",
+            Self::Ended => "ended",
+            Self::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    fn from_recorded(r: Recorded) -> Self {
+        match r {
+            Recorded::Accepted(order) => Self::Accepted {
+                order,
+                replayed: true,
+            },
+            Recorded::Rejected("limit_reached") => Self::LimitReached,
+            Recorded::Rejected("not_started") => Self::NotStarted,
+            Recorded::Rejected("ended") => Self::Ended,
+            Recorded::Rejected(_) => Self::SoldOut,
+        }
+    }
+}
+
+/// Failures of engine operations (domain rejections are not failures).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No such sale or order (or not the caller's order).
+    #[error("not found")]
+    NotFound,
+    /// The request is malformed or conflicts with an earlier one.
+    #[error("{0}")]
+    Invalid(String),
+    /// The order is not in a state that allows the change.
+    #[error("order is {}", .0.status.as_str())]
+    WrongState(Box<Order>),
+    /// The store failed; nothing was promised to the buyer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Settings of the engine's protective layers.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Purchase requests per second per user (0 = unlimited).
+    pub user_rate_per_sec: u32,
+    /// Burst allowed above that rate.
+    pub user_burst: u32,
+    /// Node id baked into generated ids (0..1024).
+    pub node_id: u16,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            user_rate_per_sec: 20,
+            user_burst: 40,
+            node_id: 0,
+        }
+    }
+}
+
+/// Every sale's state plus the store behind it.
+pub struct Engine {
+    sales: DashMap<u64, Arc<SaleRuntime>>,
+    store: Arc<dyn OrderStore>,
+    ids: IdGenerator,
+    idempotency: IdempotencyCache,
+    intents: IntentRecorder,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    metrics: PurchaseMetrics,
+}
+
+impl Engine {
+    /// Rebuilds the engine from the store: every sale, every holding, every
+    /// keyed order. Returns the engine and the intent writer's task (which
+    /// ends once `stop` is cancelled and its queue is drained).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn load(
+        store: Arc<dyn OrderStore>,
+        settings: &EngineSettings,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), StoreError> {
+        let snapshot = store.load().await?;
+        let ids = IdGenerator::new(settings.node_id);
+        ids.observe(snapshot.max_id);
+        let sales = DashMap::new();
+        for sale in snapshot.sales {
+            sales.insert(sale.id, Arc::new(SaleRuntime::new(sale)));
+        }
+        for h in &snapshot.holdings {
+            if let Some(rt) = sales.get(&h.sale_id) {
+                rt.ledger.restore(&h.user_id, h.units);
+            }
+        }
+        for (sale_id, n) in snapshot.persisted {
+            if let Some(rt) = sales.get(&sale_id) {
+                rt.counters.orders_persisted.store(n, Ordering::Relaxed);
+            }
+        }
+        let idempotency = IdempotencyCache::default();
+        for order in &snapshot.keyed_orders {
+            idempotency.restore(order);
+        }
+        let limiter = NonZeroU32::new(settings.user_rate_per_sec).map(|rate| {
+            let burst = NonZeroU32::new(settings.user_burst.max(settings.user_rate_per_sec))
+                .unwrap_or(rate);
+            RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst))
+        });
+        let (intents, intent_task) = IntentRecorder::start(store.clone(), stop);
+        tracing::info!(
+            sales = sales.len(),
+            holdings = snapshot.holdings.len(),
+            "engine state rebuilt from the order store"
+        );
+        let engine = Arc::new(Self {
+            sales,
+            store,
+            ids,
+            idempotency,
+            intents,
+            limiter,
+            metrics: PurchaseMetrics::new(),
+        });
+        Ok((engine, intent_task))
+    }
+
+    /// The store behind the engine.
+    pub fn store(&self) -> &Arc<dyn OrderStore> {
+        &self.store
+    }
+
+    /// Looks a sale up.
+    pub fn sale(&self, sale_id: u64) -> Option<Arc<SaleRuntime>> {
+        self.sales.get(&sale_id).map(|s| s.clone())
+    }
+
+    /// Every sale (for the dashboard and metrics).
+    pub fn sales(&self) -> Vec<Arc<SaleRuntime>> {
+        let mut all: Vec<_> = self.sales.iter().map(|s| s.clone()).collect();
+        all.sort_by_key(|s| s.sale.id);
+        all
+    }
+
+    /// Creates a sale durably and opens it for business at its start time.
+    ///
+    /// # Errors
+    /// [`EngineError::Store`] when the sale could not be stored.
+    pub async fn create_sale(&self, new: NewSale) -> Result<Arc<SaleRuntime>, EngineError> {
+        let sale = Sale::from_new(self.ids.next_id(), new, now_ms());
+        self.store.create_sale(&sale).await?;
+        let rt = Arc::new(SaleRuntime::new(sale));
+        self.sales.insert(rt.sale.id, rt.clone());
+        Ok(rt)
+    }
+
+    /// Tries to buy `quantity` units of `sale_id` for `user`.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] for an unknown sale, [`EngineError::Invalid`]
+    /// for a reused idempotency key, [`EngineError::Store`] when the order
+    /// could not be made durable (no units are held then).
+    pub async fn purchase(
+        self: &Arc<Self>,
+        sale_id: u64,
+        user: String,
+        quantity: u32,
+        key: Option<String>,
+    ) -> Result<PurchaseOutcome, EngineError> {
+        let started = std::time::Instant::now();
+        let result = self.purchase_inner(sale_id, user, quantity, key).await;
+        self.metrics.observe(&result, started.elapsed());
+        result
+    }
+
+    async fn purchase_inner(
+        self: &Arc<Self>,
+        sale_id: u64,
+        user: String,
+        quantity: u32,
+        key: Option<String>,
+    ) -> Result<PurchaseOutcome, EngineError> {
+        let rt = self.sale(sale_id).ok_or(EngineError::NotFound)?;
+        let c = &rt.counters;
+        bump(&c.attempts);
+        let now = now_ms();
+        match rt.sale.window(now) {
+            Window::Upcoming => {
+                bump(&c.not_started);
+                return Ok(PurchaseOutcome::NotStarted);
+            }
+            Window::Ended => {
+                bump(&c.ended);
+                return Ok(PurchaseOutcome::Ended);
+            }
+            Window::Open => {}
+        }
+        let guard = match key {
+            None => None,
+            Some(key) => match self.idempotency.claim(&user, &key, sale_id, quantity).await {
+                Claim::Fresh(guard) => Some((guard, key)),
+                Claim::Replay(recorded) => {
+                    bump(&c.replayed);
+                    return Ok(PurchaseOutcome::from_recorded(recorded));
+                }
+                Claim::Mismatch => {
+                    return Err(EngineError::Invalid(
+                        "Idempotency-Key was already used for a different purchase".into(),
+                    ))
+                }
+                Claim::Retry => {
+                    return Err(EngineError::Invalid(
+                        "a concurrent request with this Idempotency-Key failed; retry".into(),
+                    ))
+                }
+            },
+        };
+        // Cheap, lock-free rejection once the sale is sold out.
+        if rt.ledger.is_sold_out_for(quantity) {
+            return Ok(self.reject(&rt, &user, quantity, PurchaseOutcome::SoldOut, guard, now));
+        }
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check_key(&user) {
+                bump(&c.rate_limited);
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                // Not recorded under the idempotency key: a later retry
+                // deserves a real answer. Dropping the guard frees the key.
+                drop(guard);
+                return Ok(PurchaseOutcome::RateLimited(wait.as_secs().max(1)));
+            }
+        }
+        match rt.ledger.try_reserve(&user, quantity) {
+            Reserve::SoldOut => {
+                Ok(self.reject(&rt, &user, quantity, PurchaseOutcome::SoldOut, guard, now))
+            }
+            Reserve::LimitReached => Ok(self.reject(
+                &rt,
+                &user,
+                quantity,
+                PurchaseOutcome::LimitReached,
+                guard,
+                now,
+            )),
+            Reserve::Granted => {
+                let (guard, key) = match guard {
+                    Some((g, k)) => (Some(g), Some(k)),
+                    None => (None, None),
+                };
+                let order = Order {
+                    id: self.ids.next_id(),
+                    sale_id,
+                    user_id: user,
+                    quantity,
+                    status: OrderStatus::PendingPayment,
+                    idempotency_key: key,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    expires_at_ms: rt.sale.payment_window_secs.map(|w| now + w as i64 * 1000),
+                };
+                let engine = self.clone();
+                // Detached so the commit's follow-up runs even if the client
+                // hangs up: on failure the units must go back.
+                tokio::spawn(async move { engine.commit(rt, order, guard).await })
+                    .await
+                    .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        rt: Arc<SaleRuntime>,
+        order: Order,
+        guard: Option<idempotency::Guard>,
+    ) -> Result<PurchaseOutcome, EngineError> {
+        match self.store.commit_order(order.clone()).await {
+            Ok(()) => {
+                bump(&rt.counters.accepted);
+                bump(&rt.counters.orders_persisted);
+                if let Some(g) = guard {
+                    g.finish(Recorded::Accepted(order.clone()), order.created_at_ms);
+                }
+                Ok(PurchaseOutcome::Accepted {
+                    order,
+                    replayed: false,
+                })
+            }
+            Err(e) => {
+                rt.ledger.release(&order.user_id, order.quantity);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn reject(
+        &self,
+        rt: &SaleRuntime,
+        user: &str,
+        quantity: u32,
+        outcome: PurchaseOutcome,
+        guard: Option<(idempotency::Guard, String)>,
+        now: i64,
+    ) -> PurchaseOutcome {
+        match outcome {
+            PurchaseOutcome::SoldOut => {
+                bump(&rt.counters.sold_out);
+                self.intents
+                    .record(&rt.missed, rt.sale.id, user, quantity, now);
+            }
+            PurchaseOutcome::LimitReached => bump(&rt.counters.limit_reached),
+            _ => {}
+        }
+        if let Some((g, _)) = guard {
+            g.finish(Recorded::Rejected(outcome.label()), now);
+        }
+        outcome
+    }
+
+    /// Reads `user`'s order.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] when it does not exist or is someone else's.
+    pub async fn order(&self, order_id: u64, user: &str) -> Result<Order, EngineError> {
+        match self.store.get_order(order_id).await? {
+            Some(order) if order.user_id == user => Ok(order),
+            _ => Err(EngineError::NotFound),
+        }
+    }
+
+    /// Pays or cancels `user`'s pending order. Units return to the sale
+    /// exactly once when the order leaves a stock-holding state (cancel, or
+    /// a payment that arrives after the deadline and expires it instead).
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`], [`EngineError::WrongState`] when the order
+    /// is no longer pending, [`EngineError::Store`].
+    pub async fn transition(
+        self: &Arc<Self>,
+        order_id: u64,
+        user: String,
+        transition: Transition,
+    ) -> Result<Order, EngineError> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let report = engine
+                .store
+                .transition(order_id, &user, transition, now_ms())
+                .await?
+                .ok_or(EngineError::NotFound)?;
+            let order = report.order;
+            if report.stock_returned {
+                engine.return_stock(&order);
+            }
+            if report.applied {
+                if let Some(rt) = engine.sale(order.sale_id) {
+                    if order.status == OrderStatus::Paid {
+                        bump(&rt.counters.paid);
+                    }
+                }
+                Ok(order)
+            } else {
+                Err(EngineError::WrongState(Box::new(order)))
+            }
+        })
+        .await
+        .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?
+    }
+
+    fn return_stock(&self, order: &Order) {
+        if let Some(rt) = self.sale(order.sale_id) {
+            rt.ledger.release(&order.user_id, order.quantity);
+            match order.status {
+                OrderStatus::Expired => bump(&rt.counters.expired),
+                OrderStatus::Cancelled => bump(&rt.counters.cancelled),
+                _ => {}
+            }
+            metrics::counter!("flashsale_stock_returned_units_total")
+                .increment(u64::from(order.quantity));
+        }
+    }
+
+    /// Expires up to `limit` overdue orders and returns their units; returns
+    /// how many were expired.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store failed (nothing was returned then).
+    pub async fn expire_due(&self, limit: usize) -> Result<usize, StoreError> {
+        let expired = self.store.expire_due(now_ms(), limit).await?;
+        for order in &expired {
+            self.return_stock(order);
+        }
+        Ok(expired.len())
+    }
+
+    /// Housekeeping: forget idle rate-limiter keys and old idempotent
+    /// rejections, so memory follows the active crowd.
+    pub fn housekeeping(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        self.idempotency.evict_expired(now_ms());
+    }
+}

@@ -1,0 +1,70 @@
+//! The HTTP surface: one file per resource, each with its own `router()`.
+//!
+//! See `../shared/CONTRACT.md` for the contract these routes implement.
+
+pub mod error;
+pub mod extract;
+mod ops;
+mod orders;
+mod sales;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::Router;
+use serde::Serializer;
+
+use crate::auth::Authenticator;
+use crate::engine::Engine;
+pub use error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sale engine.
+    pub engine: Arc<Engine>,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// Cleared when a graceful stop begins, so `/readyz` turns away traffic.
+    pub accepting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// All routes, without the cross-cutting layers (see `app`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(sales::router())
+        .merge(orders::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Invalid {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: "method not allowed on this route".into(),
+            }
+        })
+        .with_state(state)
+}
+
+/// Serializes an id as a decimal string (JSON numbers lose precision past 2^53).
+pub fn ser_id<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+/// Serializes epoch milliseconds as RFC 3339.
+pub fn ser_time<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::domain::rfc3339(*ms))
+}
+
+/// Serializes optional epoch milliseconds as RFC 3339 or `null`.
+pub fn ser_opt_time<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => ser_time(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Parses an id from the path; anything that is not one of ours is unknown.
+pub fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .map_err(|_| ApiError::NotFound("not found"))
+}

@@ -1,0 +1,330 @@
+//! `/api/v1/sales`: create, read, buy, stats, intents, live events.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::extract::{Admin, Buyer, JsonBody};
+use super::orders::OrderBody;
+use super::{parse_id, ApiError, AppState};
+use crate::domain::{now_ms, NewSale, SaleStatus};
+use crate::engine::idempotency::MAX_KEY_LEN;
+use crate::engine::{PurchaseOutcome, SaleRuntime};
+
+/// Most units one purchase may ask for.
+const MAX_QUANTITY: u64 = 1_000_000_000;
+/// Largest page of intents.
+const MAX_PAGE: usize = 1_000;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/sales", post(create_sale).get(list_sales))
+        .route("/api/v1/sales/{sale_id}", get(get_sale))
+        .route("/api/v1/sales/{sale_id}/purchase", post(purchase))
+        .route("/api/v1/sales/{sale_id}/stats", get(stats))
+        .route("/api/v1/sales/{sale_id}/intents", get(intents))
+        .route("/api/v1/sales/{sale_id}/events", get(events))
+}
+
+/// The sale as buyers see it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct SaleBody {
+    #[serde(serialize_with = "super::ser_id")]
+    id: u64,
+    item: String,
+    stock: u64,
+    remaining: u64,
+    per_user_limit: u32,
+    #[serde(serialize_with = "super::ser_time")]
+    starts_at: i64,
+    #[serde(serialize_with = "super::ser_opt_time")]
+    ends_at: Option<i64>,
+    payment_window_secs: Option<u64>,
+    status: SaleStatus,
+}
+
+impl SaleBody {
+    fn of(rt: &SaleRuntime) -> Self {
+        let remaining = rt.ledger.remaining();
+        Self {
+            id: rt.sale.id,
+            item: rt.sale.item.clone(),
+            stock: rt.sale.stock,
+            remaining,
+            per_user_limit: rt.sale.per_user_limit,
+            starts_at: rt.sale.starts_at_ms,
+            ends_at: rt.sale.ends_at_ms,
+            payment_window_secs: rt.sale.payment_window_secs,
+            status: rt.sale.status(now_ms(), remaining),
+        }
+    }
+}
+
+async fn create_sale(
+    State(state): State<AppState>,
+    _: Admin,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let body = body.ok_or_else(|| ApiError::invalid("body: a JSON object is required"))?;
+    let new = NewSale::parse(&body)?;
+    let rt = state.engine.create_sale(new).await?;
+    tracing::info!(sale_id = rt.sale.id, stock = rt.sale.stock, "sale created");
+    let location = format!("/api/v1/sales/{}", rt.sale.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(SaleBody::of(&rt)),
+    )
+        .into_response())
+}
+
+async fn list_sales(State(state): State<AppState>, _: Admin) -> Json<Value> {
+    let sales: Vec<_> = state
+        .engine
+        .sales()
+        .iter()
+        .map(|rt| SaleBody::of(rt))
+        .collect();
+    Json(json!({ "items": sales }))
+}
+
+async fn get_sale(
+    State(state): State<AppState>,
+    Path(sale_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rt = state
+        .engine
+        .sale(parse_id(&sale_id)?)
+        .ok_or(ApiError::NotFound("sale not found"))?;
+    // Cacheable for a second: a CDN or proxy can absorb the page-refresh storm.
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=1")],
+        Json(SaleBody::of(&rt)),
+    )
+        .into_response())
+}
+
+fn parse_quantity(body: Option<Value>) -> Result<u32, ApiError> {
+    let Some(body) = body else { return Ok(1) };
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid("body: must be a JSON object"))?;
+    match obj.get("quantity") {
+        None | Some(Value::Null) => Ok(1),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(q) if (1..=MAX_QUANTITY).contains(&q) => Ok(q as u32),
+            _ => Err(ApiError::invalid(
+                "quantity: must be an integer in 1..=1000000000",
+            )),
+        },
+        Some(_) => Err(ApiError::invalid("quantity: must be an integer")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::invalid(
+            "Idempotency-Key: must be 1..128 visible ASCII characters",
+        )),
+    }
+}
+
+fn rejected(status: StatusCode, code: &'static str, message: &'static str) -> ApiError {
+    ApiError::Rejected {
+        status,
+        code,
+        message,
+        retry_after: None,
+    }
+}
+
+async fn purchase(
+    State(state): State<AppState>,
+    buyer: Buyer,
+    Path(sale_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let sale_id = parse_id(&sale_id)?;
+    let quantity = parse_quantity(body)?;
+    let key = idempotency_key(&headers)?;
+    let outcome = state
+        .engine
+        .purchase(sale_id, buyer.0, quantity, key)
+        .await?;
+    match outcome {
+        PurchaseOutcome::Accepted { order, replayed } => {
+            let location = format!("/api/v1/orders/{}", order.id);
+            let mut response = (
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(OrderBody::from(order)),
+            )
+                .into_response();
+            if replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(response)
+        }
+        PurchaseOutcome::SoldOut => Err(rejected(StatusCode::CONFLICT, "sold_out", "sold out")),
+        PurchaseOutcome::LimitReached => Err(rejected(
+            StatusCode::CONFLICT,
+            "limit_reached",
+            "per-user limit reached for this sale",
+        )),
+        PurchaseOutcome::NotStarted => Err(rejected(
+            StatusCode::FORBIDDEN,
+            "not_started",
+            "the sale has not started",
+        )),
+        PurchaseOutcome::Ended => Err(rejected(
+            StatusCode::FORBIDDEN,
+            "ended",
+            "the sale has ended",
+        )),
+        PurchaseOutcome::RateLimited(secs) => Err(ApiError::Rejected {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: "too many requests; slow down",
+            retry_after: Some(secs),
+        }),
+    }
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(sale_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rt = state
+        .engine
+        .sale(parse_id(&sale_id)?)
+        .ok_or(ApiError::NotFound("sale not found"))?;
+    let c = &rt.counters;
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let remaining = rt.ledger.remaining();
+    Ok(Json(json!({
+        "sale_id": rt.sale.id.to_string(),
+        "stock": rt.sale.stock,
+        "sold": rt.sale.stock - remaining,
+        "remaining": remaining,
+        "status": rt.sale.status(now_ms(), remaining),
+        "orders_persisted": n(&c.orders_persisted),
+        "attempts": n(&c.attempts),
+        "accepted": n(&c.accepted),
+        "holders": rt.ledger.holders(),
+        "intents": rt.missed.len(),
+        "rejected": {
+            "sold_out": n(&c.sold_out),
+            "limit_reached": n(&c.limit_reached),
+            "not_started": n(&c.not_started),
+            "ended": n(&c.ended),
+            "rate_limited": n(&c.rate_limited),
+        },
+        "replayed": n(&c.replayed),
+        "paid": n(&c.paid),
+        "expired": n(&c.expired),
+        "cancelled": n(&c.cancelled),
+    })))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn intents(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(sale_id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let sale_id = parse_id(&sale_id)?;
+    state
+        .engine
+        .sale(sale_id)
+        .ok_or(ApiError::NotFound("sale not found"))?;
+    let limit = match page.limit.as_deref() {
+        None => 100,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit: must be an integer in 1..=1000")),
+        },
+    };
+    let items = state
+        .engine
+        .store()
+        .list_intents(sale_id, page.cursor, limit)
+        .await?;
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|i| i.user_id.clone()))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// Server-sent events: the sale's public view whenever it changes (checked
+/// every 200 ms), so buyers see "sold out" or a reopening without polling.
+async fn events(
+    State(state): State<AppState>,
+    Path(sale_id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rt = state
+        .engine
+        .sale(parse_id(&sale_id)?)
+        .ok_or(ApiError::NotFound("sale not found"))?;
+    let stream = futures::stream::unfold((rt, None), |(rt, last)| async move {
+        loop {
+            let body = SaleBody::of(&rt);
+            let changed = last.as_ref() != Some(&(body.remaining, body.status));
+            if changed {
+                let key = Some((body.remaining, body.status));
+                let event = Event::default()
+                    .event("sale")
+                    .json_data(&body)
+                    .unwrap_or_else(|_| Event::default().comment("serialization failed"));
+                return Some((Ok(event), (rt, key)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantity_defaults_and_bounds() {
+        assert_eq!(parse_quantity(None).unwrap(), 1);
+        assert_eq!(parse_quantity(Some(json!({}))).unwrap(), 1);
+        assert_eq!(parse_quantity(Some(json!({"quantity": 3}))).unwrap(), 3);
+        for bad in [
+            json!({"quantity": 0}),
+            json!({"quantity": -1}),
+            json!({"quantity": "2"}),
+            json!({"quantity": 1.5}),
+            json!({"quantity": 10_000_000_000u64}),
+            json!([1]),
+        ] {
+            assert!(parse_quantity(Some(bad)).is_err());
+        }
+    }
+}

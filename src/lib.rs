@@ -1,0 +1,26 @@
+//! Flashsale: a flash-sale (seckill) engine.
+//!
+//! Sells N units of an item to a crowd that arrives all at once, without ever
+//! overselling, selling a user past the per-user limit, or losing an order
+//! once the buyer was told "accepted".
+//!
+//! Layout: [`config`] (settings), [`telemetry`] (logs, metrics), [`app`]
+//! (wiring and lifecycle), [`http`] (the contract's routes), [`domain`]
+//! (validated types and allocation rules), [`engine`] (live sale state and
+//! the purchase decision), [`backend`] (storage seam), [`worker`]
+//! (background jobs), [`bench`] (the load tool).
+
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod telemetry;
+pub mod worker;
+
+pub use app::Application;
+pub use config::Settings;

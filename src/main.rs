@@ -1,0 +1,64 @@
+//! Entry point: parse the command line, start telemetry, run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use flashsale::auth::{mint_token, Secret};
+use flashsale::cli::{Cli, Command};
+use flashsale::{telemetry, Application};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flashsale: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            telemetry::init_tracing();
+            let settings = args.into_settings();
+            let generated = (
+                settings.admin_token.is_none(),
+                settings.jwt_secret.is_none(),
+            );
+            let app = Application::build(settings).await?;
+            // Never run open: print what was generated so the operator can use it.
+            if generated.0 {
+                println!("FLASHSALE_ADMIN_TOKEN={}", app.admin_token.expose());
+            }
+            if generated.1 {
+                println!("FLASHSALE_JWT_SECRET={}", app.jwt_secret.expose());
+            }
+            tracing::info!(addr = %app.local_addr(), "flashsale listening");
+            println!("flashsale listening on http://{}", app.local_addr());
+            app.run_until_stopped(flashsale::app::shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(args) => {
+            let token = mint_token(&Secret::new(args.jwt_secret), &args.user, args.ttl_secs)?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let ok = flashsale::bench::run(args).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

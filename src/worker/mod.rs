@@ -1,0 +1,61 @@
+//! Background workers: the expiry sweeper and housekeeping.
+//!
+//! Each runs until its cancellation token fires; the application awaits them
+//! during a graceful stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+
+/// Orders expired per store call; a full batch triggers another at once.
+const EXPIRE_BATCH: usize = 4096;
+
+/// Expires unpaid orders past their payment window and returns their stock.
+pub fn spawn_expiry_sweeper(
+    engine: Arc<Engine>,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            loop {
+                match engine.expire_due(EXPIRE_BATCH).await {
+                    Ok(n) if n == EXPIRE_BATCH => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(expired = n, "expired unpaid orders");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "expiry sweep failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Trims idle rate-limiter keys and old idempotency records every 10 s.
+pub fn spawn_housekeeping(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => engine.housekeeping(),
+                () = stop.cancelled() => return,
+            }
+        }
+    })
+}
