@@ -6,6 +6,7 @@
 //! `alg: none` and algorithm-confusion tokens are refused by construction.
 
 use std::fmt;
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ pub struct Claims {
 
 /// Longest user id accepted in a token (bounds memory per buyer).
 pub const MAX_USER_ID_LEN: usize = 128;
+/// Longest buyer token looked at.
+pub const MAX_TOKEN_LEN: usize = 2048;
 
 /// Why a bearer credential was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,12 +65,18 @@ pub enum AuthError {
     Invalid,
 }
 
+/// Verified tokens remembered, so a buyer hammering the buy button costs one
+/// signature check, not one per request.
+const VERIFIED_CACHE: usize = 100_000;
+
 /// Verifies buyer tokens and the admin token.
-#[derive(Clone)]
 pub struct Authenticator {
     decoding: DecodingKey,
     validation: Validation,
     admin_token: Secret,
+    // Keyed by the whole token string: a hit means these exact bytes were
+    // verified before, so nothing an attacker can alter goes unchecked.
+    verified: quick_cache::sync::Cache<String, (Arc<str>, u64)>,
 }
 
 impl Authenticator {
@@ -80,6 +89,7 @@ impl Authenticator {
             decoding: DecodingKey::from_secret(jwt_secret.expose().as_bytes()),
             validation,
             admin_token,
+            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE),
         }
     }
 
@@ -88,13 +98,24 @@ impl Authenticator {
     /// # Errors
     /// [`AuthError::Invalid`] for anything but a valid, unexpired HS256 token
     /// with a non-empty `sub` of at most [`MAX_USER_ID_LEN`] bytes.
-    pub fn verify_buyer(&self, token: &str) -> Result<String, AuthError> {
+    pub fn verify_buyer(&self, token: &str) -> Result<Arc<str>, AuthError> {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if let Some((sub, exp)) = self.verified.get(token) {
+            if exp + self.validation.leeway > now {
+                return Ok(sub);
+            }
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Invalid);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| AuthError::Invalid)?;
-        let sub = data.claims.sub;
+        let Claims { sub, exp } = data.claims;
         if sub.is_empty() || sub.len() > MAX_USER_ID_LEN {
             return Err(AuthError::Invalid);
         }
+        let sub: Arc<str> = sub.into();
+        self.verified.insert(token.to_owned(), (sub.clone(), exp));
         Ok(sub)
     }
 
@@ -151,7 +172,13 @@ mod tests {
     #[test]
     fn valid_token_round_trips() {
         let token = mint_token(&Secret::new("s3cret"), "alice", 60).unwrap();
-        assert_eq!(auth().verify_buyer(&token).unwrap(), "alice");
+        let auth = auth();
+        assert_eq!(&*auth.verify_buyer(&token).unwrap(), "alice");
+        // Second time from the cache; a tampered copy is still refused.
+        assert_eq!(&*auth.verify_buyer(&token).unwrap(), "alice");
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert_eq!(auth.verify_buyer(&tampered), Err(AuthError::Invalid));
     }
 
     #[test]

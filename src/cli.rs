@@ -36,4 +36,8 @@ pub struct TokenArgs {
     /// Validity in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl_secs: u64,
+    /// Mint this many tokens, one per line, for users `<user>-0` … `<user>-(N-1)`
+    /// (a token list for load tools such as `wrk`).
+    #[arg(long)]
+    pub count: Option<u64>,
 }

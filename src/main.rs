@@ -48,8 +48,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(args) => {
-            let token = mint_token(&Secret::new(args.jwt_secret), &args.user, args.ttl_secs)?;
-            println!("{token}");
+            use std::io::Write;
+            let secret = Secret::new(args.jwt_secret);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match args.count {
+                None => writeln!(out, "{}", mint_token(&secret, &args.user, args.ttl_secs)?)?,
+                Some(n) => {
+                    for i in 0..n {
+                        let user = format!("{}-{i}", args.user);
+                        writeln!(out, "{}", mint_token(&secret, &user, args.ttl_secs)?)?;
+                    }
+                }
+            }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -15,7 +15,7 @@
 //! hop through its own worker thread, which would cap the writer's rate.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -120,6 +120,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<[Mutex<Connection>]>,
     next_reader: AtomicUsize,
+    stop_checkpoints: Arc<AtomicBool>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -158,8 +159,18 @@ impl SqliteStore {
         let readers: Vec<_> = (0..settings.readers.max(1))
             .map(|_| open_connection(&path).map(Mutex::new))
             .collect::<Result<_, _>>()?;
+        // Checkpoints copy the WAL into the database file and fsync it; run
+        // them on their own thread so commits never wait behind one.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_connection(&path)?;
         let (tx, rx) = mpsc::channel(65_536);
         let max_batch = settings.max_batch.max(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        std::thread::Builder::new()
+            .name("flashsale-ckpt".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop_flag))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let writer = std::thread::Builder::new()
             .name("flashsale-writer".into())
             .spawn(move || writer_loop(conn, rx, max_batch))
@@ -169,6 +180,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             readers: readers.into(),
             next_reader: AtomicUsize::new(0),
+            stop_checkpoints: stop,
         })
     }
 
@@ -202,6 +214,28 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
     }
+}
+
+/// Pages in the WAL before the checkpointer copies them back.
+const CHECKPOINT_PAGES: i64 = 4096;
+
+fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // PASSIVE never blocks the writer; it copies what it can.
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match result {
+            Ok((wal, done)) if wal - done > CHECKPOINT_PAGES => {
+                tracing::debug!(wal, done, "WAL checkpoint lagging")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
+    }
+    // Final full checkpoint on a clean stop keeps the next start quick.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
@@ -567,5 +601,6 @@ impl OrderStore for SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        self.stop_checkpoints.store(true, Ordering::Release);
     }
 }

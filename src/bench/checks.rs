@@ -287,7 +287,12 @@ fn readback(r: &Readback, unparsed_orders: u64) -> Check {
     let mut detail = if r.failed == 0 {
         format!("{scope} read back by their owners")
     } else {
-        format!("{} of {scope} failed: {}", r.failed, r.samples.join("; "))
+        format!(
+            "{} of {} orders read back failed ({scope}): {}",
+            r.failed,
+            r.checked,
+            r.samples.join("; ")
+        )
     };
     if unparsed_orders > 0 {
         detail.push_str(&format!(

@@ -179,6 +179,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         admin,
     };
     let run_id = format!("{:08x}", rand::random::<u32>());
+    // Refuse missing credentials before anything is created on the service.
+    let secret = match args.mode {
+        Mode::Purchase => Some(args.jwt_secret.as_ref().ok_or_else(|| {
+            anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)")
+        })?),
+        Mode::Healthz | Mode::SalePage => None,
+    };
+    let needs_admin = match args.mode {
+        Mode::Healthz => false,
+        Mode::SalePage => args.sale_id.is_none(),
+        Mode::Purchase => args.sale_id.is_none() || !args.no_verify,
+    };
+    if needs_admin && api.admin.is_none() {
+        bail!(
+            "{} mode needs --admin-token (or FLASHSALE_ADMIN_TOKEN) to {}",
+            args.mode.as_str(),
+            if args.sale_id.is_none() {
+                "create the sale"
+            } else {
+                "read the sale's stats"
+            }
+        );
+    }
 
     // 1. The sale.
     let sale = match args.mode {
@@ -187,11 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     };
 
     // 2. Buyer tokens, one per simulated user.
-    let tokens: Arc<[HeaderValue]> = if args.mode == Mode::Purchase {
-        let secret = args
-            .jwt_secret
-            .as_ref()
-            .ok_or_else(|| anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)"))?;
+    let tokens: Arc<[HeaderValue]> = if let Some(secret) = secret {
         let started = Instant::now();
         let tokens = mint_tokens(secret, &run_id, args.users).await?;
         eprintln!(
@@ -765,7 +784,7 @@ mod tests {
             assert!(value.is_sensitive());
             let header = value.to_str().unwrap();
             let token = crate::auth::bearer(header).unwrap();
-            assert_eq!(auth.verify_buyer(token).unwrap(), user_name("abc", n));
+            assert_eq!(&*auth.verify_buyer(token).unwrap(), user_name("abc", n));
         }
     }
 }

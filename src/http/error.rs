@@ -92,6 +92,25 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::Rejected {
+            status,
+            code,
+            message,
+            retry_after,
+        } = self
+        {
+            // The flood path: codes and messages are our own constants with
+            // nothing to escape, so skip building a JSON value.
+            let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+            let mut response =
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            return response;
+        }
         let status = self.status_code();
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut retry_after = None;
@@ -102,7 +121,6 @@ impl IntoResponse for ApiError {
                 retry_after = Some(1);
             }
             Self::Overloaded => retry_after = Some(1),
-            Self::Rejected { retry_after: r, .. } => retry_after = *r,
             Self::WrongState(status) => body["error"]["order_status"] = json!(status),
             _ => {}
         }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{ApiError, AppState};
 use crate::auth::{bearer, AuthError};
+use crate::engine::idempotency::MAX_KEY_LEN;
 
 fn token(parts: &Parts) -> Result<&str, ApiError> {
     parts
@@ -26,7 +27,7 @@ impl FromRequestParts<AppState> for Buyer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = token(parts)?;
-        Ok(Self(state.auth.verify_buyer(token)?))
+        Ok(Self(state.auth.verify_buyer(token)?.to_string()))
     }
 }
 
@@ -73,5 +74,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         serde_json::from_slice(&bytes)
             .map(|v| Self(Some(v)))
             .map_err(|e| ApiError::invalid(format!("body: malformed JSON ({e})")))
+    }
+}
+
+/// The optional `Idempotency-Key` header (1..=128 visible ASCII characters).
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => {
+                Ok(Self(Some(key.to_owned())))
+            }
+            _ => Err(ApiError::invalid(
+                "Idempotency-Key: must be 1..128 visible ASCII characters",
+            )),
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,11 +14,10 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::extract::{Admin, Buyer, JsonBody};
+use super::extract::{Admin, Buyer, IdempotencyKey, JsonBody};
 use super::orders::OrderBody;
 use super::{parse_id, ApiError, AppState};
 use crate::domain::{now_ms, NewSale, SaleStatus};
-use crate::engine::idempotency::MAX_KEY_LEN;
 use crate::engine::{PurchaseOutcome, SaleRuntime};
 
 /// Most units one purchase may ask for.
@@ -131,18 +130,6 @@ fn parse_quantity(body: Option<Value>) -> Result<u32, ApiError> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::invalid(
-            "Idempotency-Key: must be 1..128 visible ASCII characters",
-        )),
-    }
-}
-
 fn rejected(status: StatusCode, code: &'static str, message: &'static str) -> ApiError {
     ApiError::Rejected {
         status,
@@ -156,12 +143,11 @@ async fn purchase(
     State(state): State<AppState>,
     buyer: Buyer,
     Path(sale_id): Path<String>,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let sale_id = parse_id(&sale_id)?;
     let quantity = parse_quantity(body)?;
-    let key = idempotency_key(&headers)?;
     let outcome = state
         .engine
         .purchase(sale_id, buyer.0, quantity, key)

@@ -47,13 +47,22 @@ pub fn spawn_expiry_sweeper(
     })
 }
 
-/// Trims idle rate-limiter keys and old idempotency records every 10 s.
+/// Trims idle rate-limiter keys and old idempotency records every 10 s, and
+/// folds recorded histogram samples every second (the Prometheus recorder
+/// buffers raw samples until upkeep runs).
 pub fn spawn_housekeeping(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n: u64 = 0;
         loop {
             tokio::select! {
-                _ = tick.tick() => engine.housekeeping(),
+                _ = tick.tick() => {
+                    crate::telemetry::prometheus().run_upkeep();
+                    n += 1;
+                    if n.is_multiple_of(10) {
+                        engine.housekeeping();
+                    }
+                }
                 () = stop.cancelled() => return,
             }
         }
