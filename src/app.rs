@@ -42,6 +42,7 @@ pub struct Application {
     engine: Arc<Engine>,
     store: Arc<dyn OrderStore>,
     accepting: Arc<AtomicBool>,
+    stopping: CancellationToken,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     /// The admin token in force (given or generated).
@@ -71,12 +72,16 @@ impl Application {
             .unwrap_or_else(Secret::generate);
         let jwt_secret = settings.jwt_secret.clone().unwrap_or_else(Secret::generate);
         let accepting = Arc::new(AtomicBool::new(true));
+        let stopping = CancellationToken::new();
         let state = AppState {
             engine: engine.clone(),
             auth: Arc::new(Authenticator::new(&jwt_secret, admin_token.clone())),
             accepting: accepting.clone(),
+            stopping: stopping.clone(),
         };
-        let router = with_layers(http::router(state), &settings);
+        let router = http::ops_router()
+            .merge(with_layers(http::api_router(), &settings))
+            .with_state(state);
         let tasks = vec![
             intent_task,
             worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
@@ -93,6 +98,7 @@ impl Application {
             engine,
             store,
             accepting,
+            stopping,
             stop,
             tasks,
             admin_token,
@@ -124,6 +130,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let accepting = self.accepting.clone();
+        let stopping = self.stopping.clone();
         let listener = self.listener.tap_io(|tcp| {
             // Small JSON answers: send them now rather than wait for more.
             let _ = tcp.set_nodelay(true);
@@ -132,6 +139,7 @@ impl Application {
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 accepting.store(false, Ordering::Release);
+                stopping.cancel();
                 tracing::info!("stopping: finishing in-flight requests");
             })
             .await
@@ -147,7 +155,7 @@ impl Application {
     }
 }
 
-fn with_layers(router: Router, settings: &Settings) -> Router {
+fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState> {
     router
         .layer(
             ServiceBuilder::new()

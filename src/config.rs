@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Most writes per group commit (1 = one fsync per order, the baseline).
     #[arg(long, env = "FLASHSALE_COMMIT_BATCH", default_value_t = 4096)]
     pub commit_batch: usize,
+    /// Microseconds the writer waits for more writes under load before a
+    /// group commit (0 = commit as soon as the queue is empty).
+    #[arg(long, env = "FLASHSALE_COMMIT_LINGER_US", default_value_t = 0)]
+    pub commit_linger_us: u64,
     /// Requests in flight before shedding with 503.
     #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 8192)]
     pub max_in_flight: usize,
@@ -84,14 +88,15 @@ pub struct ServeArgs {
     /// Purchase requests per second per user (0 disables the limit).
     #[arg(long, env = "FLASHSALE_USER_RATE", default_value_t = 20)]
     pub user_rate: u32,
-    /// Burst above the per-user rate.
+    /// Per-user token-bucket size: requests a user may send at once.
     #[arg(long, env = "FLASHSALE_USER_BURST", default_value_t = 40)]
     pub user_burst: u32,
     /// Expiry sweep interval in milliseconds.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
     /// Node id (0..1023) baked into generated ids.
-    #[arg(long, env = "FLASHSALE_NODE_ID", default_value_t = 0)]
+    #[arg(long, env = "FLASHSALE_NODE_ID", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..1024))]
     pub node_id: u16,
 }
 
@@ -103,6 +108,7 @@ impl ServeArgs {
         s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
         s.jwt_secret = self.jwt_secret.filter(|t| !t.is_empty()).map(Secret::new);
         s.store.max_batch = self.commit_batch.max(1);
+        s.store.linger = Duration::from_micros(self.commit_linger_us);
         s.max_in_flight = self.max_in_flight.max(1);
         s.request_timeout = Duration::from_millis(self.request_timeout_ms.max(1));
         s.body_limit = self.body_limit;

@@ -95,9 +95,14 @@ impl PurchaseMetrics {
     }
 
     /// Counts one purchase attempt and its latency.
-    pub fn observe<E>(&self, result: &Result<crate::engine::PurchaseOutcome, E>, took: Duration) {
+    pub fn observe(
+        &self,
+        result: &Result<crate::engine::PurchaseOutcome, crate::engine::EngineError>,
+        took: Duration,
+    ) {
         let label = match result {
             Ok(o) => o.label(),
+            Err(crate::engine::EngineError::NotFound) => "not_found",
             Err(_) => "error",
         };
         let idx = OUTCOMES.iter().position(|o| *o == label).unwrap_or(7);

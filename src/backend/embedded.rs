@@ -50,7 +50,8 @@ CREATE TABLE orders (
     updated_at INTEGER NOT NULL,
     expires_at INTEGER
 );
-CREATE INDEX orders_pending_expiry ON orders(expires_at) WHERE status = 'pending_payment';
+CREATE INDEX orders_pending_expiry ON orders(expires_at)
+    WHERE status = 'pending_payment' AND expires_at IS NOT NULL;
 CREATE UNIQUE INDEX orders_idempotency ON orders(user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE TABLE purchase_intents (
@@ -72,6 +73,10 @@ pub struct SqliteSettings {
     pub max_batch: usize,
     /// Read connections beside the writer.
     pub readers: usize,
+    /// Under load (the previous batch held more than one write), wait this
+    /// long for more writes before committing: fewer, larger fsyncs when the
+    /// CPU is the bottleneck. Zero commits as soon as the queue is empty.
+    pub linger: std::time::Duration,
 }
 
 impl Default for SqliteSettings {
@@ -79,6 +84,7 @@ impl Default for SqliteSettings {
         Self {
             max_batch: 4096,
             readers: 2,
+            linger: std::time::Duration::ZERO,
         }
     }
 }
@@ -121,6 +127,7 @@ pub struct SqliteStore {
     readers: Arc<[Mutex<Connection>]>,
     next_reader: AtomicUsize,
     stop_checkpoints: Arc<AtomicBool>,
+    checkpoints: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -165,15 +172,16 @@ impl SqliteStore {
         let checkpointer = open_connection(&path)?;
         let (tx, rx) = mpsc::channel(65_536);
         let max_batch = settings.max_batch.max(1);
+        let linger = settings.linger;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        std::thread::Builder::new()
+        let checkpoints = std::thread::Builder::new()
             .name("flashsale-ckpt".into())
             .spawn(move || checkpoint_loop(checkpointer, stop_flag))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let writer = std::thread::Builder::new()
             .name("flashsale-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch))
+            .spawn(move || writer_loop(conn, rx, max_batch, linger))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
@@ -181,6 +189,7 @@ impl SqliteStore {
             readers: readers.into(),
             next_reader: AtomicUsize::new(0),
             stop_checkpoints: stop,
+            checkpoints: Mutex::new(Some(checkpoints)),
         })
     }
 
@@ -238,16 +247,22 @@ fn checkpoint_loop(conn: Connection, stop: Arc<AtomicBool>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch: usize) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    linger: std::time::Duration,
+) {
     let mut batch = Vec::with_capacity(max_batch.min(4096));
+    let mut last_size = 0;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch, max_batch);
+        if !linger.is_zero() && last_size > 1 && batch.len() < max_batch {
+            std::thread::sleep(linger);
+            drain(&mut rx, &mut batch, max_batch);
         }
+        last_size = batch.len();
         let size = batch.len();
         let delivers = apply_batch(&mut conn, &mut batch);
         metrics::histogram!("flashsale_store_batch_size").record(size as f64);
@@ -260,6 +275,15 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>, max_batch:
         }
     }
     tracing::debug!("order store writer stopped");
+}
+
+fn drain(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>, max_batch: usize) {
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(cmd) => batch.push(cmd),
+            Err(_) => break,
+        }
+    }
 }
 
 type BatchResult = Result<Vec<Deliver>, (String, Vec<Deliver>)>;
@@ -275,8 +299,22 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> BatchResult {
             return Err((e.to_string(), delivers));
         }
     };
+    let mut failed = None;
     for cmd in batch.drain(..) {
-        delivers.push(apply(&tx, cmd));
+        if failed.is_some() {
+            delivers.push(fail(cmd));
+            continue;
+        }
+        let (deliver, error) = apply(&tx, cmd);
+        delivers.push(deliver);
+        failed = error;
+    }
+    // A failed statement may have made SQLite roll the transaction back on
+    // its own (disk full, I/O error); committing the rest would split the
+    // batch between disk and memory. All or nothing: roll back, fail all.
+    if let Some(e) = failed {
+        drop(tx);
+        return Err((e, delivers));
     }
     match tx.commit() {
         Ok(()) => Ok(delivers),
@@ -294,22 +332,31 @@ fn fail(cmd: Command) -> Deliver {
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> Deliver {
+/// Applies one command; returns its reply and, if a statement failed, the
+/// error that must abort the whole batch.
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> (Deliver, Option<String>) {
+    fn done<T: Send + 'static>(
+        reply: Reply<T>,
+        result: Result<T, StoreError>,
+    ) -> (Deliver, Option<String>) {
+        let error = result.as_ref().err().map(ToString::to_string);
+        (deliver(reply, result), error)
+    }
     match cmd {
-        Command::CreateSale(sale, r) => deliver(r, insert_sale(tx, &sale)),
-        Command::CommitOrder(order, r) => deliver(r, insert_order(tx, &order)),
+        Command::CreateSale(sale, r) => done(r, insert_sale(tx, &sale)),
+        Command::CommitOrder(order, r) => done(r, insert_order(tx, &order)),
         Command::Transition {
             order_id,
             user_id,
             transition,
             now_ms,
             reply,
-        } => deliver(
+        } => done(
             reply,
             transition_order(tx, order_id, &user_id, transition, now_ms),
         ),
-        Command::ExpireDue(now_ms, limit, r) => deliver(r, expire_due(tx, now_ms, limit)),
-        Command::RecordIntents(intents, r) => deliver(r, insert_intents(tx, &intents)),
+        Command::ExpireDue(now_ms, limit, r) => done(r, expire_due(tx, now_ms, limit)),
+        Command::RecordIntents(intents, r) => done(r, insert_intents(tx, &intents)),
     }
 }
 
@@ -602,5 +649,13 @@ impl OrderStore for SqliteStore {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         self.stop_checkpoints.store(true, Ordering::Release);
+        let handle = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The sale engine: every sale's live state and the purchase decision.
 //!
-//! Rejections are answered from memory in the order the mission lists them —
-//! unknown sale, window (not started / ended), the local sold-out flag,
+//! Rejections are answered from memory, cheapest first — unknown sale, an
+//! idempotent replay, window (not started / ended), the local sold-out flag,
 //! per-user rate limit — and only then comes the atomic deduction in the
 //! [`Ledger`]. An accepted order is committed durably by the order store
 //! before the buyer hears `201`; if that fails the units go back.
@@ -148,6 +148,10 @@ pub enum EngineError {
     /// The order is not in a state that allows the change.
     #[error("order is {}", .0.status.as_str())]
     WrongState(Box<Order>),
+    /// An earlier request with the same `Idempotency-Key` failed while this
+    /// one waited for it; the buyer should retry.
+    #[error("a concurrent request with this Idempotency-Key failed; retry")]
+    RetryLater,
     /// The store failed; nothing was promised to the buyer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -300,17 +304,6 @@ impl Engine {
         let c = &rt.counters;
         bump(&c.attempts);
         let now = now_ms();
-        match rt.sale.window(now) {
-            Window::Upcoming => {
-                bump(&c.not_started);
-                return Ok(PurchaseOutcome::NotStarted);
-            }
-            Window::Ended => {
-                bump(&c.ended);
-                return Ok(PurchaseOutcome::Ended);
-            }
-            Window::Open => {}
-        }
         let guard = match key {
             None => None,
             Some(key) => match self.idempotency.claim(&user, &key, sale_id, quantity).await {
@@ -324,13 +317,23 @@ impl Engine {
                         "Idempotency-Key was already used for a different purchase".into(),
                     ))
                 }
-                Claim::Retry => {
-                    return Err(EngineError::Invalid(
-                        "a concurrent request with this Idempotency-Key failed; retry".into(),
-                    ))
-                }
+                Claim::Retry => return Err(EngineError::RetryLater),
             },
         };
+        // Window rejections are not recorded under the key (dropping the
+        // guard frees it): a retry once the sale opens deserves a real try,
+        // while a retry after the end still replays an earlier acceptance.
+        match rt.sale.window(now) {
+            Window::Upcoming => {
+                bump(&c.not_started);
+                return Ok(PurchaseOutcome::NotStarted);
+            }
+            Window::Ended => {
+                bump(&c.ended);
+                return Ok(PurchaseOutcome::Ended);
+            }
+            Window::Open => {}
+        }
         // Cheap, lock-free rejection once the sale is sold out.
         if rt.ledger.is_sold_out_for(quantity) {
             return Ok(self.reject(&rt, &user, quantity, PurchaseOutcome::SoldOut, guard, now));

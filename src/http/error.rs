@@ -163,6 +163,7 @@ impl From<EngineError> for ApiError {
                 message,
             },
             EngineError::WrongState(order) => Self::WrongState(order.status.as_str()),
+            EngineError::RetryLater => Self::Overloaded,
             EngineError::Store(e) => Self::Unavailable(e),
         }
     }

@@ -27,14 +27,21 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Cleared when a graceful stop begins, so `/readyz` turns away traffic.
     pub accepting: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when a graceful stop begins: long-lived streams end.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
-/// All routes, without the cross-cutting layers (see `app`).
-pub fn router(state: AppState) -> Router {
+/// Operations routes (`/healthz`, `/readyz`, `/metrics`). The app keeps
+/// them outside load shedding so probes and scrapes work during a flood.
+pub fn ops_router() -> Router<AppState> {
+    ops::router()
+}
+
+/// The API routes, without the cross-cutting layers (see `app`).
+pub fn api_router() -> Router<AppState> {
     Router::new()
         .merge(sales::router())
         .merge(orders::router())
-        .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::Invalid {
@@ -42,7 +49,6 @@ pub fn router(state: AppState) -> Router {
                 message: "method not allowed on this route".into(),
             }
         })
-        .with_state(state)
 }
 
 /// Serializes an id as a decimal string (JSON numbers lose precision past 2^53).

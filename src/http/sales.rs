@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -275,6 +275,7 @@ async fn events(
         .engine
         .sale(parse_id(&sale_id)?)
         .ok_or(ApiError::NotFound("sale not found"))?;
+    let stopping = state.stopping.clone().cancelled_owned();
     let stream = futures::stream::unfold((rt, None), |(rt, last)| async move {
         loop {
             let body = SaleBody::of(&rt);
@@ -290,7 +291,8 @@ async fn events(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    // Ends when a graceful stop begins, so an open stream never holds it up.
+    Ok(Sse::new(stream.take_until(stopping)).keep_alive(KeepAlive::default()))
 }
 
 #[cfg(test)]
