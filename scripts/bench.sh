@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of the embedded default on this machine, in one run,
+# so the ratios hold even when the machine is noisy. Prints a table that
+# docs/BENCHMARKS.md records.
+#
+#   ./scripts/bench.sh [seconds per flood, default 10]
+#
+# Runs, against fresh servers built with `cargo build --release`:
+#   1. GET /healthz flood                         (flashsale bench --mode healthz, and wrk)
+#   2. sold-out purchase flood                    (flashsale bench, and wrk + scripts/wrk/purchase.lua)
+#   3. accept path, group commit                  (stock = buyers = 100,000)
+#   4. accept path, one commit per order          (--commit-batch 1, 10,000 orders)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-10}"
+CONC="${CONC:-64}"
+BIN=target/release/flashsale
+export FLASHSALE_ADMIN_TOKEN=bench-admin FLASHSALE_JWT_SECRET=bench-secret
+cargo build --release --quiet
+WORK=$(mktemp -d)
+PORT=18300
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+start() { # name extra-args...
+    local name=$1; shift
+    PORT=$((PORT + 1))
+    "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/$name" "$@" \
+        >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+    URL="http://127.0.0.1:$PORT"
+}
+field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+run_bench() { "$BIN" bench --url "$URL" --json "$@" 2>/dev/null; }
+
+echo "machine: $(nproc) cores, $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+start main
+MAIN_URL=$URL
+H=$(run_bench --mode healthz --concurrency "$CONC" --duration "${SECS}s")
+S=$(run_bench --stock 100 --users 10000 --concurrency "$CONC" --duration "${SECS}s")
+A=$(run_bench --stock 100000 --users 100000 --concurrency "$CONC" --requests 100000 --verify-sample 5000)
+start per-order --commit-batch 1
+P=$(run_bench --stock 10000 --users 10000 --concurrency "$CONC" --requests 10000 --verify-sample 1000)
+
+h=$(echo "$H" | field 'd["throughput_rps"]')
+s=$(echo "$S" | field 'd["throughput_rps"]')
+a=$(echo "$A" | field 'd["accepted_per_sec"]')
+p=$(echo "$P" | field 'd["accepted_per_sec"]')
+printf '\n%-44s %12s %10s %10s %s\n' "run (flashsale bench, $CONC connections)" "rate /s" "p50 ms" "p99 ms" "invariants"
+for pair in "healthz:$H" "sold-out purchase flood:$S" "accept path, group commit:$A" "accept path, commit per order:$P"; do
+    name=${pair%%:*}; json=${pair#*:}
+    printf '%-44s %12s %10s %10s %s\n' "$name" \
+        "$(echo "$json" | field 'round(d["accepted_per_sec"] if "accept" in "'"$name"'" else d["throughput_rps"])')" \
+        "$(echo "$json" | field 'd["latency_ms"]["p50"]')" \
+        "$(echo "$json" | field 'd["latency_ms"]["p99"]')" \
+        "$(echo "$json" | field '"ok" if d["ok"] else "BROKEN"')"
+done
+python3 - "$h" "$s" "$a" "$p" <<'PY'
+import sys
+h, s, a, p = map(float, sys.argv[1:])
+print(f"\nsold-out flood / healthz          = {s / h:6.1%}   (target >= 90%)")
+print(f"accepted orders/s / sold-out rate = {a / s:6.1%}   (target >= 50%)")
+print(f"group commit / commit per order   = {a / p:6.1f}x  (target >= 20x)")
+PY
+
+if command -v wrk >/dev/null; then
+    echo
+    echo "wrk -t1 -c$CONC -d${SECS}s (outside view, same server):"
+    URL=$MAIN_URL
+    wrk -t1 -c"$CONC" -d"${SECS}s" "$URL/healthz" | grep -E 'Requests/sec' | sed 's/^/  healthz        /'
+    SALE=$(curl -s -XPOST "$URL/api/v1/sales" -H "Authorization: Bearer $FLASHSALE_ADMIN_TOKEN" \
+        -d '{"item":"wrk","stock":1,"starts_at":"2020-01-01T00:00:00Z"}' | field 'd["id"]')
+    "$BIN" token --user wrk --count 10000 >"$WORK/tokens"
+    TOKENS="$WORK/tokens" SALE_ID="$SALE" wrk -t1 -c"$CONC" -d"${SECS}s" -s scripts/wrk/purchase.lua "$URL" \
+        | grep -E 'Requests/sec' | sed 's/^/  sold-out flood /'
+fi
