@@ -7,9 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Local services the tests need, checked (and started if down) before the
-# run, e.g. (redis postgres rabbitmq). The embedded default needs none; the
-# scale-out backends of issue #3 will add theirs here.
-REQUIRED_SERVICES=()
+# run: the SQL order stores' contract tests use PostgreSQL and MariaDB.
+REQUIRED_SERVICES=(postgres mariadb)
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "test.sh: cargo-nextest is missing; installing it"

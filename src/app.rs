@@ -27,8 +27,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::{Authenticator, Secret};
-use crate::backend::embedded::SqliteStore;
-use crate::backend::OrderStore;
+use crate::backend::{self, OrderStore};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::http::{self, ApiError, AppState};
@@ -58,10 +57,7 @@ impl Application {
     /// When the data directory, store or address cannot be used.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
-        let store: Arc<dyn OrderStore> = Arc::new(
-            SqliteStore::open(&settings.data_dir, &settings.store)
-                .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
-        );
+        let store = backend::open_order_store(&settings).await?;
         let stop = CancellationToken::new();
         let (engine, intent_task) = Engine::load(store.clone(), &settings.engine, stop.clone())
             .await
@@ -81,6 +77,7 @@ impl Application {
         };
         let router = http::ops_router()
             .merge(with_layers(http::api_router(), &settings))
+            .method_not_allowed_fallback(http::method_not_allowed)
             .with_state(state);
         let tasks = vec![
             intent_task,

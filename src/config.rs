@@ -18,6 +18,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
+    /// Order database URL (`postgres://`, `postgresql://`, `mysql://`,
+    /// `mariadb://`); `None` keeps orders in the embedded store in `data_dir`.
+    pub database: Option<String>,
     /// Admin bearer token; generated and printed when unset.
     pub admin_token: Option<Secret>,
     /// HS256 secret of buyer tokens; generated and printed when unset.
@@ -42,6 +45,7 @@ impl Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: data_dir.into(),
+            database: None,
             admin_token: None,
             jwt_secret: None,
             store: SqliteSettings::default(),
@@ -63,6 +67,10 @@ pub struct ServeArgs {
     /// Directory of the embedded order store.
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Order database URL: postgres://, postgresql://, mysql:// or mariadb://
+    /// (unset: the embedded store in --data-dir).
+    #[arg(long, env = "FLASHSALE_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
     /// Admin bearer token (generated and printed when unset).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -105,6 +113,7 @@ impl ServeArgs {
     pub fn into_settings(self) -> Settings {
         let mut s = Settings::with_data_dir(self.data_dir);
         s.listen = self.listen;
+        s.database = self.database.filter(|d| !d.is_empty());
         s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
         s.jwt_secret = self.jwt_secret.filter(|t| !t.is_empty()).map(Secret::new);
         s.store.max_batch = self.commit_batch.max(1);

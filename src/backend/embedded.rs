@@ -339,7 +339,10 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> (Deliver, Option<Strin
         reply: Reply<T>,
         result: Result<T, StoreError>,
     ) -> (Deliver, Option<String>) {
-        let error = result.as_ref().err().map(ToString::to_string);
+        let error = match &result {
+            Err(e @ StoreError::Backend(_)) => Some(e.to_string()),
+            _ => None,
+        };
         (deliver(reply, result), error)
     }
     match cmd {
@@ -381,7 +384,8 @@ fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
 fn insert_order(tx: &Connection, o: &Order) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO orders (order_id, sale_id, user_id, quantity, status, idempotency_key, \
-         created_at, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         created_at, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT (order_id) DO NOTHING",
     )?
     .execute(params![
         o.id as i64,

@@ -3,13 +3,22 @@
 //! Methods are business-atomic ("commit this accepted order durably", "move
 //! this order out of `pending_payment` if it still is"), so each backend uses
 //! its own atomic primitive. The embedded default ([`embedded::SqliteStore`])
-//! needs no external service.
+//! needs no external service; [`postgres::PgOrderStore`] and
+//! [`mysql::MySqlOrderStore`] keep the same state in a SQL server, chosen by
+//! [`open_order_store`].
 
 pub mod embedded;
+pub mod mysql;
+pub mod postgres;
+pub mod sql;
 
+use std::sync::Arc;
+
+use anyhow::Context;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::config::Settings;
 use crate::domain::order::Transition;
 use crate::domain::{Order, Sale};
 
@@ -19,6 +28,10 @@ pub enum StoreError {
     /// The backend answered with an error or could not be reached.
     #[error("order store failure: {0}")]
     Backend(String),
+    /// The write broke a uniqueness rule (e.g. an `Idempotency-Key` already
+    /// stored); nothing else in its batch is affected.
+    #[error("order store conflict: {0}")]
+    Conflict(String),
     /// The store is shutting down and takes no more work.
     #[error("order store is closed")]
     Closed,
@@ -26,7 +39,12 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Backend(e.to_string())
+        match e.sqlite_error_code() {
+            // A constraint violation undoes only its own statement; the rest
+            // of the transaction stands, so it fails just that one write.
+            Some(rusqlite::ErrorCode::ConstraintViolation) => Self::Conflict(e.to_string()),
+            _ => Self::Backend(e.to_string()),
+        }
     }
 }
 
@@ -157,4 +175,40 @@ pub trait OrderStore: Send + Sync {
 
     /// Flushes queued writes and stops taking new ones.
     async fn shutdown(&self);
+}
+
+/// Opens the order store `settings` name: PostgreSQL or MariaDB/MySQL when
+/// `database` holds a URL (the state of a node is then rebuilt from that
+/// database at start), the embedded SQLite store in `data_dir` otherwise.
+/// `--commit-batch` caps the SQL writer's batches too (at most
+/// [`sql::MAX_BATCH`]).
+///
+/// # Errors
+/// When the URL's scheme is not one of `postgres`, `postgresql`, `mysql`,
+/// `mariadb`, or the store cannot be opened, reached or migrated. Messages
+/// show the URL without credentials.
+pub async fn open_order_store(settings: &Settings) -> anyhow::Result<Arc<dyn OrderStore>> {
+    let Some(url) = settings.database.as_deref() else {
+        let store = embedded::SqliteStore::open(&settings.data_dir, &settings.store)
+            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+        return Ok(Arc::new(store));
+    };
+    let sql_settings = sql::SqlSettings {
+        max_batch: settings.store.max_batch,
+        ..sql::SqlSettings::default()
+    };
+    let kind = sql::DatabaseKind::of_url(url).context("--database / FLASHSALE_DATABASE")?;
+    let context = || format!("opening the order store at {}", sql::redact_url(url));
+    Ok(match kind {
+        sql::DatabaseKind::Postgres => Arc::new(
+            postgres::PgOrderStore::connect(url, &sql_settings)
+                .await
+                .with_context(context)?,
+        ),
+        sql::DatabaseKind::MySql => Arc::new(
+            mysql::MySqlOrderStore::connect(url, &sql_settings)
+                .await
+                .with_context(context)?,
+        ),
+    })
 }

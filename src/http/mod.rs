@@ -43,12 +43,15 @@ pub fn api_router() -> Router<AppState> {
         .merge(sales::router())
         .merge(orders::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::Invalid {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                message: "method not allowed on this route".into(),
-            }
-        })
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// `405` with the contract's error body; the app applies it to every route.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::Invalid {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "method not allowed on this route".into(),
+    }
 }
 
 /// Serializes an id as a decimal string (JSON numbers lose precision past 2^53).

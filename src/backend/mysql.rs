@@ -1,0 +1,400 @@
+//! The MariaDB / MySQL order store (InnoDB).
+//!
+//! Owns the `sales`, `orders` and `purchase_intents` tables of the URL's
+//! database (migrations in `migrations/mysql`, applied at connect). Sessions
+//! run at READ COMMITTED, so locking reads take no gap locks that would
+//! stall the order writer's inserts.
+//!
+//! Invariants callers rely on, which hold with any number of stores (nodes)
+//! on one database:
+//! - `commit_order` answers `Ok` only once the order is committed; orders are
+//!   group-committed by one writer task per store (see [`super::sql`]), one
+//!   multi-row `INSERT … ON DUPLICATE KEY UPDATE order_id = order_id` per
+//!   batch, so committing the same order twice stores it once. (Not `INSERT
+//!   IGNORE`: that would also turn data errors into silent truncation.)
+//! - `transition` is one conditional `UPDATE … WHERE status =
+//!   'pending_payment'`; only the call whose update changed the row has
+//!   won, so of a payment and an expiry racing on one order exactly one
+//!   changes it, and only that call reports `stock_returned`. There is no
+//!   `UPDATE … RETURNING` here: the order is read back in the same
+//!   transaction.
+//! - `expire_due` locks due rows with `FOR UPDATE SKIP LOCKED` (MariaDB
+//!   10.6+, MySQL 8.0+) and flips them in the same transaction, so
+//!   concurrent sweepers never return an order twice.
+//!
+//! Durability is the server's: InnoDB flushes its log at each commit unless
+//! `innodb_flush_log_at_trx_commit` is relaxed, which
+//! [`MySqlOrderStore::connect`] warns about.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{Connection, Executor, QueryBuilder, Row};
+
+use super::sql::{
+    order_columns, order_from_row, sale_columns, sale_from_row, text_column, to_u32, to_u64,
+    GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+};
+use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
+use crate::domain::order::Transition;
+use crate::domain::{Order, OrderStatus, Sale};
+
+/// [`OrderStore`] on MariaDB or MySQL with a group-committing order writer.
+pub struct MySqlOrderStore {
+    pool: MySqlPool,
+    writer: GroupCommit,
+}
+
+impl MySqlOrderStore {
+    /// Connects to `url` (`mysql://…` or `mariadb://…`), applies the
+    /// migrations and starts the order writer on the current runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the server cannot be reached or the
+    /// database cannot be migrated.
+    pub async fn connect(url: &str, settings: &SqlSettings) -> Result<Self, StoreError> {
+        let options = MySqlConnectOptions::from_str(url)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(settings.max_connections.max(2))
+            .acquire_timeout(settings.acquire_timeout)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/mysql").run(&pool).await?;
+        let flush: i64 =
+            sqlx::query_scalar("SELECT CAST(@@innodb_flush_log_at_trx_commit AS SIGNED)")
+                .fetch_one(&pool)
+                .await?;
+        if flush != 1 {
+            tracing::warn!(
+                innodb_flush_log_at_trx_commit = flush,
+                "InnoDB does not flush its log at every commit: an order answered \
+                 201 may be lost if the server crashes"
+            );
+        }
+        let writer = GroupCommit::start(MySqlSink { pool: pool.clone() }, settings.max_batch);
+        Ok(Self { pool, writer })
+    }
+}
+
+struct MySqlSink {
+    pool: MySqlPool,
+}
+
+#[async_trait]
+impl OrderSink for MySqlSink {
+    async fn insert_orders(&self, orders: &[Order]) -> Result<HashSet<u64>, sqlx::Error> {
+        // One autocommit statement: one commit, one log flush. A clash on
+        // the idempotency index "updates" the other order to itself, so
+        // the new order is simply not stored; the read-back finds out.
+        let mut insert = QueryBuilder::new(concat!("INSERT INTO orders (", order_columns!(), ") "));
+        insert.push_values(orders, |mut row, o| {
+            row.push_bind(o.id as i64)
+                .push_bind(o.sale_id as i64)
+                .push_bind(&o.user_id)
+                .push_bind(i64::from(o.quantity))
+                .push_bind(o.status.as_str())
+                .push_bind(&o.idempotency_key)
+                .push_bind(o.created_at_ms)
+                .push_bind(o.updated_at_ms)
+                .push_bind(o.expires_at_ms);
+        });
+        insert.push(" ON DUPLICATE KEY UPDATE order_id = order_id");
+        insert.build().execute(&self.pool).await?;
+        // The affected-row count cannot tell "inserted" from "was there"
+        // (sqlx asks for found rows), so read the ids back.
+        let mut check = QueryBuilder::new("SELECT order_id FROM orders WHERE order_id IN (");
+        let mut ids = check.separated(", ");
+        for o in orders {
+            ids.push_bind(o.id as i64);
+        }
+        check.push(")");
+        Ok(check
+            .build_query_scalar::<i64>()
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(to_u64)
+            .collect())
+    }
+}
+
+fn decode_orders(rows: &[MySqlRow]) -> Result<Vec<Order>, sqlx::Error> {
+    rows.iter().map(order_from_row).collect()
+}
+
+#[async_trait]
+impl OrderStore for MySqlOrderStore {
+    async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO sales (",
+            sale_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(sale.id as i64)
+        .bind(&sale.item)
+        .bind(sale.stock as i64)
+        .bind(i64::from(sale.per_user_limit))
+        .bind(sale.starts_at_ms)
+        .bind(sale.ends_at_ms)
+        .bind(sale.payment_window_secs.map(|w| w as i64))
+        .bind(sale.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        // One consistent snapshot for every query, even while other nodes
+        // write (the session default is READ COMMITTED).
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await?;
+        let mut tx = conn
+            .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await?;
+        let sales = sqlx::query(concat!(
+            "SELECT ",
+            sale_columns!(),
+            " FROM sales ORDER BY sale_id"
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(sale_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let holdings = sqlx::query(
+            "SELECT sale_id, user_id, CAST(SUM(quantity) AS SIGNED) FROM orders \
+             WHERE status IN ('pending_payment', 'paid') GROUP BY sale_id, user_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Holding {
+                sale_id: to_u64(r.try_get(0)?),
+                user_id: text_column(r, 1)?,
+                units: to_u32(r.try_get(2)?, "holding")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let persisted = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sale_id, COUNT(*) FROM orders GROUP BY sale_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(sale, n)| (to_u64(sale), to_u64(n)))
+        .collect();
+        let keyed_orders = decode_orders(
+            &sqlx::query(concat!(
+                "SELECT ",
+                order_columns!(),
+                " FROM orders WHERE idempotency_key IS NOT NULL"
+            ))
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
+        let max_id: i64 = sqlx::query_scalar(
+            "SELECT GREATEST(COALESCE((SELECT MAX(order_id) FROM orders), 0), \
+                             COALESCE((SELECT MAX(sale_id) FROM sales), 0))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Snapshot {
+            sales,
+            holdings,
+            persisted,
+            keyed_orders,
+            max_id: to_u64(max_id),
+        })
+    }
+
+    async fn commit_order(&self, order: Order) -> Result<(), StoreError> {
+        self.writer.commit(order).await
+    }
+
+    async fn get_order(&self, order_id: u64) -> Result<Option<Order>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE order_id = ?"
+        ))
+        .bind(order_id as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(order_from_row).transpose()?)
+    }
+
+    async fn transition(
+        &self,
+        order_id: u64,
+        user_id: &str,
+        transition: Transition,
+        now_ms: i64,
+    ) -> Result<Option<TransitionReport>, StoreError> {
+        let target = match transition {
+            Transition::Pay => OrderStatus::Paid,
+            Transition::Cancel => OrderStatus::Cancelled,
+        };
+        // The status condition makes this the one winner among racing
+        // calls; a payment past the deadline expires the order instead.
+        // Update and read-back share a transaction, so a failure between
+        // them cannot leave a change made but unreported.
+        let mut tx = self.pool.begin().await?;
+        let won = sqlx::query(
+            "UPDATE orders SET status = CASE WHEN ? AND expires_at <= ? \
+             THEN 'expired' ELSE ? END, updated_at = ? \
+             WHERE order_id = ? AND user_id = ? AND status = 'pending_payment'",
+        )
+        .bind(transition == Transition::Pay)
+        .bind(now_ms)
+        .bind(target.as_str())
+        .bind(now_ms)
+        .bind(order_id as i64)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE order_id = ?"
+        ))
+        .bind(order_id as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let Some(order) = row
+            .as_ref()
+            .map(order_from_row)
+            .transpose()?
+            .filter(|o| o.user_id == user_id)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(TransitionReport {
+            applied: won && order.status == target,
+            stock_returned: won && !order.status.holds_stock(),
+            order,
+        }))
+    }
+
+    async fn expire_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Order>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Locking read: the newest committed version of each row, locked
+        // until commit; rows other sweepers or payments hold are skipped.
+        let mut due = decode_orders(
+            &sqlx::query(concat!(
+                "SELECT ",
+                order_columns!(),
+                " FROM orders WHERE status = 'pending_payment' AND expires_at <= ? \
+                 ORDER BY expires_at LIMIT ? FOR UPDATE SKIP LOCKED"
+            ))
+            .bind(now_ms)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok(due);
+        }
+        let mut update = QueryBuilder::new("UPDATE orders SET status = 'expired', updated_at = ");
+        update.push_bind(now_ms);
+        update.push(" WHERE status = 'pending_payment' AND order_id IN (");
+        let mut ids = update.separated(", ");
+        for o in &due {
+            ids.push_bind(o.id as i64);
+        }
+        update.push(")");
+        let changed = update.build().execute(&mut *tx).await?.rows_affected();
+        if changed != due.len() as u64 {
+            // Cannot happen while the rows are locked; never report an
+            // order as expired by this call unless it was.
+            return Err(StoreError::Backend(format!(
+                "expired {changed} of {} locked orders; rolled back",
+                due.len()
+            )));
+        }
+        tx.commit().await?;
+        for o in &mut due {
+            o.status = OrderStatus::Expired;
+            o.updated_at_ms = now_ms;
+        }
+        Ok(due)
+    }
+
+    async fn record_intents(&self, intents: Vec<Intent>) -> Result<(), StoreError> {
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in intents.chunks(MAX_BATCH) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO purchase_intents (sale_id, user_id, quantity, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, i| {
+                row.push_bind(i.sale_id as i64)
+                    .push_bind(&i.user_id)
+                    .push_bind(i64::from(i.quantity))
+                    .push_bind(i.created_at_ms);
+            });
+            insert.push(" ON DUPLICATE KEY UPDATE sale_id = sale_id");
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_intents(
+        &self,
+        sale_id: u64,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Intent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sale_id, user_id, quantity, created_at FROM purchase_intents \
+             WHERE sale_id = ? AND user_id > ? ORDER BY user_id LIMIT ?",
+        )
+        .bind(sale_id as i64)
+        .bind(cursor.unwrap_or_default())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(Intent {
+                    sale_id: to_u64(r.try_get(0)?),
+                    user_id: text_column(r, 1)?,
+                    quantity: to_u32(r.try_get(2)?, "quantity")?,
+                    created_at_ms: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if !self.writer.is_open() {
+            return Err(StoreError::Closed);
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,358 @@
+//! The PostgreSQL order store.
+//!
+//! Owns the `sales`, `orders` and `purchase_intents` tables of the first
+//! schema on the connection's `search_path` (migrations in
+//! `migrations/postgres`, applied at connect).
+//!
+//! Invariants callers rely on, which hold with any number of stores (nodes)
+//! on one database:
+//! - `commit_order` answers `Ok` only once the order is committed; orders are
+//!   group-committed by one writer task per store (see [`super::sql`]), one
+//!   multi-row `INSERT … ON CONFLICT DO NOTHING` per batch, so committing the
+//!   same order twice stores it once.
+//! - `transition` is one conditional `UPDATE … WHERE status =
+//!   'pending_payment' RETURNING …`: of a payment and an expiry (or two
+//!   nodes) racing on one order exactly one changes it, and only that call
+//!   reports `stock_returned`.
+//! - `expire_due` claims rows with `FOR UPDATE SKIP LOCKED` and flips them in
+//!   the same statement, so concurrent sweepers never return an order twice.
+//!
+//! Durability is the server's: the commit waits for the WAL flush unless the
+//! server runs with `synchronous_commit = off`, which [`PgOrderStore::connect`]
+//! warns about.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{QueryBuilder, Row};
+
+use super::sql::{
+    order_columns, order_from_row, sale_columns, sale_from_row, text_column, to_u32, to_u64,
+    GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+};
+use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
+use crate::domain::order::Transition;
+use crate::domain::{Order, OrderStatus, Sale};
+
+/// [`OrderStore`] on PostgreSQL with a group-committing order writer.
+pub struct PgOrderStore {
+    pool: PgPool,
+    writer: GroupCommit,
+}
+
+impl PgOrderStore {
+    /// Connects to `url` (`postgres://…` or `postgresql://…`), applies the
+    /// migrations and starts the order writer on the current runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the server cannot be reached or the
+    /// schema cannot be migrated.
+    pub async fn connect(url: &str, settings: &SqlSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(2))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let sync: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+            .fetch_one(&pool)
+            .await?;
+        if sync == "off" {
+            tracing::warn!(
+                "PostgreSQL runs with synchronous_commit = off: an order answered \
+                 201 may be lost if the server crashes"
+            );
+        }
+        let writer = GroupCommit::start(PgSink { pool: pool.clone() }, settings.max_batch);
+        Ok(Self { pool, writer })
+    }
+}
+
+struct PgSink {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl OrderSink for PgSink {
+    async fn insert_orders(&self, orders: &[Order]) -> Result<HashSet<u64>, sqlx::Error> {
+        // One statement is one transaction: one commit, one WAL flush.
+        // DO NOTHING without a target also skips a clash on the idempotency
+        // index; such an order is missing from RETURNING and from the check
+        // below, and fails alone.
+        let mut insert = QueryBuilder::new(concat!("INSERT INTO orders (", order_columns!(), ") "));
+        insert.push_values(orders, |mut row, o| {
+            row.push_bind(o.id as i64)
+                .push_bind(o.sale_id as i64)
+                .push_bind(&o.user_id)
+                .push_bind(i64::from(o.quantity))
+                .push_bind(o.status.as_str())
+                .push_bind(&o.idempotency_key)
+                .push_bind(o.created_at_ms)
+                .push_bind(o.updated_at_ms)
+                .push_bind(o.expires_at_ms);
+        });
+        insert.push(" ON CONFLICT DO NOTHING RETURNING order_id");
+        let mut stored: HashSet<u64> = insert
+            .build_query_scalar::<i64>()
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(to_u64)
+            .collect();
+        if stored.len() < orders.len() {
+            // Some were there already (a retried batch, a second commit of
+            // the same order) or clashed: ask which ids are stored now.
+            let missing: Vec<i64> = orders
+                .iter()
+                .filter(|o| !stored.contains(&o.id))
+                .map(|o| o.id as i64)
+                .collect();
+            let found: Vec<i64> =
+                sqlx::query_scalar("SELECT order_id FROM orders WHERE order_id = ANY($1)")
+                    .bind(missing)
+                    .fetch_all(&self.pool)
+                    .await?;
+            stored.extend(found.into_iter().map(to_u64));
+        }
+        Ok(stored)
+    }
+}
+
+fn decode_orders(rows: &[PgRow]) -> Result<Vec<Order>, sqlx::Error> {
+    rows.iter().map(order_from_row).collect()
+}
+
+#[async_trait]
+impl OrderStore for PgOrderStore {
+    async fn create_sale(&self, sale: &Sale) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO sales (",
+            sale_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(sale.id as i64)
+        .bind(&sale.item)
+        .bind(sale.stock as i64)
+        .bind(i64::from(sale.per_user_limit))
+        .bind(sale.starts_at_ms)
+        .bind(sale.ends_at_ms)
+        .bind(sale.payment_window_secs.map(|w| w as i64))
+        .bind(sale.created_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        // One snapshot for every query, even while other nodes write.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let sales = sqlx::query(concat!(
+            "SELECT ",
+            sale_columns!(),
+            " FROM sales ORDER BY sale_id"
+        ))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(sale_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let holdings = sqlx::query(
+            "SELECT sale_id, user_id, SUM(quantity)::BIGINT FROM orders \
+             WHERE status IN ('pending_payment', 'paid') GROUP BY sale_id, user_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Holding {
+                sale_id: to_u64(r.try_get(0)?),
+                user_id: text_column(r, 1)?,
+                units: to_u32(r.try_get(2)?, "holding")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let persisted = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sale_id, COUNT(*) FROM orders GROUP BY sale_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(sale, n)| (to_u64(sale), to_u64(n)))
+        .collect();
+        let keyed_orders = decode_orders(
+            &sqlx::query(concat!(
+                "SELECT ",
+                order_columns!(),
+                " FROM orders WHERE idempotency_key IS NOT NULL"
+            ))
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
+        let max_id: i64 = sqlx::query_scalar(
+            "SELECT GREATEST(COALESCE((SELECT MAX(order_id) FROM orders), 0), \
+                             COALESCE((SELECT MAX(sale_id) FROM sales), 0))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Snapshot {
+            sales,
+            holdings,
+            persisted,
+            keyed_orders,
+            max_id: to_u64(max_id),
+        })
+    }
+
+    async fn commit_order(&self, order: Order) -> Result<(), StoreError> {
+        self.writer.commit(order).await
+    }
+
+    async fn get_order(&self, order_id: u64) -> Result<Option<Order>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE order_id = $1"
+        ))
+        .bind(order_id as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(order_from_row).transpose()?)
+    }
+
+    async fn transition(
+        &self,
+        order_id: u64,
+        user_id: &str,
+        transition: Transition,
+        now_ms: i64,
+    ) -> Result<Option<TransitionReport>, StoreError> {
+        let target = match transition {
+            Transition::Pay => OrderStatus::Paid,
+            Transition::Cancel => OrderStatus::Cancelled,
+        };
+        // The status condition makes this the one winner among racing
+        // calls; a payment past the deadline expires the order instead.
+        let won = sqlx::query(concat!(
+            "UPDATE orders SET status = CASE WHEN $4 AND expires_at <= $5 \
+             THEN 'expired' ELSE $3 END, updated_at = $5 \
+             WHERE order_id = $1 AND user_id = $2 AND status = 'pending_payment' \
+             RETURNING ",
+            order_columns!()
+        ))
+        .bind(order_id as i64)
+        .bind(user_id)
+        .bind(target.as_str())
+        .bind(transition == Transition::Pay)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = won {
+            let order = order_from_row(&row)?;
+            return Ok(Some(TransitionReport {
+                applied: order.status == target,
+                stock_returned: !order.status.holds_stock(),
+                order,
+            }));
+        }
+        // Lost, or nothing to change: report the order as it stands.
+        Ok(self
+            .get_order(order_id)
+            .await?
+            .filter(|o| o.user_id == user_id)
+            .map(|order| TransitionReport {
+                order,
+                applied: false,
+                stock_returned: false,
+            }))
+    }
+
+    async fn expire_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Order>, StoreError> {
+        // SKIP LOCKED: concurrent sweepers (and payments holding a row) are
+        // stepped over rather than waited for; the status check in the
+        // UPDATE keeps an order that changed meanwhile out.
+        let rows = sqlx::query(
+            "WITH due AS (SELECT order_id FROM orders \
+             WHERE status = 'pending_payment' AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE orders o SET status = 'expired', updated_at = $1 FROM due \
+             WHERE o.order_id = due.order_id AND o.status = 'pending_payment' \
+             RETURNING o.order_id, o.sale_id, o.user_id, o.quantity, o.status, \
+             o.idempotency_key, o.created_at, o.updated_at, o.expires_at",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(decode_orders(&rows)?)
+    }
+
+    async fn record_intents(&self, intents: Vec<Intent>) -> Result<(), StoreError> {
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in intents.chunks(MAX_BATCH) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO purchase_intents (sale_id, user_id, quantity, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, i| {
+                row.push_bind(i.sale_id as i64)
+                    .push_bind(&i.user_id)
+                    .push_bind(i64::from(i.quantity))
+                    .push_bind(i.created_at_ms);
+            });
+            insert.push(" ON CONFLICT (sale_id, user_id) DO NOTHING");
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_intents(
+        &self,
+        sale_id: u64,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Intent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sale_id, user_id, quantity, created_at FROM purchase_intents \
+             WHERE sale_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+        )
+        .bind(sale_id as i64)
+        .bind(cursor.unwrap_or_default())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(Intent {
+                    sale_id: to_u64(r.try_get(0)?),
+                    user_id: text_column(r, 1)?,
+                    quantity: to_u32(r.try_get(2)?, "quantity")?,
+                    created_at_ms: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if !self.writer.is_open() {
+            return Err(StoreError::Closed);
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+}

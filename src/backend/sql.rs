@@ -1,0 +1,373 @@
+//! What the SQL order stores ([`super::postgres`], [`super::mysql`]) share:
+//! settings, the database URL check, row decoding, error mapping and the
+//! group-commit writer.
+//!
+//! Group commit: one writer task owns the order write path. Callers hand it
+//! an order and a reply channel; it takes everything waiting (up to
+//! `max_batch`), stores it with ONE multi-row insert that ignores rows
+//! already present, and only then answers every waiter. An answer of `Ok`
+//! means the order is committed on the server; a failed batch answers every
+//! waiter with the error. The insert is idempotent on `order_id`, so the
+//! writer may retry a batch whose outcome is unknown (a dropped connection,
+//! a deadlock) without duplicating anything.
+//!
+//! An order that was not stored although the statement succeeded (its
+//! `(user_id, idempotency_key)` belongs to another order) fails alone; the
+//! rest of its batch stands.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::StoreError;
+use crate::domain::{Order, OrderStatus, Sale};
+
+/// Hard ceiling on orders per insert: 9 bind parameters per row must stay
+/// under the 65 535 parameters one statement may carry, and past a thousand
+/// rows a bigger statement no longer buys a cheaper commit.
+pub const MAX_BATCH: usize = 1000;
+
+/// Attempts at a batch whose failure looks transient.
+const BATCH_ATTEMPTS: u32 = 3;
+
+/// Settings shared by the SQL order stores.
+#[derive(Debug, Clone)]
+pub struct SqlSettings {
+    /// Most orders written by one insert (clamped to `1..=`[`MAX_BATCH`];
+    /// 1 = one commit per order, the baseline).
+    pub max_batch: usize,
+    /// Connections in the pool (the writer, transitions, reads).
+    pub max_connections: u32,
+    /// Longest wait for a pooled connection before a call fails.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for SqlSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: MAX_BATCH,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The SQL server a database URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `mysql://` or `mariadb://`.
+    MySql,
+}
+
+impl DatabaseKind {
+    /// Reads the kind from the URL's scheme.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] for a URL that does not parse or names
+    /// another scheme; the message never repeats the URL (it may hold a
+    /// password).
+    pub fn of_url(url: &str) -> Result<Self, StoreError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::Backend(format!("the database URL does not parse: {e}")))?;
+        match parsed.scheme() {
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "mysql" | "mariadb" => Ok(Self::MySql),
+            other => Err(StoreError::Backend(format!(
+                "unsupported database URL scheme {other:?}: expected postgres://, \
+                 postgresql://, mysql:// or mariadb://"
+            ))),
+        }
+    }
+}
+
+/// `scheme://host:port/path` of a database URL, without user, password or
+/// query: safe for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("");
+            match u.port() {
+                Some(port) => format!("{}://{host}:{port}{}", u.scheme(), u.path()),
+                None => format!("{}://{host}{}", u.scheme(), u.path()),
+            }
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolClosed => Self::Closed,
+            e => Self::Backend(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Backend(format!("applying migrations: {e}"))
+    }
+}
+
+/// True for failures after which the same idempotent statement may well
+/// succeed: lost connections, pool exhaustion, deadlocks, serialization
+/// failures, a server restarting.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40001 serialization failure (MySQL's deadlock too), 40P01 PG
+            // deadlock, 57P0x PG shutting down, 08xxx connection exceptions.
+            code == "40001" || code == "40P01" || code.starts_with("57P0") || code.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+/// Converts a stored integer id or count (never negative) back.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    v as u64
+}
+
+/// Converts a stored quantity back to the domain's `u32`.
+pub(crate) fn to_u32(v: i64, what: &str) -> Result<u32, sqlx::Error> {
+    u32::try_from(v).map_err(|_| sqlx::Error::Decode(format!("{what} {v} out of range").into()))
+}
+
+/// Reads a user id or idempotency key column. Unchecked on purpose: the
+/// MySQL schema keeps these as `VARBINARY` (exact bytes, see its migration),
+/// which sqlx will not hand out as `String` by type alone, although the bytes
+/// are the UTF-8 that was written; decoding still rejects invalid UTF-8.
+pub(crate) fn text_column<'r, R, T>(row: &'r R, index: usize) -> Result<T, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Decode<'r, R::Database>,
+{
+    row.try_get_unchecked(index)
+}
+
+/// Column list of every order query, in [`order_from_row`]'s order.
+macro_rules! order_columns {
+    () => {
+        "order_id, sale_id, user_id, quantity, status, idempotency_key, \
+         created_at, updated_at, expires_at"
+    };
+}
+pub(crate) use order_columns;
+
+/// Column list of every sale query, in [`sale_from_row`]'s order.
+macro_rules! sale_columns {
+    () => {
+        "sale_id, item, stock, per_user_limit, starts_at, ends_at, \
+         payment_window_secs, created_at"
+    };
+}
+pub(crate) use sale_columns;
+
+/// Decodes a row selected with [`order_columns!`].
+pub(crate) fn order_from_row<R>(row: &R) -> Result<Order, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let status: String = row.try_get(4)?;
+    Ok(Order {
+        id: to_u64(row.try_get(0)?),
+        sale_id: to_u64(row.try_get(1)?),
+        user_id: text_column(row, 2)?,
+        quantity: to_u32(row.try_get(3)?, "quantity")?,
+        status: OrderStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown order status {status:?}").into())
+        })?,
+        idempotency_key: text_column(row, 5)?,
+        created_at_ms: row.try_get(6)?,
+        updated_at_ms: row.try_get(7)?,
+        expires_at_ms: row.try_get(8)?,
+    })
+}
+
+/// Decodes a row selected with [`sale_columns!`].
+pub(crate) fn sale_from_row<R>(row: &R) -> Result<Sale, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(Sale {
+        id: to_u64(row.try_get(0)?),
+        item: row.try_get(1)?,
+        stock: to_u64(row.try_get(2)?),
+        per_user_limit: to_u32(row.try_get(3)?, "per_user_limit")?,
+        starts_at_ms: row.try_get(4)?,
+        ends_at_ms: row.try_get(5)?,
+        payment_window_secs: row.try_get::<Option<i64>, _>(6)?.map(to_u64),
+        created_at_ms: row.try_get(7)?,
+    })
+}
+
+/// Where the group-commit writer puts a batch.
+#[async_trait]
+pub(crate) trait OrderSink: Send + Sync + 'static {
+    /// Inserts `orders` in one statement, skipping rows that conflict with
+    /// stored ones, and returns which of their ids are stored afterwards.
+    ///
+    /// # Errors
+    /// The database error; the writer retries transient ones.
+    async fn insert_orders(&self, orders: &[Order]) -> Result<HashSet<u64>, sqlx::Error>;
+}
+
+struct Pending {
+    order: Order,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Handle on the group-commit writer task.
+pub(crate) struct GroupCommit {
+    tx: Mutex<Option<mpsc::Sender<Pending>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    /// Starts the writer over `sink` (on the current tokio runtime).
+    pub(crate) fn start(sink: impl OrderSink, max_batch: usize) -> Self {
+        let max_batch = max_batch.clamp(1, MAX_BATCH);
+        // Room for a flood's worth of waiters; senders wait beyond it.
+        let (tx, rx) = mpsc::channel(65_536);
+        let task = tokio::spawn(writer_loop(sink, rx, max_batch));
+        Self {
+            tx: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// True until [`Self::close`] was called.
+    pub(crate) fn is_open(&self) -> bool {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Queues `order` and waits until its batch is committed.
+    pub(crate) async fn commit(&self, order: Order) -> Result<(), StoreError> {
+        let sender = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        sender
+            .send(Pending { order, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops taking orders and waits until every queued one is answered.
+    pub(crate) async fn close(&self) {
+        // Once the last sender is gone the writer drains the queue and ends.
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn writer_loop(sink: impl OrderSink, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let (orders, replies): (Vec<Order>, Vec<_>) =
+            batch.drain(..).map(|p| (p.order, p.reply)).unzip();
+        metrics::histogram!("flashsale_store_batch_size").record(orders.len() as f64);
+        match insert_with_retry(&sink, &orders).await {
+            Ok(stored) => {
+                for (order, reply) in orders.iter().zip(replies) {
+                    let result = if stored.contains(&order.id) {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Backend(format!(
+                            "order {} not stored: its idempotency key belongs to another order",
+                            order.id
+                        )))
+                    };
+                    // The waiter may have gone (client hung up); the write stands.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = orders.len(), "order store commit failed");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                }
+            }
+        }
+    }
+    tracing::debug!("order store writer stopped");
+}
+
+async fn insert_with_retry(
+    sink: &impl OrderSink,
+    orders: &[Order],
+) -> Result<HashSet<u64>, sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        match sink.insert_orders(orders).await {
+            Err(e) if attempt < BATCH_ATTEMPTS && is_transient(&e) => {
+                tracing::warn!(error = %e, attempt, "order batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_kinds() {
+        assert_eq!(
+            DatabaseKind::of_url("postgres://u@h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            DatabaseKind::of_url("postgresql://h:5432/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            DatabaseKind::of_url("mysql://root@h/db").unwrap(),
+            DatabaseKind::MySql
+        );
+        assert_eq!(
+            DatabaseKind::of_url("mariadb://root@h/db").unwrap(),
+            DatabaseKind::MySql
+        );
+        let err = DatabaseKind::of_url("redis://:hunter2@h/0").unwrap_err();
+        assert!(err.to_string().contains("unsupported database URL scheme"));
+        assert!(!err.to_string().contains("hunter2"));
+        assert!(DatabaseKind::of_url("not a url").is_err());
+    }
+
+    #[test]
+    fn redaction_drops_credentials_and_options() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db.internal:5432/shop?sslmode=require"),
+            "postgres://db.internal:5432/shop"
+        );
+        assert_eq!(redact_url("mysql://root@h/db"), "mysql://h/db");
+    }
+}
