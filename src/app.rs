@@ -14,15 +14,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use axum::{BoxError, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -30,14 +27,14 @@ use crate::auth::{Authenticator, Secret};
 use crate::backend::{self, OrderStore};
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::http::{self, ApiError, AppState};
+use crate::http::{self, ApiError, AppInner, AppState, FastLane};
 use crate::worker;
 
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    router: Router,
+    service: FastLane,
     engine: Arc<Engine>,
     store: Arc<dyn OrderStore>,
     accepting: Arc<AtomicBool>,
@@ -69,16 +66,17 @@ impl Application {
         let jwt_secret = settings.jwt_secret.clone().unwrap_or_else(Secret::generate);
         let accepting = Arc::new(AtomicBool::new(true));
         let stopping = CancellationToken::new();
-        let state = AppState {
+        let state = AppState::new(AppInner {
             engine: engine.clone(),
             auth: Arc::new(Authenticator::new(&jwt_secret, admin_token.clone())),
             accepting: accepting.clone(),
             stopping: stopping.clone(),
-        };
+        });
         let router = http::ops_router()
             .merge(with_layers(http::api_router(), &settings))
             .method_not_allowed_fallback(http::method_not_allowed)
-            .with_state(state);
+            .with_state(state.clone());
+        let service = FastLane::new(router, state);
         let tasks = vec![
             intent_task,
             worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
@@ -91,7 +89,7 @@ impl Application {
         Ok(Self {
             listener,
             addr,
-            router,
+            service,
             engine,
             store,
             accepting,
@@ -132,7 +130,7 @@ impl Application {
             // Small JSON answers: send them now rather than wait for more.
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, self.router)
+        axum::serve(listener, tower::make::Shared::new(self.service))
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 accepting.store(false, Ordering::Release);
@@ -176,16 +174,6 @@ fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState
                 .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
         )
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("handler panicked");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(
-                    serde_json::json!({"error": {"code": "internal", "message": "internal error"}}),
-                ),
-            )
-                .into_response()
-        }))
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

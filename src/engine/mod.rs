@@ -293,6 +293,39 @@ impl Engine {
         result
     }
 
+    /// Answers a purchase without awaiting anything when the answer is a
+    /// rejection known from memory alone: the sale is outside its window or
+    /// sold out. `None` means "take the full path" (which re-checks
+    /// everything). Only for requests without an `Idempotency-Key`.
+    pub fn try_reject_fast(
+        &self,
+        sale_id: u64,
+        user: &str,
+        quantity: u32,
+    ) -> Option<PurchaseOutcome> {
+        let started = std::time::Instant::now();
+        let rt = self.sales.get(&sale_id)?;
+        let now = now_ms();
+        let outcome = match rt.sale.window(now) {
+            Window::Upcoming => {
+                bump(&rt.counters.not_started);
+                PurchaseOutcome::NotStarted
+            }
+            Window::Ended => {
+                bump(&rt.counters.ended);
+                PurchaseOutcome::Ended
+            }
+            Window::Open if rt.ledger.is_sold_out_for(quantity) => {
+                self.reject(&rt, user, quantity, PurchaseOutcome::SoldOut, None, now)
+            }
+            Window::Open => return None,
+        };
+        bump(&rt.counters.attempts);
+        let result = Ok(outcome);
+        self.metrics.observe(&result, started.elapsed());
+        result.ok()
+    }
+
     async fn purchase_inner(
         self: &Arc<Self>,
         sale_id: u64,
@@ -301,68 +334,30 @@ impl Engine {
         key: Option<String>,
     ) -> Result<PurchaseOutcome, EngineError> {
         let rt = self.sale(sale_id).ok_or(EngineError::NotFound)?;
-        let c = &rt.counters;
-        bump(&c.attempts);
+        bump(&rt.counters.attempts);
         let now = now_ms();
+        // The keyed and the accepted paths await; they are boxed so the
+        // flood's rejection path stays a small future that is cheap to move.
         let guard = match key {
             None => None,
-            Some(key) => match self.idempotency.claim(&user, &key, sale_id, quantity).await {
-                Claim::Fresh(guard) => Some((guard, key)),
-                Claim::Replay(recorded) => {
-                    bump(&c.replayed);
-                    return Ok(PurchaseOutcome::from_recorded(recorded));
+            Some(key) => {
+                match Box::pin(self.idempotency.claim(&user, &key, sale_id, quantity)).await {
+                    Claim::Fresh(guard) => Some((guard, key)),
+                    Claim::Replay(recorded) => {
+                        bump(&rt.counters.replayed);
+                        return Ok(PurchaseOutcome::from_recorded(recorded));
+                    }
+                    Claim::Mismatch => {
+                        return Err(EngineError::Invalid(
+                            "Idempotency-Key was already used for a different purchase".into(),
+                        ))
+                    }
+                    Claim::Retry => return Err(EngineError::RetryLater),
                 }
-                Claim::Mismatch => {
-                    return Err(EngineError::Invalid(
-                        "Idempotency-Key was already used for a different purchase".into(),
-                    ))
-                }
-                Claim::Retry => return Err(EngineError::RetryLater),
-            },
+            }
         };
-        // Window rejections are not recorded under the key (dropping the
-        // guard frees it): a retry once the sale opens deserves a real try,
-        // while a retry after the end still replays an earlier acceptance.
-        match rt.sale.window(now) {
-            Window::Upcoming => {
-                bump(&c.not_started);
-                return Ok(PurchaseOutcome::NotStarted);
-            }
-            Window::Ended => {
-                bump(&c.ended);
-                return Ok(PurchaseOutcome::Ended);
-            }
-            Window::Open => {}
-        }
-        // Cheap, lock-free rejection once the sale is sold out.
-        if rt.ledger.is_sold_out_for(quantity) {
-            return Ok(self.reject(&rt, &user, quantity, PurchaseOutcome::SoldOut, guard, now));
-        }
-        if let Some(limiter) = &self.limiter {
-            if let Err(not_until) = limiter.check_key(&user) {
-                bump(&c.rate_limited);
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                // Not recorded under the idempotency key: a later retry
-                // deserves a real answer. Dropping the guard frees the key.
-                drop(guard);
-                return Ok(PurchaseOutcome::RateLimited(wait.as_secs().max(1)));
-            }
-        }
-        match rt.ledger.try_reserve(&user, quantity) {
-            Reserve::SoldOut => {
-                Ok(self.reject(&rt, &user, quantity, PurchaseOutcome::SoldOut, guard, now))
-            }
-            Reserve::LimitReached => Ok(self.reject(
-                &rt,
-                &user,
-                quantity,
-                PurchaseOutcome::LimitReached,
-                guard,
-                now,
-            )),
-            Reserve::Granted => {
+        match self.admit(&rt, &user, quantity, now) {
+            Ok(()) => {
                 let (guard, key) = match guard {
                     Some((g, k)) => (Some(g), Some(k)),
                     None => (None, None),
@@ -385,6 +380,49 @@ impl Engine {
                     .await
                     .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?
             }
+            Err(outcome) => Ok(self.reject(&rt, &user, quantity, outcome, guard, now)),
+        }
+    }
+
+    /// The synchronous admission steps, cheapest first: window, the local
+    /// sold-out flag, the per-user rate limit, then the atomic reservation.
+    /// `Ok` means the units are now held for `user`.
+    fn admit(
+        &self,
+        rt: &SaleRuntime,
+        user: &str,
+        quantity: u32,
+        now: i64,
+    ) -> Result<(), PurchaseOutcome> {
+        let c = &rt.counters;
+        match rt.sale.window(now) {
+            Window::Upcoming => {
+                bump(&c.not_started);
+                return Err(PurchaseOutcome::NotStarted);
+            }
+            Window::Ended => {
+                bump(&c.ended);
+                return Err(PurchaseOutcome::Ended);
+            }
+            Window::Open => {}
+        }
+        // Cheap, lock-free rejection once the sale is sold out.
+        if rt.ledger.is_sold_out_for(quantity) {
+            return Err(PurchaseOutcome::SoldOut);
+        }
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check_key(&user.to_owned()) {
+                bump(&c.rate_limited);
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                return Err(PurchaseOutcome::RateLimited(wait.as_secs().max(1)));
+            }
+        }
+        match rt.ledger.try_reserve(user, quantity) {
+            Reserve::Granted => Ok(()),
+            Reserve::SoldOut => Err(PurchaseOutcome::SoldOut),
+            Reserve::LimitReached => Err(PurchaseOutcome::LimitReached),
         }
     }
 
@@ -429,7 +467,10 @@ impl Engine {
                     .record(&rt.missed, rt.sale.id, user, quantity, now);
             }
             PurchaseOutcome::LimitReached => bump(&rt.counters.limit_reached),
-            _ => {}
+            // Window and rate-limit answers are not recorded under the key
+            // (dropping the guard frees it): a retry once the sale opens, or
+            // once the buyer slows down, deserves a real try.
+            _ => return outcome,
         }
         if let Some((g, _)) = guard {
             g.finish(Recorded::Rejected(outcome.label()), now);

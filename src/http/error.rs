@@ -4,6 +4,7 @@
 //! `{"error": {"code": "...", "message": "..."}}`. 5xx bodies stay generic;
 //! the cause is logged here once, at `error` level.
 
+use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -99,15 +100,22 @@ impl IntoResponse for ApiError {
             retry_after,
         } = self
         {
-            // The flood path: codes and messages are our own constants with
-            // nothing to escape, so skip building a JSON value.
-            let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
-            let mut response =
-                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            // The flood path: a static body, no JSON value, no formatting.
+            let body = match rejection_body(code) {
+                Some(body) => Body::from(body),
+                None => Body::from(format!(
+                    r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#
+                )),
+            };
+            let mut response = Response::new(body);
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             if let Some(secs) = retry_after {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             return response;
         }
@@ -139,6 +147,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Pre-rendered bodies of the domain rejections a flood produces.
+fn rejection_body(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "sold_out" => r#"{"error":{"code":"sold_out","message":"sold out"}}"#,
+        "limit_reached" => {
+            r#"{"error":{"code":"limit_reached","message":"per-user limit reached for this sale"}}"#
+        }
+        "not_started" => r#"{"error":{"code":"not_started","message":"the sale has not started"}}"#,
+        "ended" => r#"{"error":{"code":"ended","message":"the sale has ended"}}"#,
+        "rate_limited" => {
+            r#"{"error":{"code":"rate_limited","message":"too many requests; slow down"}}"#
+        }
+        _ => return None,
+    })
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
@@ -165,6 +189,28 @@ impl From<EngineError> for ApiError {
             EngineError::WrongState(order) => Self::WrongState(order.status.as_str()),
             EngineError::RetryLater => Self::Overloaded,
             EngineError::Store(e) => Self::Unavailable(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-rendered bodies must say exactly what the general path would.
+    #[test]
+    fn static_rejection_bodies_match_their_messages() {
+        let cases = [
+            ("sold_out", "sold out"),
+            ("limit_reached", "per-user limit reached for this sale"),
+            ("not_started", "the sale has not started"),
+            ("ended", "the sale has ended"),
+            ("rate_limited", "too many requests; slow down"),
+        ];
+        for (code, message) in cases {
+            let body: serde_json::Value =
+                serde_json::from_str(rejection_body(code).unwrap()).unwrap();
+            assert_eq!(body, json!({"error": {"code": code, "message": message}}));
         }
     }
 }

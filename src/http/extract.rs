@@ -27,7 +27,7 @@ impl FromRequestParts<AppState> for Buyer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = token(parts)?;
-        Ok(Self(state.auth.verify_buyer(token)?.to_string()))
+        Ok(Self(String::from(&*state.auth.verify_buyer(token)?)))
     }
 }
 
@@ -58,6 +58,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Most purchases carry no body: skip collecting one.
+        if http_body::Body::is_end_stream(req.body()) {
+            return Ok(Self(None));
+        }
         let bytes =
             Bytes::from_request(req, state)
                 .await

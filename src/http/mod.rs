@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod fast_lane;
 mod ops;
 mod orders;
 mod sales;
@@ -17,10 +18,31 @@ use serde::Serializer;
 use crate::auth::Authenticator;
 use crate::engine::Engine;
 pub use error::ApiError;
+pub use fast_lane::FastLane;
+use sales::purchase_rejection;
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so the per-request clone that
+/// axum's `State` makes is a single atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// What handlers share.
+pub struct AppInner {
     /// The sale engine.
     pub engine: Arc<Engine>,
     /// Token verification.

@@ -168,28 +168,33 @@ async fn purchase(
             }
             Ok(response)
         }
-        PurchaseOutcome::SoldOut => Err(rejected(StatusCode::CONFLICT, "sold_out", "sold out")),
-        PurchaseOutcome::LimitReached => Err(rejected(
+        rejection => Err(purchase_rejection(rejection)),
+    }
+}
+
+/// The contract's answer to a purchase that was not accepted.
+pub(super) fn purchase_rejection(outcome: PurchaseOutcome) -> ApiError {
+    match outcome {
+        PurchaseOutcome::SoldOut => rejected(StatusCode::CONFLICT, "sold_out", "sold out"),
+        PurchaseOutcome::LimitReached => rejected(
             StatusCode::CONFLICT,
             "limit_reached",
             "per-user limit reached for this sale",
-        )),
-        PurchaseOutcome::NotStarted => Err(rejected(
+        ),
+        PurchaseOutcome::NotStarted => rejected(
             StatusCode::FORBIDDEN,
             "not_started",
             "the sale has not started",
-        )),
-        PurchaseOutcome::Ended => Err(rejected(
-            StatusCode::FORBIDDEN,
-            "ended",
-            "the sale has ended",
-        )),
-        PurchaseOutcome::RateLimited(secs) => Err(ApiError::Rejected {
+        ),
+        PurchaseOutcome::Ended => rejected(StatusCode::FORBIDDEN, "ended", "the sale has ended"),
+        PurchaseOutcome::RateLimited(secs) => ApiError::Rejected {
             status: StatusCode::TOO_MANY_REQUESTS,
             code: "rate_limited",
             message: "too many requests; slow down",
             retry_after: Some(secs),
-        }),
+        },
+        // Never called with an acceptance; answer conservatively if it is.
+        PurchaseOutcome::Accepted { .. } => ApiError::Overloaded,
     }
 }
 
