@@ -52,8 +52,8 @@ pub(crate) struct Plan {
     pub mode: Mode,
     /// The URL every request goes to.
     pub target: Url,
-    /// The purchase body (`{"quantity": n}`).
-    pub body: String,
+    /// JSON body of each purchase (`None`: no body, one unit).
+    pub body: Option<String>,
     /// `Authorization` values by user number (purchase mode only).
     pub tokens: Arc<[HeaderValue]>,
     /// Number of simulated users, served round-robin.
@@ -289,11 +289,15 @@ async fn worker(
                     .tokens
                     .get(usize::try_from(user)?)
                     .context("no token for a simulated user")?;
-                client
+                let request = client
                     .post(plan.target.clone())
-                    .header(AUTHORIZATION, token.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(plan.body.clone())
+                    .header(AUTHORIZATION, token.clone());
+                match &plan.body {
+                    Some(body) => request
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body.clone()),
+                    None => request,
+                }
             }
             Mode::Healthz | Mode::SalePage => client.get(plan.target.clone()),
         };

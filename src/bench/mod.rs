@@ -238,7 +238,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let plan = Plan {
         mode: args.mode,
         target,
-        body: json!({ "quantity": args.quantity }).to_string(),
+        // One unit is the contract's default: send no body then, as a buy
+        // button would; other quantities go in the JSON body.
+        body: (args.quantity != 1).then(|| json!({ "quantity": args.quantity }).to_string()),
         tokens: Arc::clone(&tokens),
         users: args.users,
         quantity: args.quantity,
