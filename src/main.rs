@@ -18,6 +18,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Idle blocking threads exit after a second: with mimalloc, memory a
+        // blocking thread allocated (the start-up snapshot of a million
+        // holdings, say) is only handed back to the OS once that thread
+        // allocates again or exits.
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
         .context("starting the async runtime")
         .and_then(|rt| rt.block_on(run(cli)));
