@@ -47,7 +47,7 @@ pub fn spawn_expiry_sweeper(
     })
 }
 
-/// Trims idle rate-limiter keys and old idempotency records every 10 s, and
+/// Trims idle rate-limiter keys and old idempotency records every 2 s, and
 /// folds recorded histogram samples every second (the Prometheus recorder
 /// buffers raw samples until upkeep runs).
 pub fn spawn_housekeeping(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
@@ -59,7 +59,7 @@ pub fn spawn_housekeeping(engine: Arc<Engine>, stop: CancellationToken) -> JoinH
                 _ = tick.tick() => {
                     crate::telemetry::prometheus().run_upkeep();
                     n += 1;
-                    if n.is_multiple_of(10) {
+                    if n.is_multiple_of(2) {
                         engine.housekeeping();
                     }
                 }
