@@ -67,7 +67,7 @@ pub enum AuthError {
 
 /// Verified tokens remembered, so a buyer hammering the buy button costs one
 /// signature check, not one per request.
-const VERIFIED_CACHE: usize = 100_000;
+const VERIFIED_CACHE: usize = 65_536;
 
 /// Verifies buyer tokens and the admin token.
 pub struct Authenticator {

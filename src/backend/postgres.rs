@@ -29,8 +29,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 
 use super::sql::{
-    order_columns, order_from_row, sale_columns, sale_from_row, text_column, to_u32, to_u64,
-    GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+    order_columns, order_from_row, read_snapshot, sale_columns, sale_from_row, text_column, to_u32,
+    to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
 };
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
@@ -152,62 +152,7 @@ impl OrderStore for PgOrderStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let sales = sqlx::query(concat!(
-            "SELECT ",
-            sale_columns!(),
-            " FROM sales ORDER BY sale_id"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(sale_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let holdings = sqlx::query(
-            "SELECT sale_id, user_id, SUM(quantity)::BIGINT FROM orders \
-             WHERE status IN ('pending_payment', 'paid') GROUP BY sale_id, user_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Holding {
-                sale_id: to_u64(r.try_get(0)?),
-                user_id: text_column(r, 1)?,
-                units: to_u32(r.try_get(2)?, "holding")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let persisted = sqlx::query_as::<_, (i64, i64)>(
-            "SELECT sale_id, COUNT(*) FROM orders GROUP BY sale_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(sale, n)| (to_u64(sale), to_u64(n)))
-        .collect();
-        let keyed_orders = decode_orders(
-            &sqlx::query(concat!(
-                "SELECT ",
-                order_columns!(),
-                " FROM orders WHERE idempotency_key IS NOT NULL"
-            ))
-            .fetch_all(&mut *tx)
-            .await?,
-        )?;
-        let max_id: i64 = sqlx::query_scalar(
-            "SELECT GREATEST(COALESCE((SELECT MAX(order_id) FROM orders), 0), \
-                             COALESCE((SELECT MAX(sale_id) FROM sales), 0))",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Snapshot {
-            sales,
-            holdings,
-            persisted,
-            keyed_orders,
-            max_id: to_u64(max_id),
-        })
+        read_snapshot!(tx, "SUM(quantity)::BIGINT")
     }
 
     async fn commit_order(&self, order: Order) -> Result<(), StoreError> {

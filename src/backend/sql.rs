@@ -173,6 +173,76 @@ macro_rules! sale_columns {
 }
 pub(crate) use sale_columns;
 
+/// The body of `OrderStore::load` for both SQL stores: every query of the
+/// snapshot inside the already-open read-only transaction `$tx`, which it
+/// commits. `$units` is the dialect's "sum of quantity as a 64-bit integer".
+/// A macro rather than a generic function: the two transaction types share
+/// no trait that sqlx's executor bounds would accept without a wall of
+/// where-clauses.
+macro_rules! read_snapshot {
+    ($tx:ident, $units:literal) => {{
+        let sales = sqlx::query(concat!(
+            "SELECT ",
+            sale_columns!(),
+            " FROM sales ORDER BY sale_id"
+        ))
+        .fetch_all(&mut *$tx)
+        .await?
+        .iter()
+        .map(sale_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let holdings = sqlx::query(concat!(
+            "SELECT sale_id, user_id, ",
+            $units,
+            " FROM orders \
+                 WHERE status IN ('pending_payment', 'paid') GROUP BY sale_id, user_id"
+        ))
+        .fetch_all(&mut *$tx)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Holding {
+                sale_id: to_u64(r.try_get(0)?),
+                user_id: text_column(r, 1)?,
+                units: to_u32(r.try_get(2)?, "holding")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let persisted = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sale_id, COUNT(*) FROM orders GROUP BY sale_id",
+        )
+        .fetch_all(&mut *$tx)
+        .await?
+        .into_iter()
+        .map(|(sale, n)| (to_u64(sale), to_u64(n)))
+        .collect();
+        let keyed_orders = decode_orders(
+            &sqlx::query(concat!(
+                "SELECT ",
+                order_columns!(),
+                " FROM orders WHERE idempotency_key IS NOT NULL"
+            ))
+            .fetch_all(&mut *$tx)
+            .await?,
+        )?;
+        let max_id: i64 = sqlx::query_scalar(
+            "SELECT GREATEST(COALESCE((SELECT MAX(order_id) FROM orders), 0), \
+                                 COALESCE((SELECT MAX(sale_id) FROM sales), 0))",
+        )
+        .fetch_one(&mut *$tx)
+        .await?;
+        $tx.commit().await?;
+        Ok(Snapshot {
+            sales,
+            holdings,
+            persisted,
+            keyed_orders,
+            max_id: to_u64(max_id),
+        })
+    }};
+}
+pub(crate) use read_snapshot;
+
 /// Decodes a row selected with [`order_columns!`].
 pub(crate) fn order_from_row<R>(row: &R) -> Result<Order, sqlx::Error>
 where
