@@ -34,8 +34,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, Executor, QueryBuilder, Row};
 
 use super::sql::{
-    order_columns, order_from_row, read_snapshot, sale_columns, sale_from_row, text_column, to_u32,
-    to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
+    text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
 };
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
@@ -95,18 +95,7 @@ impl OrderSink for MySqlSink {
         // One autocommit statement: one commit, one log flush. A clash on
         // the idempotency index "updates" the other order to itself, so
         // the new order is simply not stored; the read-back finds out.
-        let mut insert = QueryBuilder::new(concat!("INSERT INTO orders (", order_columns!(), ") "));
-        insert.push_values(orders, |mut row, o| {
-            row.push_bind(o.id as i64)
-                .push_bind(o.sale_id as i64)
-                .push_bind(&o.user_id)
-                .push_bind(i64::from(o.quantity))
-                .push_bind(o.status.as_str())
-                .push_bind(&o.idempotency_key)
-                .push_bind(o.created_at_ms)
-                .push_bind(o.updated_at_ms)
-                .push_bind(o.expires_at_ms);
-        });
+        let mut insert = orders_insert!(sqlx::MySql, orders);
         insert.push(" ON DUPLICATE KEY UPDATE order_id = order_id");
         insert.build().execute(&self.pool).await?;
         // The affected-row count cannot tell "inserted" from "was there"

@@ -29,8 +29,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 
 use super::sql::{
-    order_columns, order_from_row, read_snapshot, sale_columns, sale_from_row, text_column, to_u32,
-    to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
+    text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
 };
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
@@ -82,18 +82,7 @@ impl OrderSink for PgSink {
         // DO NOTHING without a target also skips a clash on the idempotency
         // index; such an order is missing from RETURNING and from the check
         // below, and fails alone.
-        let mut insert = QueryBuilder::new(concat!("INSERT INTO orders (", order_columns!(), ") "));
-        insert.push_values(orders, |mut row, o| {
-            row.push_bind(o.id as i64)
-                .push_bind(o.sale_id as i64)
-                .push_bind(&o.user_id)
-                .push_bind(i64::from(o.quantity))
-                .push_bind(o.status.as_str())
-                .push_bind(&o.idempotency_key)
-                .push_bind(o.created_at_ms)
-                .push_bind(o.updated_at_ms)
-                .push_bind(o.expires_at_ms);
-        });
+        let mut insert = orders_insert!(sqlx::Postgres, orders);
         insert.push(" ON CONFLICT DO NOTHING RETURNING order_id");
         let mut stored: HashSet<u64> = insert
             .build_query_scalar::<i64>()

@@ -243,6 +243,28 @@ macro_rules! read_snapshot {
 }
 pub(crate) use read_snapshot;
 
+/// A multi-row `INSERT INTO orders (…) VALUES (…), (…)` of `$orders` for
+/// database `$db`, ready for the dialect's conflict clause.
+macro_rules! orders_insert {
+    ($db:ty, $orders:expr) => {{
+        let mut insert =
+            sqlx::QueryBuilder::<$db>::new(concat!("INSERT INTO orders (", order_columns!(), ") "));
+        insert.push_values($orders, |mut row, o| {
+            row.push_bind(o.id as i64)
+                .push_bind(o.sale_id as i64)
+                .push_bind(&o.user_id)
+                .push_bind(i64::from(o.quantity))
+                .push_bind(o.status.as_str())
+                .push_bind(&o.idempotency_key)
+                .push_bind(o.created_at_ms)
+                .push_bind(o.updated_at_ms)
+                .push_bind(o.expires_at_ms);
+        });
+        insert
+    }};
+}
+pub(crate) use orders_insert;
+
 /// Decodes a row selected with [`order_columns!`].
 pub(crate) fn order_from_row<R>(row: &R) -> Result<Order, sqlx::Error>
 where
