@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod durability;
+mod fast_lane;
 mod helpers;
 mod intents;
 mod load;
