@@ -11,6 +11,7 @@
 #      (1, 2 and 3 alternate $ROUNDS times, default 3; medians are compared)
 #   3. accept path, group commit                  (stock = buyers = 100,000)
 #   4. accept path, one commit per order          (--commit-batch 1, 10,000 orders)
+#   5. the classic design on PostgreSQL           (flashsale bench --mode pg-row-lock)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
@@ -62,13 +63,16 @@ A=$(printf '%s\n' "${AS[@]}" | median_run)
 echo "accept rounds:   $(printf '%s\n' "${AS[@]}" | python3 -c 'import json,sys; print(" ".join(str(round(json.loads(l)["accepted_per_sec"])) for l in sys.stdin if l.strip()))')"
 start per-order --commit-batch 1
 P=$(run_bench --stock 10000 --users 10000 --concurrency "$CONC" --requests 10000 --verify-sample 1000)
+# The classic design, straight on PostgreSQL (no Flashsale): a row lock on
+# the stock row plus an order insert per purchase.
+G=$("$BIN" bench --mode pg-row-lock --json --stock 20000 --users 20000 --concurrency "$CONC" --requests 20000 2>/dev/null || echo '{}')
 
 h=$(echo "$H" | field 'd["throughput_rps"]')
 s=$(echo "$S" | field 'd["throughput_rps"]')
 a=$(echo "$A" | field 'd["accepted_per_sec"]')
 p=$(echo "$P" | field 'd["accepted_per_sec"]')
 printf '\n%-44s %12s %10s %10s %s\n' "run (flashsale bench, $CONC connections)" "rate /s" "p50 ms" "p99 ms" "invariants"
-for pair in "healthz:$H" "sold-out purchase flood:$S" "accept path, group commit:$A" "accept path, commit per order:$P"; do
+for pair in "healthz:$H" "sold-out purchase flood:$S" "accept path, group commit:$A" "accept path, commit per order:$P" "accept, PostgreSQL row lock (pg-row-lock):$G"; do
     name=${pair%%:*}; json=${pair#*:}
     printf '%-44s %12s %10s %10s %s\n' "$name" \
         "$(echo "$json" | field 'round(d["accepted_per_sec"] if "accept" in "'"$name"'" else d["throughput_rps"])')" \
@@ -76,12 +80,15 @@ for pair in "healthz:$H" "sold-out purchase flood:$S" "accept path, group commit
         "$(echo "$json" | field 'd["latency_ms"]["p99"]')" \
         "$(echo "$json" | field '"ok" if d["ok"] else "BROKEN"')"
 done
-python3 - "$h" "$s" "$a" "$p" <<'PY'
+g=$(echo "$G" | field 'd.get("accepted_per_sec", 0)')
+python3 - "$h" "$s" "$a" "$p" "$g" <<'PY'
 import sys
-h, s, a, p = map(float, sys.argv[1:])
+h, s, a, p, g = map(float, sys.argv[1:])
 print(f"\nsold-out flood / healthz          = {s / h:6.1%}   (target >= 90%)")
 print(f"accepted orders/s / sold-out rate = {a / s:6.1%}   (target >= 50%)")
 print(f"group commit / commit per order   = {a / p:6.1f}x  (target >= 20x)")
+if g:
+    print(f"group commit / pg-row-lock        = {a / g:6.1f}x")
 PY
 
 if command -v wrk >/dev/null; then

@@ -18,6 +18,7 @@
 //! coordinated omission, and throughput is what `--concurrency` connections
 //! achieve against this server.
 
+mod baseline;
 mod checks;
 mod load;
 mod report;
@@ -59,6 +60,9 @@ pub enum Mode {
     Healthz,
     /// `GET /api/v1/sales/{id}`: the public, cacheable sale page.
     SalePage,
+    /// Baseline without Flashsale: one PostgreSQL transaction per purchase
+    /// that row-locks the stock row and inserts the order (`--database`).
+    PgRowLock,
 }
 
 impl Mode {
@@ -68,6 +72,7 @@ impl Mode {
             Self::Purchase => "purchase",
             Self::Healthz => "healthz",
             Self::SalePage => "sale-page",
+            Self::PgRowLock => "pg-row-lock",
         }
     }
 }
@@ -78,6 +83,15 @@ pub struct BenchArgs {
     /// Base URL of the service under test.
     #[arg(long, env = "FLASHSALE_URL", default_value = "http://127.0.0.1:8080")]
     pub url: Url,
+
+    /// PostgreSQL for `--mode pg-row-lock` (a schema of its own is created
+    /// and dropped).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_DATABASE",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub database: String,
 
     /// Admin bearer token: needed to create the sale and to read its stats
     /// (every mode but `healthz`; `sale-page` with `--sale-id` does without).
@@ -160,6 +174,9 @@ pub struct BenchArgs {
 /// When the run cannot take place: missing credentials, an unreachable
 /// service, or a sale that cannot be created or read.
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    if args.mode == Mode::PgRowLock {
+        return baseline::pg_row_lock(&args).await;
+    }
     let concurrency = usize::try_from(args.concurrency)?;
     let client = Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -184,10 +201,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         Mode::Purchase => Some(args.jwt_secret.as_ref().ok_or_else(|| {
             anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)")
         })?),
-        Mode::Healthz | Mode::SalePage => None,
+        Mode::Healthz | Mode::SalePage | Mode::PgRowLock => None,
     };
     let needs_admin = match args.mode {
-        Mode::Healthz => false,
+        Mode::Healthz | Mode::PgRowLock => false,
         Mode::SalePage => args.sale_id.is_none(),
         Mode::Purchase => args.sale_id.is_none() || !args.no_verify,
     };
@@ -205,7 +222,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 1. The sale.
     let sale = match args.mode {
-        Mode::Healthz => None,
+        Mode::Healthz | Mode::PgRowLock => None,
         Mode::Purchase | Mode::SalePage => Some(prepare_sale(&api, &args).await?),
     };
 
@@ -225,7 +242,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 3. The load.
     let target = match (args.mode, &sale) {
-        (Mode::Healthz, _) => api.url(&["healthz"])?,
+        (Mode::Healthz | Mode::PgRowLock, _) => api.url(&["healthz"])?,
         (Mode::SalePage, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id])?,
         (Mode::Purchase, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id, "purchase"])?,
         (_, None) => bail!("no sale to send {} requests to", args.mode.as_str()),
