@@ -28,6 +28,26 @@ use crate::telemetry::PurchaseMetrics;
 use idempotency::{Claim, IdempotencyCache, Recorded};
 use intents::{IntentRecorder, MissedBuyers};
 
+/// The rejections memory alone decides, cheapest first: the sale window
+/// (counted here), then the local sold-out flag (counted by
+/// [`Engine::reject`], which also records the intent).
+fn memory_rejection(rt: &SaleRuntime, quantity: u32, now: i64) -> Option<PurchaseOutcome> {
+    match rt.sale.window(now) {
+        Window::Upcoming => {
+            bump(&rt.counters.not_started);
+            Some(PurchaseOutcome::NotStarted)
+        }
+        Window::Ended => {
+            bump(&rt.counters.ended);
+            Some(PurchaseOutcome::Ended)
+        }
+        Window::Open => rt
+            .ledger
+            .is_sold_out_for(quantity)
+            .then_some(PurchaseOutcome::SoldOut),
+    }
+}
+
 /// Per-sale counters reported by the stats endpoint (since process start,
 /// except `orders_persisted`, which is rebuilt from the store).
 #[derive(Debug, Default)]
@@ -306,20 +326,8 @@ impl Engine {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
         let now = now_ms();
-        let outcome = match rt.sale.window(now) {
-            Window::Upcoming => {
-                bump(&rt.counters.not_started);
-                PurchaseOutcome::NotStarted
-            }
-            Window::Ended => {
-                bump(&rt.counters.ended);
-                PurchaseOutcome::Ended
-            }
-            Window::Open if rt.ledger.is_sold_out_for(quantity) => {
-                self.reject(&rt, user, quantity, PurchaseOutcome::SoldOut, None, now)
-            }
-            Window::Open => return None,
-        };
+        let outcome = memory_rejection(&rt, quantity, now)?;
+        let outcome = self.reject(&rt, user, quantity, outcome, None, now);
         bump(&rt.counters.attempts);
         let result = Ok(outcome);
         self.metrics.observe(&result, started.elapsed());
@@ -394,25 +402,12 @@ impl Engine {
         quantity: u32,
         now: i64,
     ) -> Result<(), PurchaseOutcome> {
-        let c = &rt.counters;
-        match rt.sale.window(now) {
-            Window::Upcoming => {
-                bump(&c.not_started);
-                return Err(PurchaseOutcome::NotStarted);
-            }
-            Window::Ended => {
-                bump(&c.ended);
-                return Err(PurchaseOutcome::Ended);
-            }
-            Window::Open => {}
-        }
-        // Cheap, lock-free rejection once the sale is sold out.
-        if rt.ledger.is_sold_out_for(quantity) {
-            return Err(PurchaseOutcome::SoldOut);
+        if let Some(outcome) = memory_rejection(rt, quantity, now) {
+            return Err(outcome);
         }
         if let Some(limiter) = &self.limiter {
             if let Err(not_until) = limiter.check_key(&user.to_owned()) {
-                bump(&c.rate_limited);
+                bump(&rt.counters.rate_limited);
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(
                     &governor::clock::DefaultClock::default(),
                 ));

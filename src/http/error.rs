@@ -35,15 +35,11 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
-    /// A domain rejection with its own status and code.
-    #[error("{message}")]
+    /// A domain rejection (see [`Rejection`]).
+    #[error("{}", .rejection.message)]
     Rejected {
-        /// The HTTP status.
-        status: StatusCode,
-        /// The machine-readable code.
-        code: &'static str,
-        /// Human text.
-        message: &'static str,
+        /// Status, code, message and body.
+        rejection: &'static Rejection,
         /// Seconds for `Retry-After`, if any.
         retry_after: Option<u64>,
     },
@@ -73,7 +69,8 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Invalid { status, .. } | Self::Rejected { status, .. } => *status,
+            Self::Invalid { status, .. } => *status,
+            Self::Rejected { rejection, .. } => rejection.status,
             Self::WrongState(_) => StatusCode::CONFLICT,
             Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -85,7 +82,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Invalid { .. } | Self::WrongState(_) => "invalid_request",
-            Self::Rejected { code, .. } => code,
+            Self::Rejected { rejection, .. } => rejection.code,
             Self::Overloaded | Self::Unavailable(_) => "overloaded",
         }
     }
@@ -94,21 +91,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Rejected {
-            status,
-            code,
-            message,
+            rejection,
             retry_after,
         } = self
         {
-            // The flood path: a static body, no JSON value, no formatting.
-            let body = match rejection_body(code) {
-                Some(body) => Body::from(body),
-                None => Body::from(format!(
-                    r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#
-                )),
-            };
-            let mut response = Response::new(body);
-            *response.status_mut() = status;
+            // The flood path: a pre-rendered body, no JSON value.
+            let mut response = Response::new(Body::from(rejection.body));
+            *response.status_mut() = rejection.status;
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
@@ -147,21 +136,58 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Pre-rendered bodies of the domain rejections a flood produces.
-fn rejection_body(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "sold_out" => r#"{"error":{"code":"sold_out","message":"sold out"}}"#,
-        "limit_reached" => {
-            r#"{"error":{"code":"limit_reached","message":"per-user limit reached for this sale"}}"#
-        }
-        "not_started" => r#"{"error":{"code":"not_started","message":"the sale has not started"}}"#,
-        "ended" => r#"{"error":{"code":"ended","message":"the sale has ended"}}"#,
-        "rate_limited" => {
-            r#"{"error":{"code":"rate_limited","message":"too many requests; slow down"}}"#
-        }
-        _ => return None,
-    })
+/// A domain rejection of a purchase: status, code, message, and the
+/// contract's error body rendered once at compile time.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The machine-readable code.
+    pub code: &'static str,
+    /// Human text.
+    pub message: &'static str,
+    body: &'static str,
 }
+
+/// Defines a [`Rejection`] constant from its status, code and message.
+macro_rules! rejection {
+    ($name:ident, $status:expr, $code:literal, $message:literal) => {
+        #[doc = concat!("`", $code, "`: ", $message, ".")]
+        pub const $name: Rejection = Rejection {
+            status: $status,
+            code: $code,
+            message: $message,
+            body: concat!(
+                r#"{"error":{"code":""#,
+                $code,
+                r#"","message":""#,
+                $message,
+                r#""}}"#
+            ),
+        };
+    };
+}
+
+rejection!(SOLD_OUT, StatusCode::CONFLICT, "sold_out", "sold out");
+rejection!(
+    LIMIT_REACHED,
+    StatusCode::CONFLICT,
+    "limit_reached",
+    "per-user limit reached for this sale"
+);
+rejection!(
+    NOT_STARTED,
+    StatusCode::FORBIDDEN,
+    "not_started",
+    "the sale has not started"
+);
+rejection!(ENDED, StatusCode::FORBIDDEN, "ended", "the sale has ended");
+rejection!(
+    RATE_LIMITED,
+    StatusCode::TOO_MANY_REQUESTS,
+    "rate_limited",
+    "too many requests; slow down"
+);
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
@@ -200,17 +226,18 @@ mod tests {
     /// The pre-rendered bodies must say exactly what the general path would.
     #[test]
     fn static_rejection_bodies_match_their_messages() {
-        let cases = [
-            ("sold_out", "sold out"),
-            ("limit_reached", "per-user limit reached for this sale"),
-            ("not_started", "the sale has not started"),
-            ("ended", "the sale has ended"),
-            ("rate_limited", "too many requests; slow down"),
-        ];
-        for (code, message) in cases {
-            let body: serde_json::Value =
-                serde_json::from_str(rejection_body(code).unwrap()).unwrap();
-            assert_eq!(body, json!({"error": {"code": code, "message": message}}));
+        for r in [
+            &SOLD_OUT,
+            &LIMIT_REACHED,
+            &NOT_STARTED,
+            &ENDED,
+            &RATE_LIMITED,
+        ] {
+            let body: serde_json::Value = serde_json::from_str(r.body).unwrap();
+            assert_eq!(
+                body,
+                json!({"error": {"code": r.code, "message": r.message}})
+            );
         }
     }
 }

@@ -6,11 +6,12 @@
 //! router's generic machinery (url-parameter maps, request extensions,
 //! extractors, boxed futures, the middleware stack) costing about as much
 //! as hyper's HTTP parsing for such a request. This service recognises the
-//! plain case — the purchase path, a valid cached-or-verifiable buyer token,
-//! no body, no `Idempotency-Key` — and asks the engine for a synchronous,
-//! memory-only rejection. Anything else, including every case that could
-//! buy, goes to the full router unchanged, which re-checks from scratch; so
-//! the fast lane can only answer what the full path would have answered.
+//! plain case — the purchase path, a bearer token, no body, no
+//! `Idempotency-Key` — answers a bad token `401` as the full path would, and
+//! otherwise asks the engine for a synchronous, memory-only rejection.
+//! Anything else, including every case that could buy, goes to the full
+//! router unchanged, which re-checks from scratch; so the fast lane can only
+//! answer what the full path would have answered.
 //!
 //! It sits in front of load shedding on purpose: an answer computed without
 //! awaiting holds no resources and cannot pile up.
@@ -27,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::Service;
 
-use super::{purchase_rejection, AppState};
+use super::{purchase_rejection, ApiError, AppState};
 use crate::auth::bearer;
 
 /// The fast lane wrapped around the full router.
@@ -57,7 +58,12 @@ impl FastLane {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)?;
-        let user = self.state.auth.verify_buyer(token).ok()?;
+        // A bad token gets the full path's answer (its first extractor is
+        // the buyer's) right here, instead of a second full verification.
+        let user = match self.state.auth.verify_buyer(token) {
+            Ok(user) => user,
+            Err(e) => return Some(ApiError::from(e).into_response()),
+        };
         let outcome = self.state.engine.try_reject_fast(sale_id, &user, 1)?;
         Some(purchase_rejection(outcome).into_response())
     }

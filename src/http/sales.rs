@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::extract::{Admin, Buyer, IdempotencyKey, JsonBody};
 use super::orders::OrderBody;
-use super::{parse_id, ApiError, AppState};
+use super::{error, parse_id, ApiError, AppState};
 use crate::domain::{now_ms, NewSale, SaleStatus};
 use crate::engine::{PurchaseOutcome, SaleRuntime};
 
@@ -130,15 +130,6 @@ fn parse_quantity(body: Option<Value>) -> Result<u32, ApiError> {
     }
 }
 
-fn rejected(status: StatusCode, code: &'static str, message: &'static str) -> ApiError {
-    ApiError::Rejected {
-        status,
-        code,
-        message,
-        retry_after: None,
-    }
-}
-
 async fn purchase(
     State(state): State<AppState>,
     buyer: Buyer,
@@ -174,27 +165,18 @@ async fn purchase(
 
 /// The contract's answer to a purchase that was not accepted.
 pub(super) fn purchase_rejection(outcome: PurchaseOutcome) -> ApiError {
-    match outcome {
-        PurchaseOutcome::SoldOut => rejected(StatusCode::CONFLICT, "sold_out", "sold out"),
-        PurchaseOutcome::LimitReached => rejected(
-            StatusCode::CONFLICT,
-            "limit_reached",
-            "per-user limit reached for this sale",
-        ),
-        PurchaseOutcome::NotStarted => rejected(
-            StatusCode::FORBIDDEN,
-            "not_started",
-            "the sale has not started",
-        ),
-        PurchaseOutcome::Ended => rejected(StatusCode::FORBIDDEN, "ended", "the sale has ended"),
-        PurchaseOutcome::RateLimited(secs) => ApiError::Rejected {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "rate_limited",
-            message: "too many requests; slow down",
-            retry_after: Some(secs),
-        },
+    let (rejection, retry_after) = match outcome {
+        PurchaseOutcome::SoldOut => (&error::SOLD_OUT, None),
+        PurchaseOutcome::LimitReached => (&error::LIMIT_REACHED, None),
+        PurchaseOutcome::NotStarted => (&error::NOT_STARTED, None),
+        PurchaseOutcome::Ended => (&error::ENDED, None),
+        PurchaseOutcome::RateLimited(secs) => (&error::RATE_LIMITED, Some(secs)),
         // Never called with an acceptance; answer conservatively if it is.
-        PurchaseOutcome::Accepted { .. } => ApiError::Overloaded,
+        PurchaseOutcome::Accepted { .. } => return ApiError::Overloaded,
+    };
+    ApiError::Rejected {
+        rejection,
+        retry_after,
     }
 }
 
