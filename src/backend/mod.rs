@@ -7,9 +7,11 @@
 //! [`mysql::MySqlOrderStore`] keep the same state in a SQL server, chosen by
 //! [`open_order_store`].
 
+pub mod amqp;
 pub mod embedded;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod sql;
 
 use std::sync::Arc;
@@ -89,6 +91,31 @@ pub struct Snapshot {
     pub max_id: u64,
 }
 
+/// What the order database says about one sale, for a re-seed.
+#[derive(Debug, Default, Clone)]
+pub struct SaleRecord {
+    /// Units held by pending or paid orders.
+    pub sold: u64,
+    /// User → units held.
+    pub holders: Vec<(String, u32)>,
+    /// Holding orders that carry an idempotency key.
+    pub keyed: Vec<Order>,
+    /// Ids of orders whose units went back (expired, cancelled).
+    pub released: Vec<u64>,
+}
+
+/// What the order database says about one sale, for the reconciler.
+#[derive(Debug, Default, Clone)]
+pub struct SaleAudit {
+    /// Units held by pending or paid orders.
+    pub sold: u64,
+    /// Orders stored (any status).
+    pub orders: u64,
+    /// Orders that gave their units back (expired, cancelled) and changed
+    /// at or after the `since` asked for.
+    pub released: Vec<Order>,
+}
+
 /// What an attempted state change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransitionReport {
@@ -166,6 +193,32 @@ pub trait OrderStore: Send + Sync {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<Vec<Intent>, StoreError>;
+
+    /// Reads one sale (nodes learn of sales other nodes created).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
+        Ok(self.load().await?.sales.into_iter().find(|s| s.id == sale_id))
+    }
+
+    /// What a re-seed of the shared stock needs: units held, holders, keyed
+    /// orders and orders that gave their units back. Only the SQL stores
+    /// (the distributed mode's databases) provide it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or has no such query.
+    async fn sale_record(&self, _sale_id: u64) -> Result<SaleRecord, StoreError> {
+        Err(StoreError::Backend("this store does not back shared stock".into()))
+    }
+
+    /// What the reconciler compares with the shared stock.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or has no such query.
+    async fn sale_audit(&self, _sale_id: u64, _since_ms: i64) -> Result<SaleAudit, StoreError> {
+        Err(StoreError::Backend("this store does not back shared stock".into()))
+    }
 
     /// Checks the store answers.
     ///

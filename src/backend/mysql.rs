@@ -34,10 +34,12 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, Executor, QueryBuilder, Row};
 
 use super::sql::{
-    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
+    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_reads, sale_from_row,
     text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
 };
-use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
+use super::{
+    Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
+};
 use crate::domain::order::Transition;
 use crate::domain::{Order, OrderStatus, Sale};
 
@@ -119,6 +121,8 @@ impl OrderSink for MySqlSink {
 fn decode_orders(rows: &[MySqlRow]) -> Result<Vec<Order>, sqlx::Error> {
     rows.iter().map(order_from_row).collect()
 }
+
+sale_reads!(MySqlPool, "?", "?", "CAST(SUM(quantity) AS SIGNED)");
 
 #[async_trait]
 impl OrderStore for MySqlOrderStore {
@@ -317,6 +321,18 @@ impl OrderStore for MySqlOrderStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
+        get_sale(&self.pool, sale_id).await
+    }
+
+    async fn sale_record(&self, sale_id: u64) -> Result<SaleRecord, StoreError> {
+        sale_record(&self.pool, sale_id).await
+    }
+
+    async fn sale_audit(&self, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
+        sale_audit(&self.pool, sale_id, since_ms).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -29,10 +29,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 
 use super::sql::{
-    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
+    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_reads, sale_from_row,
     text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
 };
-use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
+use super::{
+    Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
+};
 use crate::domain::order::Transition;
 use crate::domain::{Order, OrderStatus, Sale};
 
@@ -109,6 +111,8 @@ impl OrderSink for PgSink {
         Ok(stored)
     }
 }
+
+sale_reads!(PgPool, "$1", "$2", "SUM(quantity)::BIGINT");
 
 fn decode_orders(rows: &[PgRow]) -> Result<Vec<Order>, sqlx::Error> {
     rows.iter().map(order_from_row).collect()
@@ -275,6 +279,18 @@ impl OrderStore for PgOrderStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
+        get_sale(&self.pool, sale_id).await
+    }
+
+    async fn sale_record(&self, sale_id: u64) -> Result<SaleRecord, StoreError> {
+        sale_record(&self.pool, sale_id).await
+    }
+
+    async fn sale_audit(&self, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
+        sale_audit(&self.pool, sale_id, since_ms).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -463,3 +463,118 @@ mod tests {
         assert_eq!(redact_url("mysql://root@h/db"), "mysql://h/db");
     }
 }
+
+/// The per-sale reads of the distributed mode (`get_sale`, `sale_record`,
+/// `sale_audit`) for both SQL stores, as `OrderStore` method bodies.
+/// `$p1`/`$p2` are the dialect's first and second placeholders and `$units`
+/// its "sum of quantity as a 64-bit integer"; a macro for the same reason
+/// as [`read_snapshot!`]. It defines free functions `get_sale`,
+/// `sale_record` and `sale_audit` on `$pool` (the trait impl calls them:
+/// `#[async_trait]` does not see methods a macro expands to).
+macro_rules! sale_reads {
+    ($pool:ty, $p1:literal, $p2:literal, $units:literal) => {
+        async fn get_sale(pool: &$pool, sale_id: u64) -> Result<Option<Sale>, StoreError> {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                sale_columns!(),
+                " FROM sales WHERE sale_id = ",
+                $p1
+            ))
+            .bind(sale_id as i64)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.as_ref().map(sale_from_row).transpose()?)
+        }
+
+        async fn sale_record(pool: &$pool, sale_id: u64) -> Result<SaleRecord, StoreError> {
+            let holders = sqlx::query(concat!(
+                "SELECT user_id, ",
+                $units,
+                " FROM orders WHERE sale_id = ",
+                $p1,
+                " AND status IN ('pending_payment', 'paid') GROUP BY user_id"
+            ))
+            .bind(sale_id as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| Ok((text_column::<_, String>(r, 0)?, to_u32(r.try_get(1)?, "units")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let keyed = sqlx::query(concat!(
+                "SELECT ",
+                order_columns!(),
+                " FROM orders WHERE sale_id = ",
+                $p1,
+                " AND idempotency_key IS NOT NULL"
+            ))
+            .bind(sale_id as i64)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(order_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            let released = sqlx::query_scalar::<_, i64>(concat!(
+                "SELECT order_id FROM orders WHERE sale_id = ",
+                $p1,
+                " AND status IN ('expired', 'cancelled')"
+            ))
+            .bind(sale_id as i64)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(to_u64)
+            .collect();
+            let sold = holders.iter().map(|(_, u)| u64::from(*u)).sum();
+            Ok(SaleRecord {
+                sold,
+                holders,
+                keyed,
+                released,
+            })
+        }
+
+        async fn sale_audit(pool: &$pool, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
+            let row = sqlx::query(concat!(
+                "SELECT COALESCE(",
+                $units,
+                ", 0), COUNT(*) FROM orders WHERE sale_id = ",
+                $p1,
+                " AND status IN ('pending_payment', 'paid')"
+            ))
+            .bind(sale_id as i64)
+            .fetch_one(pool)
+            .await?;
+            let sold: i64 = row.try_get(0)?;
+            let holding: i64 = row.try_get(1)?;
+            let others: i64 = sqlx::query_scalar(concat!(
+                "SELECT COUNT(*) FROM orders WHERE sale_id = ",
+                $p1,
+                " AND status IN ('expired', 'cancelled')"
+            ))
+            .bind(sale_id as i64)
+            .fetch_one(pool)
+            .await?;
+            let released = sqlx::query(concat!(
+                "SELECT ",
+                order_columns!(),
+                " FROM orders WHERE sale_id = ",
+                $p1,
+                " AND status IN ('expired', 'cancelled') AND updated_at >= ",
+                $p2
+            ))
+            .bind(sale_id as i64)
+            .bind(since_ms)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(order_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            Ok(SaleAudit {
+                sold: to_u64(sold),
+                orders: to_u64(holding + others),
+                released,
+            })
+        }
+    };
+}
+pub(crate) use sale_reads;

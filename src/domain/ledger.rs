@@ -72,6 +72,14 @@ impl Ledger {
         self.remaining.load(Ordering::Acquire)
     }
 
+    /// Mirrors a remote stock counter (Redis holds the truth when the node
+    /// runs distributed): the local sold-out flag then reads this copy, so a
+    /// sold-out sale is refused without a network call.
+    pub fn mirror_remaining(&self, remaining: u64) {
+        self.remaining
+            .store(remaining.min(self.stock), Ordering::Release);
+    }
+
     /// Units held (pending or paid).
     pub fn sold(&self) -> u64 {
         self.stock - self.remaining()

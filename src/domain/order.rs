@@ -79,3 +79,57 @@ pub enum Transition {
     /// Cancel and return the stock.
     Cancel,
 }
+
+/// An accepted order as it travels through the outbox and the order queue:
+/// compact JSON, ids as numbers, times as epoch ms.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct WireOrder {
+    id: u64,
+    sale: u64,
+    user: String,
+    qty: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+}
+
+impl Order {
+    /// The queue and outbox form of a freshly accepted order.
+    pub fn to_wire(&self) -> String {
+        let wire = WireOrder {
+            id: self.id,
+            sale: self.sale_id,
+            user: self.user_id.clone(),
+            qty: self.quantity,
+            key: self.idempotency_key.clone(),
+            at: self.created_at_ms,
+            exp: self.expires_at_ms,
+        };
+        // A struct of numbers and strings always serializes.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    /// Reads an order written by [`Order::to_wire`]; it is `pending_payment`.
+    ///
+    /// # Errors
+    /// When `bytes` is not such an order (a poison message).
+    pub fn from_wire(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let w: WireOrder = serde_json::from_slice(bytes)?;
+        if w.qty == 0 || w.user.is_empty() {
+            return Err(serde::de::Error::custom("an order needs a user and a quantity"));
+        }
+        Ok(Self {
+            id: w.id,
+            sale_id: w.sale,
+            user_id: w.user,
+            quantity: w.qty,
+            status: OrderStatus::PendingPayment,
+            idempotency_key: w.key,
+            created_at_ms: w.at,
+            updated_at_ms: w.at,
+            expires_at_ms: w.exp,
+        })
+    }
+}

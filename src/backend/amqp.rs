@@ -1,0 +1,328 @@
+//! The order queue on RabbitMQ: [`AmqpQueue`].
+//!
+//! Topology, all durable, every name under one prefix (tests give each run
+//! its own):
+//!
+//! - `<prefix>.orders`: a quorum queue of accepted orders (replicated,
+//!   fsynced before the publisher confirm). Poison messages — a consumer
+//!   rejects them without requeue — go to the dead-letter exchange.
+//! - `<prefix>.dlx` (fanout) → `<prefix>.orders.dlq`: the dead letters, kept
+//!   for a person to look at.
+//! - `<prefix>.events` (topic): order events for the shop's own systems, with
+//!   routing keys `order.accepted`, `order.paid`, `order.expired`,
+//!   `order.cancelled`.
+//!
+//! Publishing waits for the broker's confirm: an order is "queued" only once
+//! RabbitMQ has it on disk. A lost connection is re-opened on the next call;
+//! [`AmqpQueue::is_up`] is the circuit breaker purchases consult so that,
+//! while the broker is away, no stock is taken for a `201` that cannot be
+//! given.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::Mutex;
+
+/// Failure to reach the broker or a refused publish.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("order queue: {0}")]
+pub struct QueueError(String);
+
+impl From<lapin::Error> for QueueError {
+    fn from(e: lapin::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Settings of the RabbitMQ order queue.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// First part of every exchange and queue name.
+    pub prefix: String,
+}
+
+/// The names [`AmqpQueue`] declares.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Accepted orders.
+    pub orders: String,
+    /// Dead letters of the orders queue.
+    pub dlq: String,
+    /// The dead-letter exchange.
+    pub dlx: String,
+    /// Order events (topic).
+    pub events: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        Self {
+            orders: format!("{prefix}.orders"),
+            dlq: format!("{prefix}.orders.dlq"),
+            dlx: format!("{prefix}.dlx"),
+            events: format!("{prefix}.events"),
+        }
+    }
+}
+
+/// Accepted orders on a durable RabbitMQ queue, plus order events.
+pub struct AmqpQueue {
+    url: String,
+    names: Names,
+    publisher: Mutex<Option<(Connection, Channel)>>,
+    up: AtomicBool,
+}
+
+impl std::fmt::Debug for AmqpQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpQueue")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn connect(url: &str) -> Result<Connection, QueueError> {
+    let connecting = Connection::connect(url, ConnectionProperties::default());
+    tokio::time::timeout(Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| QueueError("connecting timed out".into()))?
+        .map_err(Into::into)
+}
+
+fn table(entries: &[(&str, &str)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), AMQPValue::LongString((*v).into()));
+    }
+    t
+}
+
+impl AmqpQueue {
+    /// Connects and declares the topology (idempotent).
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses a declaration.
+    pub async fn connect(settings: &AmqpSettings) -> Result<Self, QueueError> {
+        let queue = Self {
+            url: settings.url.clone(),
+            names: Names::new(&settings.prefix),
+            publisher: Mutex::new(None),
+            up: AtomicBool::new(false),
+        };
+        let conn = connect(&queue.url).await?;
+        let ch = conn.create_channel().await?;
+        queue.declare(&ch).await?;
+        let _ = conn.close(200, "declared".into()).await;
+        queue.channel().await?;
+        Ok(queue)
+    }
+
+    /// The declared names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    async fn declare(&self, ch: &Channel) -> Result<(), QueueError> {
+        let n = &self.names;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        ch.exchange_declare(n.dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+            .await?;
+        ch.exchange_declare(n.events.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await?;
+        ch.queue_declare(
+            n.dlq.as_str().into(),
+            QueueDeclareOptions::durable(),
+            table(&[("x-queue-type", "quorum")]),
+        )
+        .await?;
+        ch.queue_bind(
+            n.dlq.as_str().into(),
+            n.dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(
+            n.orders.as_str().into(),
+            QueueDeclareOptions::durable(),
+            table(&[("x-queue-type", "quorum"), ("x-dead-letter-exchange", &n.dlx)]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A live publishing channel in confirm mode, re-opened when lost.
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut slot = self.publisher.lock().await;
+        if let Some((conn, ch)) = slot.as_ref() {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        *slot = None;
+        let opened = async {
+            let conn = connect(&self.url).await?;
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, QueueError>((conn, ch))
+        }
+        .await;
+        match opened {
+            Ok((conn, ch)) => {
+                *slot = Some((conn, ch.clone()));
+                self.up.store(true, Ordering::Release);
+                Ok(ch)
+            }
+            Err(e) => {
+                self.up.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// False while the broker is known to be unreachable: purchases are then
+    /// refused before any stock is taken.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Re-checks the broker: reconnects when down. Returns whether it is up.
+    pub async fn probe(&self) -> bool {
+        self.channel().await.is_ok()
+    }
+
+    async fn publish(&self, exchange: &str, key: &str, payload: &[u8]) -> Result<(), QueueError> {
+        let ch = self.channel().await?;
+        let sent = async {
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    payload,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await?
+                .await?;
+            if confirm.is_nack() {
+                return Err(QueueError("the broker refused the message (nack)".into()));
+            }
+            if confirm.take_message().is_some() {
+                return Err(QueueError(format!("no queue took the message ({key})")));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.mark_down().await;
+                Err(e)
+            }
+            Err(_) => {
+                self.mark_down().await;
+                Err(QueueError("no publisher confirm within 5 s".into()))
+            }
+        }
+    }
+
+    async fn mark_down(&self) {
+        self.up.store(false, Ordering::Release);
+        *self.publisher.lock().await = None;
+    }
+
+    /// Puts an accepted order on the durable queue; `Ok` only once the broker
+    /// confirmed it.
+    ///
+    /// # Errors
+    /// When the broker is unreachable or did not confirm.
+    pub async fn publish_order(&self, payload: &[u8]) -> Result<(), QueueError> {
+        self.publish("", &self.names.orders, payload).await
+    }
+
+    /// Publishes an order event (`order.accepted`, `order.paid`, …) to the
+    /// topic exchange. Events are for the shop's other systems; an event no
+    /// queue is bound to is fine.
+    ///
+    /// # Errors
+    /// When the broker is unreachable.
+    pub async fn publish_event(&self, routing_key: &str, payload: &[u8]) -> Result<(), QueueError> {
+        match self.publish(&self.names.events, routing_key, payload).await {
+            Err(e) if e.0.starts_with("no queue took") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Opens a consumer of the orders queue on its own connection, with at
+    /// most `prefetch` unacknowledged deliveries.
+    ///
+    /// # Errors
+    /// When the broker is unreachable.
+    pub async fn consume_orders(&self, tag: &str, prefetch: u16) -> Result<(Connection, Consumer), QueueError> {
+        let conn = connect(&self.url).await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                self.names.orders.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, consumer))
+    }
+
+    /// Messages ready on the orders queue and on its dead-letter queue.
+    ///
+    /// # Errors
+    /// When the broker is unreachable.
+    pub async fn depth(&self) -> Result<(u32, u32), QueueError> {
+        let ch = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let orders = ch
+            .queue_declare(self.names.orders.as_str().into(), passive, FieldTable::default())
+            .await?;
+        let dlq = ch
+            .queue_declare(self.names.dlq.as_str().into(), passive, FieldTable::default())
+            .await?;
+        Ok((orders.message_count(), dlq.message_count()))
+    }
+
+    /// Deletes the topology (tests clean up after themselves).
+    ///
+    /// # Errors
+    /// When the broker is unreachable.
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        let ch = self.channel().await?;
+        for q in [&self.names.orders, &self.names.dlq] {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for x in [&self.names.dlx, &self.names.events] {
+            ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
