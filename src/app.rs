@@ -24,8 +24,11 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::{Authenticator, Secret};
+use crate::backend::amqp::{AmqpQueue, AmqpSettings};
+use crate::backend::redis::{RedisSettings, RedisStock};
 use crate::backend::{self, OrderStore};
 use crate::config::Settings;
+use crate::engine::distributed::Distributed;
 use crate::engine::Engine;
 use crate::http::{self, ApiError, AppInner, AppState, FastLane};
 use crate::worker;
@@ -55,10 +58,16 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
         let store = backend::open_order_store(&settings).await?;
+        let cluster = connect_cluster(&settings).await?;
         let stop = CancellationToken::new();
-        let (engine, intent_task) = Engine::load(store.clone(), &settings.engine, stop.clone())
-            .await
-            .context("rebuilding state from the store")?;
+        let (engine, intent_task) = Engine::load(
+            store.clone(),
+            &settings.engine,
+            stop.clone(),
+            cluster.clone(),
+        )
+        .await
+        .context("rebuilding state from the store")?;
         let admin_token = settings
             .admin_token
             .clone()
@@ -77,11 +86,15 @@ impl Application {
             .method_not_allowed_fallback(http::method_not_allowed)
             .with_state(state.clone());
         let service = FastLane::new(router, state);
-        let tasks = vec![
+        let mut tasks = vec![
             intent_task,
             worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
             worker::spawn_housekeeping(engine.clone(), stop.clone()),
         ];
+        if cluster.is_some() {
+            tasks.push(worker::order_writer::spawn_order_writer(engine.clone(), stop.clone()));
+            tasks.push(worker::stock_watch::spawn_stock_watch(engine.clone(), stop.clone()));
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -147,6 +160,36 @@ impl Application {
         self.store.shutdown().await;
         tracing::info!("stopped cleanly; every accepted order is on disk");
         Ok(())
+    }
+}
+
+/// Connects the shared stock and the order queue when the settings name
+/// them; the distributed mode needs Redis, RabbitMQ and a SQL database
+/// together (any one alone is refused: it could not keep the invariants).
+async fn connect_cluster(settings: &Settings) -> anyhow::Result<Option<Arc<Distributed>>> {
+    match (&settings.redis[..], &settings.queue, &settings.database) {
+        ([], None, _) => Ok(None),
+        ([_, ..], Some(queue), Some(_)) => {
+            let stock = RedisStock::connect(&RedisSettings {
+                urls: settings.redis.clone(),
+                cluster: settings.redis_cluster,
+                prefix: settings.namespace.clone(),
+            })
+            .await
+            .context("connecting to Redis (--redis)")?;
+            let queue = AmqpQueue::connect(&AmqpSettings {
+                url: queue.clone(),
+                prefix: settings.namespace.clone(),
+            })
+            .await
+            .context("connecting to RabbitMQ (--queue)")?;
+            tracing::info!(namespace = %settings.namespace, "distributed mode: Redis stock, RabbitMQ orders");
+            Ok(Some(Distributed::new(stock, Arc::new(queue))))
+        }
+        _ => anyhow::bail!(
+            "the distributed mode needs --redis, --queue and --database together \
+             (or none of --redis and --queue for the single-node default)"
+        ),
     }
 }
 

@@ -21,6 +21,17 @@ pub struct Settings {
     /// Order database URL (`postgres://`, `postgresql://`, `mysql://`,
     /// `mariadb://`); `None` keeps orders in the embedded store in `data_dir`.
     pub database: Option<String>,
+    /// Shared stock in Redis: `redis://` URLs (several, or `redis_cluster`,
+    /// for a Redis Cluster). With `queue` and `database` it makes the node
+    /// one of many stateless nodes.
+    pub redis: Vec<String>,
+    /// Treat `redis` as Redis Cluster seed nodes.
+    pub redis_cluster: bool,
+    /// RabbitMQ URL of the order queue (`amqp://…`).
+    pub queue: Option<String>,
+    /// First part of every Redis key and RabbitMQ name, so several
+    /// deployments (or test runs) share the servers.
+    pub namespace: String,
     /// Admin bearer token; generated and printed when unset.
     pub admin_token: Option<Secret>,
     /// HS256 secret of buyer tokens; generated and printed when unset.
@@ -46,6 +57,10 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: data_dir.into(),
             database: None,
+            redis: Vec::new(),
+            redis_cluster: false,
+            queue: None,
+            namespace: "fs".to_owned(),
             admin_token: None,
             jwt_secret: None,
             store: SqliteSettings::default(),
@@ -71,6 +86,20 @@ pub struct ServeArgs {
     /// (unset: the embedded store in --data-dir).
     #[arg(long, env = "FLASHSALE_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
+    /// Shared stock in Redis, `redis://host:port` (comma-separated seeds for
+    /// a Redis Cluster). Needs --queue and --database.
+    #[arg(long, env = "FLASHSALE_REDIS", value_delimiter = ',')]
+    pub redis: Vec<String>,
+    /// Treat --redis as Redis Cluster seed nodes (implied by several URLs).
+    #[arg(long, env = "FLASHSALE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// RabbitMQ URL of the order queue, amqp://user:pass@host:port/vhost.
+    /// Needs --redis and --database.
+    #[arg(long, env = "FLASHSALE_QUEUE", hide_env_values = true)]
+    pub queue: Option<String>,
+    /// Prefix of every Redis key and RabbitMQ queue/exchange name.
+    #[arg(long, env = "FLASHSALE_NAMESPACE", default_value = "fs")]
+    pub namespace: String,
     /// Admin bearer token (generated and printed when unset).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -114,6 +143,10 @@ impl ServeArgs {
         let mut s = Settings::with_data_dir(self.data_dir);
         s.listen = self.listen;
         s.database = self.database.filter(|d| !d.is_empty());
+        s.redis = self.redis.into_iter().filter(|r| !r.is_empty()).collect();
+        s.redis_cluster = self.redis_cluster;
+        s.queue = self.queue.filter(|q| !q.is_empty());
+        s.namespace = self.namespace;
         s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
         s.jwt_secret = self.jwt_secret.filter(|t| !t.is_empty()).map(Secret::new);
         s.store.max_batch = self.commit_batch.max(1);

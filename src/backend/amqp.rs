@@ -204,7 +204,13 @@ impl AmqpQueue {
         self.channel().await.is_ok()
     }
 
-    async fn publish(&self, exchange: &str, key: &str, payload: &[u8]) -> Result<(), QueueError> {
+    async fn publish(
+        &self,
+        exchange: &str,
+        key: &str,
+        mandatory: bool,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
         let ch = self.channel().await?;
         let sent = async {
             let confirm = ch
@@ -212,7 +218,7 @@ impl AmqpQueue {
                     exchange.into(),
                     key.into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..BasicPublishOptions::default()
                     },
                     payload,
@@ -254,7 +260,7 @@ impl AmqpQueue {
     /// # Errors
     /// When the broker is unreachable or did not confirm.
     pub async fn publish_order(&self, payload: &[u8]) -> Result<(), QueueError> {
-        self.publish("", &self.names.orders, payload).await
+        self.publish("", &self.names.orders, true, payload).await
     }
 
     /// Publishes an order event (`order.accepted`, `order.paid`, …) to the
@@ -264,10 +270,8 @@ impl AmqpQueue {
     /// # Errors
     /// When the broker is unreachable.
     pub async fn publish_event(&self, routing_key: &str, payload: &[u8]) -> Result<(), QueueError> {
-        match self.publish(&self.names.events, routing_key, payload).await {
-            Err(e) if e.0.starts_with("no queue took") => Ok(()),
-            other => other,
-        }
+        self.publish(&self.names.events, routing_key, false, payload)
+            .await
     }
 
     /// Opens a consumer of the orders queue on its own connection, with at

@@ -10,21 +10,24 @@
 //! idempotent answer) runs in a spawned task, so a client that hangs up
 //! mid-request can never leave the in-memory state out of step with the store.
 
+pub mod distributed;
 pub mod idempotency;
 pub mod intents;
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::backend::redis::{Decision, Reservation};
 use crate::backend::{OrderStore, StoreError};
 use crate::domain::order::Transition;
 use crate::domain::sale::Window;
 use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Reserve, Sale};
 use crate::telemetry::PurchaseMetrics;
+use distributed::Distributed;
 use idempotency::{Claim, IdempotencyCache, Recorded};
 use intents::{IntentRecorder, MissedBuyers};
 
@@ -93,6 +96,9 @@ pub struct SaleRuntime {
     pub counters: SaleCounters,
     /// Users already recorded as missed.
     pub missed: MissedBuyers,
+    /// False while the shared stock does not hold this sale (Redis came back
+    /// empty): purchases answer `503` until it is re-seeded.
+    pub seeded: AtomicBool,
 }
 
 impl SaleRuntime {
@@ -102,6 +108,7 @@ impl SaleRuntime {
             sale,
             counters: SaleCounters::default(),
             missed: MissedBuyers::default(),
+            seeded: AtomicBool::new(true),
         }
     }
 }
@@ -172,6 +179,10 @@ pub enum EngineError {
     /// one waited for it; the buyer should retry.
     #[error("a concurrent request with this Idempotency-Key failed; retry")]
     RetryLater,
+    /// The shared stock or the order queue cannot take purchases right now
+    /// (unreachable, or the sale is being re-seeded); nothing was promised.
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
     /// The store failed; nothing was promised to the buyer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -207,6 +218,10 @@ pub struct Engine {
     intents: IntentRecorder,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     metrics: PurchaseMetrics,
+    cluster: Option<Arc<Distributed>>,
+    /// Sale ids recently looked up in the store and not found (distributed
+    /// mode), so a flood of bad ids does not become a flood of queries.
+    unknown: quick_cache::sync::Cache<u64, i64>,
 }
 
 impl Engine {
@@ -220,6 +235,7 @@ impl Engine {
         store: Arc<dyn OrderStore>,
         settings: &EngineSettings,
         stop: tokio_util::sync::CancellationToken,
+        cluster: Option<Arc<Distributed>>,
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), StoreError> {
         let snapshot = store.load().await?;
         let ids = IdGenerator::new(settings.node_id);
@@ -228,7 +244,9 @@ impl Engine {
         for sale in snapshot.sales {
             sales.insert(sale.id, Arc::new(SaleRuntime::new(sale)));
         }
-        for h in &snapshot.holdings {
+        // Distributed, Redis holds stock and holdings; the local ledger only
+        // mirrors the remaining count, which the stock watcher fills in.
+        for h in snapshot.holdings.iter().filter(|_| cluster.is_none()) {
             if let Some(rt) = sales.get(&h.sale_id) {
                 rt.ledger.restore(&h.user_id, h.units);
             }
@@ -261,6 +279,8 @@ impl Engine {
             intents,
             limiter,
             metrics: PurchaseMetrics::new(),
+            cluster,
+            unknown: quick_cache::sync::Cache::new(10_000),
         });
         Ok((engine, intent_task))
     }
@@ -270,9 +290,43 @@ impl Engine {
         &self.store
     }
 
-    /// Looks a sale up.
+    /// Looks a sale up in memory.
     pub fn sale(&self, sale_id: u64) -> Option<Arc<SaleRuntime>> {
         self.sales.get(&sale_id).map(|s| s.clone())
+    }
+
+    /// The distributed backends, when the node runs over Redis + RabbitMQ.
+    pub fn cluster(&self) -> Option<&Arc<Distributed>> {
+        self.cluster.as_ref()
+    }
+
+    /// Looks a sale up; in the distributed mode a sale another node created
+    /// is read from the order store (misses are remembered for a second).
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] when there is no such sale.
+    pub async fn find_sale(&self, sale_id: u64) -> Result<Arc<SaleRuntime>, EngineError> {
+        if let Some(rt) = self.sale(sale_id) {
+            return Ok(rt);
+        }
+        let Some(cluster) = &self.cluster else {
+            return Err(EngineError::NotFound);
+        };
+        let now = now_ms();
+        if self.unknown.get(&sale_id).is_some_and(|until| until > now) {
+            return Err(EngineError::NotFound);
+        }
+        let Some(sale) = self.store.get_sale(sale_id).await? else {
+            self.unknown.insert(sale_id, now + 1000);
+            return Err(EngineError::NotFound);
+        };
+        let rt = Arc::new(SaleRuntime::new(sale));
+        match cluster.stock.state(sale_id).await {
+            Ok(Some(st)) => rt.ledger.mirror_remaining(st.stock.saturating_sub(st.sold)),
+            Ok(None) => rt.seeded.store(false, Ordering::Release),
+            Err(e) => tracing::debug!(error = %e, "reading a sale's stock"),
+        }
+        Ok(self.sales.entry(sale_id).or_insert(rt).clone())
     }
 
     /// Every sale (for the dashboard and metrics).
@@ -289,6 +343,13 @@ impl Engine {
     pub async fn create_sale(&self, new: NewSale) -> Result<Arc<SaleRuntime>, EngineError> {
         let sale = Sale::from_new(self.ids.next_id(), new, now_ms());
         self.store.create_sale(&sale).await?;
+        if let Some(cluster) = &self.cluster {
+            // The sale is in the database first: a seed that fails here is
+            // redone by the stock watcher, which re-seeds missing sales.
+            if let Err(e) = cluster.stock.seed_new(&sale).await {
+                tracing::warn!(error = %e, sale_id = sale.id, "publishing a new sale to Redis");
+            }
+        }
         let rt = Arc::new(SaleRuntime::new(sale));
         self.sales.insert(rt.sale.id, rt.clone());
         Ok(rt)
@@ -341,7 +402,10 @@ impl Engine {
         quantity: u32,
         key: Option<String>,
     ) -> Result<PurchaseOutcome, EngineError> {
-        let rt = self.sale(sale_id).ok_or(EngineError::NotFound)?;
+        let rt = match self.sale(sale_id) {
+            Some(rt) => rt,
+            None => Box::pin(self.find_sale(sale_id)).await?,
+        };
         bump(&rt.counters.attempts);
         let now = now_ms();
         // The keyed and the accepted paths await; they are boxed so the
@@ -364,6 +428,20 @@ impl Engine {
                 }
             }
         };
+        if let Some(cluster) = &self.cluster {
+            if let Err(outcome) = self.precheck(&rt, &user, quantity, now) {
+                return Ok(self.reject(&rt, &user, quantity, outcome, guard, now));
+            }
+            let engine = self.clone();
+            let cluster = cluster.clone();
+            return tokio::spawn(async move {
+                engine
+                    .purchase_remote(&cluster, rt, user, quantity, guard, now)
+                    .await
+            })
+            .await
+            .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?;
+        }
         match self.admit(&rt, &user, quantity, now) {
             Ok(()) => {
                 let (guard, key) = match guard {
@@ -402,6 +480,23 @@ impl Engine {
         quantity: u32,
         now: i64,
     ) -> Result<(), PurchaseOutcome> {
+        self.precheck(rt, user, quantity, now)?;
+        match rt.ledger.try_reserve(user, quantity) {
+            Reserve::Granted => Ok(()),
+            Reserve::SoldOut => Err(PurchaseOutcome::SoldOut),
+            Reserve::LimitReached => Err(PurchaseOutcome::LimitReached),
+        }
+    }
+
+    /// The checks before any stock is touched: window, the local sold-out
+    /// flag, the per-user rate limit.
+    fn precheck(
+        &self,
+        rt: &SaleRuntime,
+        user: &str,
+        quantity: u32,
+        now: i64,
+    ) -> Result<(), PurchaseOutcome> {
         if let Some(outcome) = memory_rejection(rt, quantity, now) {
             return Err(outcome);
         }
@@ -414,11 +509,107 @@ impl Engine {
                 return Err(PurchaseOutcome::RateLimited(wait.as_secs().max(1)));
             }
         }
-        match rt.ledger.try_reserve(user, quantity) {
-            Reserve::Granted => Ok(()),
-            Reserve::SoldOut => Err(PurchaseOutcome::SoldOut),
-            Reserve::LimitReached => Err(PurchaseOutcome::LimitReached),
+        Ok(())
+    }
+
+    /// The distributed purchase: one (coalesced) Redis script call decides
+    /// and writes the outbox; an accepted order is answered only once the
+    /// broker confirmed it. See [`distributed`] for the steps.
+    async fn purchase_remote(
+        &self,
+        cluster: &Distributed,
+        rt: Arc<SaleRuntime>,
+        user: String,
+        quantity: u32,
+        guard: Option<(idempotency::Guard, String)>,
+        now: i64,
+    ) -> Result<PurchaseOutcome, EngineError> {
+        if !rt.seeded.load(Ordering::Acquire) {
+            return Err(EngineError::NotReady("the sale is being restored; retry"));
         }
+        if !cluster.queue.is_up() {
+            // Circuit open: taking stock now would leave the buyer without
+            // an answer, so nothing is taken.
+            return Err(EngineError::NotReady("the order queue is unreachable; retry"));
+        }
+        let order = Order {
+            id: self.ids.next_id(),
+            sale_id: rt.sale.id,
+            user_id: user,
+            quantity,
+            status: OrderStatus::PendingPayment,
+            idempotency_key: guard.as_ref().map(|(_, k)| k.clone()),
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: rt.sale.payment_window_secs.map(|w| now + w as i64 * 1000),
+        };
+        let payload = order.to_wire();
+        let reservation = Reservation {
+            order: order.clone(),
+            payload: payload.clone(),
+        };
+        let decision = match cluster.stock.reserve(reservation).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "redis purchase failed");
+                return Err(EngineError::NotReady("the stock service is unreachable; retry"));
+            }
+        };
+        let outcome = match decision {
+            Decision::Accepted { remaining } => {
+                rt.ledger.mirror_remaining(remaining);
+                let mut published = cluster.queue.publish_order(payload.as_bytes()).await;
+                if published.is_err() {
+                    // One quick retry on a fresh channel; after that the
+                    // outbox keeps the order and the relay delivers it.
+                    published = cluster.queue.publish_order(payload.as_bytes()).await;
+                }
+                if let Err(e) = published {
+                    tracing::warn!(error = %e, order_id = order.id, "order left in the outbox for the relay");
+                    return Err(EngineError::NotReady(
+                        "the order queue did not confirm; retry with the same Idempotency-Key to learn the outcome",
+                    ));
+                }
+                cluster.confirmed(&order, payload);
+                bump(&rt.counters.accepted);
+                if let Some((g, _)) = guard {
+                    g.finish(Recorded::Accepted(order.clone()), now);
+                }
+                return Ok(PurchaseOutcome::Accepted {
+                    order,
+                    replayed: false,
+                });
+            }
+            Decision::Replay(first) => {
+                let first = Order::from_wire(first.as_bytes())
+                    .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?;
+                if first.quantity != quantity {
+                    return Err(EngineError::Invalid(
+                        "Idempotency-Key was already used for a different purchase".into(),
+                    ));
+                }
+                bump(&rt.counters.replayed);
+                if let Some((g, _)) = guard {
+                    g.finish(Recorded::Accepted(first.clone()), now);
+                }
+                return Ok(PurchaseOutcome::Accepted {
+                    order: first,
+                    replayed: true,
+                });
+            }
+            Decision::SoldOut { remaining } => {
+                rt.ledger.mirror_remaining(remaining);
+                PurchaseOutcome::SoldOut
+            }
+            Decision::LimitReached => PurchaseOutcome::LimitReached,
+            Decision::NotStarted => PurchaseOutcome::NotStarted,
+            Decision::Ended => PurchaseOutcome::Ended,
+            Decision::NotSeeded => {
+                rt.seeded.store(false, Ordering::Release);
+                return Err(EngineError::NotReady("the sale is being restored; retry"));
+            }
+        };
+        Ok(self.reject(&rt, &order.user_id, quantity, outcome, guard, now))
     }
 
     async fn commit(
@@ -478,7 +669,12 @@ impl Engine {
     /// # Errors
     /// [`EngineError::NotFound`] when it does not exist or is someone else's.
     pub async fn order(&self, order_id: u64, user: &str) -> Result<Order, EngineError> {
-        match self.store.get_order(order_id).await? {
+        let found = match self.store.get_order(order_id).await? {
+            Some(order) => Some(order),
+            // Accepted here moments ago, not yet stored by a writer.
+            None => self.cluster.as_ref().and_then(|c| c.recent(order_id)),
+        };
+        match found {
             Some(order) if order.user_id == user => Ok(order),
             _ => Err(EngineError::NotFound),
         }
@@ -499,14 +695,31 @@ impl Engine {
     ) -> Result<Order, EngineError> {
         let engine = self.clone();
         tokio::spawn(async move {
-            let report = engine
+            let mut report = engine
                 .store
                 .transition(order_id, &user, transition, now_ms())
-                .await?
-                .ok_or(EngineError::NotFound)?;
+                .await?;
+            if report.is_none() && engine.cluster.is_some() {
+                // Distributed, a just-accepted order may still be on its way
+                // through the queue: wait for the writer, briefly.
+                for _ in 0..40 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    report = engine
+                        .store
+                        .transition(order_id, &user, transition, now_ms())
+                        .await?;
+                    if report.is_some() {
+                        break;
+                    }
+                }
+            }
+            let report = report.ok_or(EngineError::NotFound)?;
             let order = report.order;
             if report.stock_returned {
-                engine.return_stock(&order);
+                engine.return_stock(&order).await;
+            }
+            if report.applied {
+                engine.publish_event(&order).await;
             }
             if report.applied {
                 if let Some(rt) = engine.sale(order.sale_id) {
@@ -523,9 +736,25 @@ impl Engine {
         .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?
     }
 
-    fn return_stock(&self, order: &Order) {
+    async fn return_stock(&self, order: &Order) {
+        if let Some(cluster) = &self.cluster {
+            // Once per order however often it is called (the script keeps a
+            // set of returned orders); a failure here is repaired by the
+            // reconciler, which returns recently expired or cancelled orders.
+            match cluster.stock.release(order).await {
+                Ok(Some(left)) => {
+                    if let Some(rt) = self.sale(order.sale_id) {
+                        rt.ledger.mirror_remaining(left);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, order_id = order.id, "returning units to Redis; the reconciler will retry"),
+            }
+        }
         if let Some(rt) = self.sale(order.sale_id) {
-            rt.ledger.release(&order.user_id, order.quantity);
+            if self.cluster.is_none() {
+                rt.ledger.release(&order.user_id, order.quantity);
+            }
             match order.status {
                 OrderStatus::Expired => bump(&rt.counters.expired),
                 OrderStatus::Cancelled => bump(&rt.counters.cancelled),
@@ -544,9 +773,35 @@ impl Engine {
     pub async fn expire_due(&self, limit: usize) -> Result<usize, StoreError> {
         let expired = self.store.expire_due(now_ms(), limit).await?;
         for order in &expired {
-            self.return_stock(order);
+            self.return_stock(order).await;
+            self.publish_event(order).await;
         }
         Ok(expired.len())
+    }
+
+    /// Publishes an order's new state to the event exchange (distributed
+    /// mode; best effort: events feed the shop's other systems).
+    pub async fn publish_event(&self, order: &Order) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let key = match order.status {
+            OrderStatus::PendingPayment => "order.accepted",
+            OrderStatus::Paid => "order.paid",
+            OrderStatus::Expired => "order.expired",
+            OrderStatus::Cancelled => "order.cancelled",
+        };
+        let body = serde_json::json!({
+            "order_id": order.id.to_string(),
+            "sale_id": order.sale_id.to_string(),
+            "user_id": order.user_id,
+            "quantity": order.quantity,
+            "status": order.status.as_str(),
+            "at": order.updated_at_ms,
+        });
+        if let Err(e) = cluster.queue.publish_event(key, body.to_string().as_bytes()).await {
+            tracing::debug!(error = %e, "order event not published");
+        }
     }
 
     /// Housekeeping: forget idle rate-limiter keys and old idempotent

@@ -49,6 +49,10 @@ pub enum ApiError {
     /// 503: shedding load or a backend is unavailable.
     #[error("service overloaded")]
     Overloaded,
+    /// 503 `unavailable`: the shared stock or the order queue is not ready
+    /// (unreachable, or the sale is being re-seeded); retry in a second.
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
     /// 503: a backend failed; the cause is logged, not returned.
     #[error(transparent)]
     Unavailable(#[from] StoreError),
@@ -72,7 +76,9 @@ impl ApiError {
             Self::Invalid { status, .. } => *status,
             Self::Rejected { rejection, .. } => rejection.status,
             Self::WrongState(_) => StatusCode::CONFLICT,
-            Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::Unavailable(_) | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -84,6 +90,7 @@ impl ApiError {
             Self::Invalid { .. } | Self::WrongState(_) => "invalid_request",
             Self::Rejected { rejection, .. } => rejection.code,
             Self::Overloaded | Self::Unavailable(_) => "overloaded",
+            Self::NotReady(_) => "unavailable",
         }
     }
 }
@@ -117,7 +124,7 @@ impl IntoResponse for ApiError {
                 body["error"]["message"] = json!("service temporarily unavailable");
                 retry_after = Some(1);
             }
-            Self::Overloaded => retry_after = Some(1),
+            Self::Overloaded | Self::NotReady(_) => retry_after = Some(1),
             Self::WrongState(status) => body["error"]["order_status"] = json!(status),
             _ => {}
         }
@@ -215,6 +222,7 @@ impl From<EngineError> for ApiError {
             EngineError::WrongState(order) => Self::WrongState(order.status.as_str()),
             EngineError::RetryLater => Self::Overloaded,
             EngineError::Store(e) => Self::Unavailable(e),
+            EngineError::NotReady(why) => Self::NotReady(why),
         }
     }
 }

@@ -103,8 +103,9 @@ async fn get_sale(
 ) -> Result<Response, ApiError> {
     let rt = state
         .engine
-        .sale(parse_id(&sale_id)?)
-        .ok_or(ApiError::NotFound("sale not found"))?;
+        .find_sale(parse_id(&sale_id)?)
+        .await
+        .map_err(sale_lookup_error)?;
     // Cacheable for a second: a CDN or proxy can absorb the page-refresh storm.
     Ok((
         [(header::CACHE_CONTROL, "public, max-age=1")],
@@ -187,8 +188,9 @@ async fn stats(
 ) -> Result<Json<Value>, ApiError> {
     let rt = state
         .engine
-        .sale(parse_id(&sale_id)?)
-        .ok_or(ApiError::NotFound("sale not found"))?;
+        .find_sale(parse_id(&sale_id)?)
+        .await
+        .map_err(sale_lookup_error)?;
     let c = &rt.counters;
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let remaining = rt.ledger.remaining();
@@ -232,8 +234,9 @@ async fn intents(
     let sale_id = parse_id(&sale_id)?;
     state
         .engine
-        .sale(sale_id)
-        .ok_or(ApiError::NotFound("sale not found"))?;
+        .find_sale(sale_id)
+        .await
+        .map_err(sale_lookup_error)?;
     let limit = match page.limit.as_deref() {
         None => 100,
         Some(raw) => match raw.parse::<usize>() {
@@ -260,8 +263,9 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rt = state
         .engine
-        .sale(parse_id(&sale_id)?)
-        .ok_or(ApiError::NotFound("sale not found"))?;
+        .find_sale(parse_id(&sale_id)?)
+        .await
+        .map_err(sale_lookup_error)?;
     let stopping = state.stopping.clone().cancelled_owned();
     let stream = futures::stream::unfold((rt, None), |(rt, last)| async move {
         loop {
@@ -301,5 +305,13 @@ mod tests {
         ] {
             assert!(parse_quantity(Some(bad)).is_err());
         }
+    }
+}
+
+/// A failed sale lookup: unknown id, or the store could not be asked.
+fn sale_lookup_error(e: crate::engine::EngineError) -> ApiError {
+    match e {
+        crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
+        other => other.into(),
     }
 }

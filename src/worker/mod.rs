@@ -1,7 +1,13 @@
-//! Background workers: the expiry sweeper and housekeeping.
+//! Background workers: the expiry sweeper and housekeeping; in the
+//! distributed mode also the order writer and the stock watcher (relay and
+//! reconciler).
+
 //!
 //! Each runs until its cancellation token fires; the application awaits them
 //! during a graceful stop.
+
+pub mod order_writer;
+pub mod stock_watch;
 
 use std::sync::Arc;
 use std::time::Duration;

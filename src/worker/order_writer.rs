@@ -1,0 +1,139 @@
+//! The order writer: consumes accepted orders from the queue and stores them
+//! in batches.
+//!
+//! Deliveries are taken while they keep coming (up to [`BATCH`], at most
+//! [`LINGER`] after the first), stored with the SQL store's group commit (one
+//! multi-row insert that ignores `order_id`s already present, so redelivered
+//! or twice-published orders are harmless), and acknowledged only after the
+//! commit. While the database is down the batch is retried with back-off and
+//! nothing is acked: the queue keeps the rest, and a writer that dies leaves
+//! its unacked batch to be redelivered to another. A message that is not an
+//! order is rejected without requeue and lands on the dead-letter queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::StoreError;
+use crate::domain::Order;
+use crate::engine::Engine;
+
+/// Most orders stored per batch.
+const BATCH: usize = 500;
+/// Longest wait for more deliveries after the first of a batch.
+const LINGER: Duration = Duration::from_millis(2);
+/// Unacknowledged deliveries the broker sends ahead (bounded prefetch).
+const PREFETCH: u16 = 1000;
+
+/// Starts the order writer of this node (every node runs one; they share the
+/// queue as competing consumers).
+pub fn spawn_order_writer(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(cluster) = engine.cluster().cloned() else {
+            return;
+        };
+        let tag = format!("writer-{:08x}", rand::random::<u32>());
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let (conn, mut consumer) = match cluster.queue.consume_orders(&tag, PREFETCH).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "order writer cannot reach the queue; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let first = tokio::select! {
+                    d = consumer.next() => d,
+                    () = stop.cancelled() => None,
+                };
+                let Some(Ok(first)) = first else {
+                    break;
+                };
+                let mut batch = vec![first];
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < BATCH {
+                    match tokio::time::timeout_at(deadline, consumer.next()).await {
+                        Ok(Some(Ok(d))) => batch.push(d),
+                        _ => break,
+                    }
+                }
+                write_batch(&engine, batch, &stop).await;
+            }
+            let _ = conn.close(200, "writer stopping".into()).await;
+        }
+    })
+}
+
+async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationToken) {
+    let mut orders = Vec::with_capacity(batch.len());
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for d in batch {
+        match Order::from_wire(&d.data) {
+            Ok(order) => {
+                orders.push(order);
+                deliveries.push(d);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "poison message sent to the dead-letter queue");
+                metrics::counter!("flashsale_writer_dead_lettered_total").increment(1);
+                let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+            }
+        }
+    }
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let results = futures::future::join_all(
+            orders.iter().map(|o| engine.store().commit_order(o.clone())),
+        )
+        .await;
+        let transient = results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::Backend(_) | StoreError::Closed)));
+        if !transient {
+            let mut stored = 0u64;
+            for ((order, d), r) in orders.iter().zip(&deliveries).zip(results) {
+                match r {
+                    Ok(()) => {
+                        stored += 1;
+                        if let Some(rt) = engine.sale(order.sale_id) {
+                            rt.counters
+                                .orders_persisted
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let _ = d.ack(BasicAckOptions::default()).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, order_id = order.id, "order refused by the store; dead-lettered");
+                        metrics::counter!("flashsale_writer_dead_lettered_total").increment(1);
+                        let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                    }
+                }
+            }
+            metrics::counter!("flashsale_writer_orders_total").increment(stored);
+            metrics::histogram!("flashsale_writer_batch_size").record(stored as f64);
+            futures::future::join_all(orders.iter().map(|o| engine.publish_event(o))).await;
+            return;
+        }
+        if stop.is_cancelled() {
+            // Not acked: the broker redelivers them to another writer (or
+            // to this node after its restart).
+            return;
+        }
+        tracing::warn!("order store unavailable; the writer holds its batch and retries");
+        metrics::counter!("flashsale_writer_retries_total").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,180 @@
+//! Keeping a distributed node in step with the shared stock.
+//!
+//! - **Stock watcher** (every 250 ms): mirrors each sale's remaining units
+//!   from Redis into the local sold-out flag, so a unit returned by any node
+//!   reopens the sale on every node within a second, and notices a sale
+//!   Redis lost (it restarted empty). Such a sale answers `503` until it is
+//!   re-seeded from the database — and the re-seed waits until the order
+//!   queue has been empty for a second, so every confirmed order is counted:
+//!   never sell from a blank counter.
+//! - **Relay** (every second): publishes outbox entries older than
+//!   [`RELAY_AFTER_MS`] — orders whose node died (or lost the broker) between
+//!   the Redis deduction and the confirm — and drops them from the outbox
+//!   once confirmed. Several nodes may relay the same entry; the writer's
+//!   idempotent insert makes that harmless.
+//! - **Reconciler** (every [`RECONCILE_EVERY`]): compares Redis, the outbox
+//!   and the database per sale, exports the drift as
+//!   `flashsale_stock_drift_units{sale_id}`, and returns units of orders
+//!   that expired or were cancelled recently (the release is once per order,
+//!   so this only repairs a node that crashed between the database change
+//!   and the Redis release).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::now_ms;
+use crate::engine::distributed::Distributed;
+use crate::engine::{Engine, SaleRuntime};
+
+/// Outbox entries older than this are relayed by any node.
+pub const RELAY_AFTER_MS: i64 = 3000;
+/// How often the reconciler runs.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How far back the reconciler returns units of released orders.
+const RELEASE_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Starts the stock watcher, relay and reconciler of a distributed node.
+pub fn spawn_stock_watch(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(cluster) = engine.cluster().cloned() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            n += 1;
+            if !cluster.queue.is_up() {
+                cluster.queue.probe().await;
+            }
+            for rt in engine.sales() {
+                watch(&engine, &cluster, &rt).await;
+            }
+            if n.is_multiple_of(4) {
+                for rt in engine.sales() {
+                    relay(&cluster, rt.sale.id).await;
+                }
+            }
+            if n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
+                for rt in engine.sales() {
+                    reconcile(&engine, &cluster, &rt).await;
+                }
+            }
+        }
+    })
+}
+
+async fn watch(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
+    match cluster.stock.state(rt.sale.id).await {
+        Ok(Some(st)) => {
+            rt.ledger.mirror_remaining(st.stock.saturating_sub(st.sold));
+            if !rt.seeded.swap(true, Ordering::AcqRel) {
+                tracing::info!(sale_id = rt.sale.id, "sale back in Redis; purchases resume");
+            }
+        }
+        Ok(None) => {
+            if rt.seeded.swap(false, Ordering::AcqRel) {
+                tracing::warn!(sale_id = rt.sale.id, "Redis lost the sale; refusing purchases until it is re-seeded");
+            }
+            reseed(engine, cluster, rt).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "stock watcher cannot read Redis"),
+    }
+}
+
+/// Re-seeds a sale Redis lost, once the queue has stayed empty for a
+/// second (every confirmed order is then in the database).
+async fn reseed(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
+    for attempt in 0..2 {
+        match cluster.queue.depth().await {
+            Ok((0, _)) => {}
+            Ok((ready, _)) => {
+                tracing::info!(ready, "waiting for the order queue to drain before re-seeding");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the queue depth; not re-seeding yet");
+                return;
+            }
+        }
+        if attempt == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let record = match engine.store().sale_record(rt.sale.id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the database to re-seed");
+            return;
+        }
+    };
+    match cluster.stock.seed(&rt.sale, &record).await {
+        Ok(true) => {
+            tracing::info!(sale_id = rt.sale.id, sold = record.sold, "re-seeded the sale from the database");
+            metrics::counter!("flashsale_reseeds_total").increment(1);
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "re-seeding failed; will retry"),
+    }
+}
+
+async fn relay(cluster: &Distributed, sale_id: u64) {
+    let due = match cluster
+        .stock
+        .outbox_due(sale_id, now_ms() - RELAY_AFTER_MS, 500)
+        .await
+    {
+        Ok(due) if !due.is_empty() => due,
+        _ => return,
+    };
+    let mut sent = Vec::with_capacity(due.len());
+    for payload in due {
+        match cluster.queue.publish_order(payload.as_bytes()).await {
+            Ok(()) => sent.push(payload),
+            Err(e) => {
+                tracing::debug!(error = %e, "relay cannot publish yet");
+                break;
+            }
+        }
+    }
+    metrics::counter!("flashsale_relayed_orders_total").increment(sent.len() as u64);
+    if let Err(e) = cluster.stock.outbox_remove(sale_id, &sent).await {
+        tracing::debug!(error = %e, "relay cannot clean the outbox");
+    }
+}
+
+async fn reconcile(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
+    let id = rt.sale.id;
+    let since = now_ms() - RELEASE_WINDOW_MS;
+    let Ok(audit) = engine.store().sale_audit(id, since).await else {
+        return;
+    };
+    rt.counters
+        .orders_persisted
+        .store(audit.orders, Ordering::Relaxed);
+    for order in &audit.released {
+        // Once per order: a no-op unless a node died mid-release.
+        if let Ok(Some(left)) = cluster.stock.release(order).await {
+            rt.ledger.mirror_remaining(left);
+        }
+    }
+    let Ok(Some(st)) = cluster.stock.state(id).await else {
+        return;
+    };
+    // Positive: units Redis counts as sold that neither the database nor the
+    // outbox knows (orders in the queue, or leaked); negative: the database
+    // holds more than Redis allows — should never happen.
+    let drift = st.sold as i64 - audit.sold as i64 - st.outbox as i64;
+    metrics::gauge!("flashsale_stock_drift_units", "sale_id" => id.to_string()).set(drift as f64);
+    if drift < 0 {
+        tracing::error!(sale_id = id, drift, "the database holds more units than Redis counts");
+    }
+}
