@@ -6,6 +6,8 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod cluster;
+mod distributed;
 mod durability;
 mod fast_lane;
 mod helpers;

@@ -1,0 +1,324 @@
+//! Harness of the distributed tests: a private namespace on the machine's
+//! shared Redis and RabbitMQ, and a private PostgreSQL schema or MariaDB
+//! database, so parallel tests (and CI) never see each other's keys, queues
+//! or rows. [`Backends::cleanup`] removes all of it.
+//!
+//! Invariants are checked **in the database itself** ([`Backends::orders`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+use flashsale::Settings;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::Semaphore;
+
+use crate::helpers::{token, TestApp};
+
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Which SQL server holds the orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Postgres,
+    MySql,
+}
+
+enum Admin {
+    Pg(sqlx::PgPool, String),
+    My(sqlx::MySqlPool, String),
+}
+
+/// One order row as the database holds it.
+#[derive(Debug, Clone)]
+pub struct Row_ {
+    pub order_id: u64,
+    pub user_id: String,
+    pub quantity: u64,
+    pub status: String,
+}
+
+/// The shared servers, isolated for one test.
+pub struct Backends {
+    pub namespace: String,
+    pub db_url: String,
+    pub redis: Vec<String>,
+    pub redis_cluster: bool,
+    admin: Admin,
+}
+
+fn unique(prefix: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!("{prefix}{secs}_{:08x}", rand::random::<u32>())
+}
+
+impl Backends {
+    pub async fn new(db: Db) -> Self {
+        let namespace = unique("fst_");
+        let name = unique("fs_test_");
+        let (admin, db_url) = match db {
+            Db::Postgres => {
+                let base = env_or("FLASHSALE_TEST_PG", PG);
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&base)
+                    .await
+                    .expect("PostgreSQL is unreachable (scripts/services.sh check postgres)");
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+                    .execute(&pool)
+                    .await
+                    .expect("creating the schema");
+                let mut url = url::Url::parse(&base).unwrap();
+                url.query_pairs_mut()
+                    .append_pair("options", &format!("-csearch_path={name}"));
+                (Admin::Pg(pool, name), url.to_string())
+            }
+            Db::MySql => {
+                let base = env_or("FLASHSALE_TEST_MYSQL", MYSQL);
+                let pool = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&base)
+                    .await
+                    .expect("MariaDB is unreachable (scripts/services.sh check mariadb)");
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+                    .execute(&pool)
+                    .await
+                    .expect("creating the database");
+                let mut url = url::Url::parse(&base).unwrap();
+                url.set_path(&format!("/{name}"));
+                (Admin::My(pool, name), url.to_string())
+            }
+        };
+        Self {
+            namespace,
+            db_url,
+            redis: vec![env_or("FLASHSALE_TEST_REDIS", REDIS)],
+            redis_cluster: false,
+            admin,
+        }
+    }
+
+    /// Points a node's settings at these backends.
+    pub fn configure(&self, s: &mut Settings) {
+        s.database = Some(self.db_url.clone());
+        s.redis = self.redis.clone();
+        s.redis_cluster = self.redis_cluster;
+        s.queue = Some(env_or("FLASHSALE_TEST_AMQP", AMQP));
+        s.namespace = self.namespace.clone();
+        s.sweep_interval = Duration::from_millis(100);
+    }
+
+    /// The flags of the real binary for these backends.
+    pub fn flags(&self) -> Vec<String> {
+        let mut f = vec![
+            "--database".to_owned(),
+            self.db_url.clone(),
+            "--redis".to_owned(),
+            self.redis.join(","),
+            "--queue".to_owned(),
+            env_or("FLASHSALE_TEST_AMQP", AMQP),
+            "--namespace".to_owned(),
+            self.namespace.clone(),
+        ];
+        if self.redis_cluster {
+            f.push("--redis-cluster".to_owned());
+        }
+        f
+    }
+
+    /// Every order of `sale_id` in the database.
+    pub async fn orders(&self, sale_id: &str) -> Vec<Row_> {
+        let id: i64 = sale_id.parse().unwrap();
+        let q = "SELECT order_id, user_id, quantity, status FROM orders WHERE sale_id = ";
+        match &self.admin {
+            Admin::Pg(pool, schema) => sqlx::query(AssertSqlSafe(format!(
+                "{}$1",
+                q.replace("FROM orders", &format!("FROM \"{schema}\".orders"))
+            )))
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .expect("reading orders")
+            .iter()
+            .map(|r| Row_ {
+                order_id: r.get::<i64, _>(0) as u64,
+                user_id: r.get(1),
+                quantity: r.get::<i64, _>(2) as u64,
+                status: r.get(3),
+            })
+            .collect(),
+            Admin::My(pool, db) => sqlx::query(AssertSqlSafe(format!(
+                "{}?",
+                q.replace("FROM orders", &format!("FROM `{db}`.orders"))
+            )))
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .expect("reading orders")
+            .iter()
+            .map(|r| Row_ {
+                order_id: r.get::<i64, _>(0) as u64,
+                user_id: String::from_utf8(r.get::<Vec<u8>, _>(1)).unwrap(),
+                quantity: r.get::<i64, _>(2) as u64,
+                status: String::from_utf8(r.get::<Vec<u8>, _>(3)).unwrap_or_default(),
+            })
+            .collect(),
+        }
+    }
+
+    /// Waits until the database holds `n` orders of `sale_id` (the writers
+    /// caught up); returns them.
+    pub async fn wait_for_orders(&self, sale_id: &str, n: usize, within: Duration) -> Vec<Row_> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let rows = self.orders(sale_id).await;
+            if rows.len() >= n || tokio::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A connection to the Redis these backends use.
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis[0].as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to Redis")
+    }
+
+    /// Drops the schema or database, the queues and exchanges, the keys.
+    pub async fn cleanup(self) {
+        match &self.admin {
+            Admin::Pg(pool, schema) => {
+                let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                )))
+                .execute(pool)
+                .await;
+            }
+            Admin::My(pool, db) => {
+                let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`")))
+                    .execute(pool)
+                    .await;
+            }
+        }
+        if let Ok(q) = AmqpQueue::connect(&AmqpSettings {
+            url: env_or("FLASHSALE_TEST_AMQP", AMQP),
+            prefix: self.namespace.clone(),
+        })
+        .await
+        {
+            let _ = q.delete_topology().await;
+        }
+        if !self.redis_cluster {
+            let mut conn = self.redis_conn().await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.namespace))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        }
+    }
+}
+
+/// What a flood got back.
+#[derive(Debug, Default)]
+pub struct Flood {
+    /// `order_id` → user of every `201`.
+    pub accepted: HashMap<u64, String>,
+    /// Count per status code.
+    pub statuses: HashMap<u16, usize>,
+}
+
+/// Sends `requests` one-unit purchases for users `u0..u{users}`, spread
+/// round-robin over `nodes`, 64 at a time.
+pub async fn flood(nodes: &[TestApp], sale_id: &str, users: usize, requests: usize) -> Flood {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(requests);
+    for i in 0..requests {
+        let node = &nodes[i % nodes.len()];
+        let (client, url) = (
+            node.client.clone(),
+            node.url(&format!("/api/v1/sales/{sale_id}/purchase")),
+        );
+        let user = format!("u{}", i % users);
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            match client.post(url).bearer_auth(token(&user)).send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                    (Some(status), body, user)
+                }
+                // A node killed mid-request: the buyer heard nothing.
+                Err(_) => (None, Value::Null, user),
+            }
+        }));
+    }
+    let mut out = Flood::default();
+    for t in tasks {
+        let (status, body, user) = t.await.unwrap();
+        let Some(status) = status else {
+            *out.statuses.entry(0).or_default() += 1;
+            continue;
+        };
+        *out.statuses.entry(status.as_u16()).or_default() += 1;
+        if status == StatusCode::CREATED {
+            let id: u64 = body["order_id"].as_str().unwrap().parse().unwrap();
+            assert_eq!(body["user_id"], user.as_str());
+            assert!(out.accepted.insert(id, user).is_none(), "order id {id} answered twice");
+        }
+    }
+    out
+}
+
+/// The contract's invariants, checked in the database: units held never
+/// exceed `stock`, no user holds more than `limit`, every `201` is stored
+/// exactly once (the primary key makes "once" hold), and — when `exact` —
+/// nothing is stored that no buyer was told about.
+pub fn check_invariants(rows: &[Row_], flood: &Flood, stock: u64, limit: u64, exact: bool) {
+    let holding: Vec<&Row_> = rows
+        .iter()
+        .filter(|r| r.status == "pending_payment" || r.status == "paid")
+        .collect();
+    let sold: u64 = holding.iter().map(|r| r.quantity).sum();
+    assert!(sold <= stock, "oversold: {sold} units held of {stock}");
+    let mut per_user: HashMap<&str, u64> = HashMap::new();
+    for r in &holding {
+        *per_user.entry(&r.user_id).or_default() += r.quantity;
+    }
+    for (user, units) in &per_user {
+        assert!(*units <= limit, "{user} holds {units} > limit {limit}");
+    }
+    let stored: HashSet<u64> = rows.iter().map(|r| r.order_id).collect();
+    assert_eq!(stored.len(), rows.len(), "an order is stored twice");
+    for (id, user) in &flood.accepted {
+        assert!(stored.contains(id), "order {id} of {user} was answered 201 but is not stored");
+    }
+    if exact {
+        assert_eq!(
+            rows.len(),
+            flood.accepted.len(),
+            "orders stored that no buyer was told about"
+        );
+    }
+}
