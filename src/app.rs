@@ -59,10 +59,15 @@ impl Application {
         crate::telemetry::prometheus();
         let store = backend::open_order_store(&settings).await?;
         let cluster = connect_cluster(&settings).await?;
+        let mut engine_settings = settings.engine.clone();
+        if let (Some(c), true) = (&cluster, settings.lease_node_id) {
+            engine_settings.node_id = c.stock.lease_node_id().await.context("leasing a node id")?;
+            tracing::info!(node_id = engine_settings.node_id, "leased a node id from Redis");
+        }
         let stop = CancellationToken::new();
         let (engine, intent_task) = Engine::load(
             store.clone(),
-            &settings.engine,
+            &engine_settings,
             stop.clone(),
             cluster.clone(),
         )

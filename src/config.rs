@@ -40,6 +40,9 @@ pub struct Settings {
     pub store: SqliteSettings,
     /// Rate limits and node id.
     pub engine: EngineSettings,
+    /// True when no node id was configured: a distributed node then leases
+    /// one from Redis so ids stay unique across nodes.
+    pub lease_node_id: bool,
     /// Requests in flight before new ones are shed with `503 overloaded`.
     pub max_in_flight: usize,
     /// Longest a request may take before it is answered `503`.
@@ -65,6 +68,7 @@ impl Settings {
             jwt_secret: None,
             store: SqliteSettings::default(),
             engine: EngineSettings::default(),
+            lease_node_id: true,
             max_in_flight: 8192,
             request_timeout: Duration::from_secs(10),
             body_limit: 16 * 1024,
@@ -131,10 +135,11 @@ pub struct ServeArgs {
     /// Expiry sweep interval in milliseconds.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
-    /// Node id (0..1023) baked into generated ids.
-    #[arg(long, env = "FLASHSALE_NODE_ID", default_value_t = 0,
+    /// Node id (0..1023) baked into generated ids; unique per node. Unset:
+    /// 0 on a single node, leased from Redis in the distributed mode.
+    #[arg(long, env = "FLASHSALE_NODE_ID",
           value_parser = clap::value_parser!(u16).range(0..1024))]
-    pub node_id: u16,
+    pub node_id: Option<u16>,
 }
 
 impl ServeArgs {
@@ -156,7 +161,8 @@ impl ServeArgs {
         s.body_limit = self.body_limit;
         s.engine.user_rate_per_sec = self.user_rate;
         s.engine.user_burst = self.user_burst;
-        s.engine.node_id = self.node_id;
+        s.engine.node_id = self.node_id.unwrap_or(0);
+        s.lease_node_id = self.node_id.is_none();
         s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
         s
     }

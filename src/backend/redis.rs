@@ -288,6 +288,20 @@ impl RedisStock {
         }
     }
 
+    /// A node id (0..1024) for this process: ids are unique across nodes
+    /// only if node ids are, so distributed nodes take the next number of a
+    /// shared counter unless one was configured.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn lease_node_id(&self) -> Result<u16, StockError> {
+        let n: u64 = self
+            .conn
+            .query(redis::cmd("INCR").arg(format!("{}:node-seq", self.prefix)))
+            .await?;
+        Ok(((n - 1) % 1024) as u16)
+    }
+
     /// Checks Redis answers.
     ///
     /// # Errors

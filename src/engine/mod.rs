@@ -699,18 +699,24 @@ impl Engine {
                 .store
                 .transition(order_id, &user, transition, now_ms())
                 .await?;
-            if report.is_none() && engine.cluster.is_some() {
-                // Distributed, a just-accepted order may still be on its way
-                // through the queue: wait for the writer, briefly.
+            // Distributed, a just-accepted order may still be on its way
+            // through the queue (absent, or stored between the conditional
+            // update and the read-back, which then shows it still pending):
+            // wait for the writer, briefly.
+            let in_flight = |r: &Option<crate::backend::TransitionReport>| match r {
+                None => true,
+                Some(r) => !r.applied && r.order.status == OrderStatus::PendingPayment,
+            };
+            if engine.cluster.is_some() {
                 for _ in 0..40 {
+                    if !in_flight(&report) {
+                        break;
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     report = engine
                         .store
                         .transition(order_id, &user, transition, now_ms())
                         .await?;
-                    if report.is_some() {
-                        break;
-                    }
                 }
             }
             let report = report.ok_or(EngineError::NotFound)?;

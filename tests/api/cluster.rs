@@ -322,3 +322,152 @@ pub fn check_invariants(rows: &[Row_], flood: &Flood, stock: u64, limit: u64, ex
         );
     }
 }
+
+/// A private `redis-server` (or several, as a cluster) on free ports, for
+/// the tests that restart Redis or need a Redis Cluster; killed on drop.
+pub struct RedisServers {
+    pub ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    dirs: Vec<tempfile::TempDir>,
+    cluster: bool,
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path, cluster: bool) -> std::process::Child {
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if cluster {
+        cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+    }
+    cmd.spawn()
+        .expect("starting redis-server (Debian package redis-server)")
+}
+
+async fn redis_answers(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        return false;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut c)
+        .await
+        .is_ok()
+}
+
+async fn wait_for_redis(port: u16) {
+    for _ in 0..200 {
+        if redis_answers(port).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("redis-server on {port} did not start");
+}
+
+impl RedisServers {
+    /// One standalone server.
+    pub async fn standalone() -> Self {
+        let port = crate::helpers::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = spawn_redis(port, dir.path(), false);
+        wait_for_redis(port).await;
+        Self {
+            ports: vec![port],
+            children: vec![child],
+            dirs: vec![dir],
+            cluster: false,
+        }
+    }
+
+    /// A Redis Cluster of three masters, slots spread by `redis-cli`.
+    pub async fn cluster() -> Self {
+        let mut servers = Self {
+            ports: Vec::new(),
+            children: Vec::new(),
+            dirs: Vec::new(),
+            cluster: true,
+        };
+        for _ in 0..3 {
+            let port = crate::helpers::free_port();
+            let dir = tempfile::tempdir().unwrap();
+            servers.children.push(spawn_redis(port, dir.path(), true));
+            servers.ports.push(port);
+            servers.dirs.push(dir);
+        }
+        for &p in &servers.ports {
+            wait_for_redis(p).await;
+        }
+        let mut create = std::process::Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for p in &servers.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("running redis-cli --cluster create");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        for _ in 0..200 {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &servers.ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                return servers;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the Redis Cluster did not become ready");
+    }
+
+    /// `redis://` URLs of the servers.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Kills the (standalone) server and starts an empty one on its port —
+    /// what a Redis without persistence looks like after a crash.
+    pub async fn restart_empty(&mut self) {
+        assert!(!self.cluster);
+        let mut old = self.children.remove(0);
+        let _ = old.kill();
+        let _ = old.wait();
+        self.children.push(spawn_redis(self.ports[0], self.dirs[0].path(), false));
+        wait_for_redis(self.ports[0]).await;
+    }
+
+    /// Points `backends` at these servers.
+    pub fn use_for(&self, backends: &mut Backends) {
+        backends.redis = self.urls();
+        backends.redis_cluster = self.cluster;
+    }
+}
+
+impl Drop for RedisServers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Units Redis counts as sold for `sale_id` (standalone servers only).
+pub async fn redis_sold(backends: &Backends, sale_id: &str) -> Option<u64> {
+    let mut conn = backends.redis_conn().await;
+    redis::cmd("HGET")
+        .arg(format!("{}:{{{sale_id}}}:meta", backends.namespace))
+        .arg("sold")
+        .query_async::<Option<u64>>(&mut conn)
+        .await
+        .unwrap()
+}

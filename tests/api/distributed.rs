@@ -7,8 +7,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::cluster::{check_invariants, flood, Backends, Db};
-use crate::helpers::{json_status, open_sale_body, spawn_app_with, token, TestApp};
+use crate::cluster::{check_invariants, flood, redis_sold, Backends, Db, RedisServers};
+use crate::helpers::{
+    free_port, json_status, open_sale_body, serve_command, serving, spawn_app_with, token,
+    unique_admin_token, TestApp,
+};
 
 async fn nodes(backends: &Backends, n: usize) -> Vec<TestApp> {
     let mut nodes = Vec::with_capacity(n);
@@ -17,6 +20,7 @@ async fn nodes(backends: &Backends, n: usize) -> Vec<TestApp> {
             spawn_app_with(|s| {
                 backends.configure(s);
                 s.engine.node_id = i as u16 + 1;
+                s.lease_node_id = false;
             })
             .await,
         );
@@ -167,5 +171,141 @@ async fn half_a_distributed_configuration_is_refused_at_start() {
     settings.queue = None;
     let err = flashsale::Application::build(settings).await.err().expect("refused");
     assert!(format!("{err:#}").contains("--queue"), "{err:#}");
+    backends.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_over_a_three_master_redis_cluster_sell_exactly_the_stock() {
+    let servers = RedisServers::cluster().await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    let nodes = nodes(&backends, 3).await;
+    // Several sales: their hash tags land in different slots, so on
+    // different masters; each script still touches one slot.
+    for stock in [50u64, 80, 120] {
+        let sale = nodes[(stock % 3) as usize].open_sale(stock, 1).await;
+        let result = flood(&nodes, &sale, 400, 600).await;
+        assert_eq!(result.accepted.len() as u64, stock, "{:?}", result.statuses);
+        let rows = backends
+            .wait_for_orders(&sale, stock as usize, Duration::from_secs(30))
+            .await;
+        check_invariants(&rows, &result, stock, 1, true);
+    }
+    stop_all(nodes).await;
+    backends.cleanup().await;
+    drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exactly_the_rest() {
+    let mut servers = RedisServers::standalone().await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    let nodes = nodes(&backends, 2).await;
+    let stock = 200;
+    let sale = nodes[0].open_sale(stock, 1).await;
+    let mut first = flood(&nodes, &sale, 120, 120).await;
+    assert_eq!(first.accepted.len(), 120);
+    backends.wait_for_orders(&sale, 120, Duration::from_secs(30)).await;
+
+    servers.restart_empty().await;
+    // Redis holds nothing: no node may sell from a blank counter.
+    let resp = nodes[1].buy(&sale, "right-after-restart").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+
+    // A node re-seeds from the database; then the sale sells the rest.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while redis_sold(&backends, &sale).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never re-seeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis_sold(&backends, &sale).await, Some(120));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first 120 buyers are still at their limit; 400 others compete.
+    let second = flood(&nodes, &sale, 520, 1040).await;
+    assert_eq!(second.accepted.len(), 80, "{:?}", second.statuses);
+    for (id, user) in second.accepted {
+        assert!(user != "right-after-restart");
+        first.accepted.insert(id, user);
+    }
+    let rows = backends.wait_for_orders(&sale, 200, Duration::from_secs(30)).await;
+    check_invariants(&rows, &first, stock, 1, true);
+    stop_all(nodes).await;
+    backends.cleanup().await;
+}
+
+/// Starts the real binary as a node over `backends`.
+async fn start_node_binary(backends: &Backends, dir: &std::path::Path) -> (tokio::process::Child, TestApp) {
+    for _ in 0..3 {
+        let port = free_port();
+        let mut app = TestApp::attach(port);
+        app.admin_token = unique_admin_token();
+        let mut child = serve_command(dir, port, &app.admin_token)
+            .args(backends.flags())
+            .spawn()
+            .expect("starting the flashsale binary");
+        if serving(&mut child, &app).await.is_ok() {
+            return (child, app);
+        }
+        let _ = child.kill().await;
+    }
+    panic!("the node did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_mid_flood_loses_no_accepted_order_and_oversells_nothing() {
+    let backends = Backends::new(Db::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let (child, mut app) = start_node_binary(&backends, dir.path()).await;
+        // One admin token for all: each node was started with its own.
+        app.admin_token = app.admin_token.clone();
+        children.push(child);
+        apps.push(app);
+    }
+    let stock = 2000;
+    let sale = {
+        let resp = apps[0].post_sale(&open_sale_body(stock, 1)).await;
+        json_status(resp, StatusCode::CREATED).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let victim = children.remove(2);
+    let killer = tokio::spawn(async move {
+        let mut victim = victim;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        victim.start_kill().expect("kill -9");
+        let _ = victim.wait().await;
+    });
+    let result = flood(&apps, &sale, 3000, 3000).await;
+    killer.await.unwrap();
+    let dropped = result.statuses.get(&0).copied().unwrap_or(0);
+    assert!(dropped > 0, "the kill landed after the flood: {:?}", result.statuses);
+    // The survivors' writers take over the victim's unacked messages and
+    // their relays deliver its outbox: every 201 ends up stored.
+    let rows = backends
+        .wait_for_orders(&sale, result.accepted.len(), Duration::from_secs(40))
+        .await;
+    check_invariants(&rows, &result, stock, 1, false);
+    // Redis and the database agree once the pipeline settled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let db: u64 = backends.orders(&sale).await.iter().map(|r| r.quantity).sum();
+        let redis = redis_sold(&backends, &sale).await.unwrap();
+        if db == redis {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "redis {redis} vs database {db}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for mut c in children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
     backends.cleanup().await;
 }
