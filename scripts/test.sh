@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Local services the tests need, checked (and started if down) before the
-# run: the SQL order stores' contract tests use PostgreSQL and MariaDB.
-REQUIRED_SERVICES=(postgres mariadb)
+# run: the SQL order stores use PostgreSQL and MariaDB; the distributed mode
+# (issue 3) adds Redis and RabbitMQ. The Redis Cluster and "Redis restarted
+# empty" tests start private redis-server processes on free ports.
+REQUIRED_SERVICES=(postgres mariadb redis rabbitmq)
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "test.sh: cargo-nextest is missing; installing it"
@@ -24,8 +26,13 @@ fi
 doc_status=0
 cargo test --doc --workspace || doc_status=$?
 
+# Two phases: everything else in parallel, then the fault tests — which
+# stop RabbitMQ and PostgreSQL for 10 s — alone, one at a time, so no other
+# test sees a service vanish. Each fault test restarts its service.
 nextest_status=0
-cargo nextest run --workspace --no-fail-fast "$@" || nextest_status=$?
+cargo nextest run --workspace --no-fail-fast -E 'not test(/^faults::/)' "$@" || nextest_status=$?
+cargo nextest run --workspace --no-fail-fast -j 1 -E 'test(/^faults::/)' "$@" || nextest_status=$?
+./scripts/services.sh check "${REQUIRED_SERVICES[@]}"
 
 if [ "$doc_status" -ne 0 ] || [ "$nextest_status" -ne 0 ]; then
     echo "test.sh: FAILED (doctests exit $doc_status, nextest exit $nextest_status)" >&2

@@ -139,19 +139,31 @@ impl Backends {
         f
     }
 
-    /// Every order of `sale_id` in the database.
+    /// Every order of `sale_id` in the database (retried for a while: the
+    /// fault tests read right after restarting the server).
     pub async fn orders(&self, sale_id: &str) -> Vec<Row_> {
+        let mut last = None;
+        for _ in 0..40 {
+            match self.try_orders(sale_id).await {
+                Ok(rows) => return rows,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("reading orders: {last:?}");
+    }
+
+    async fn try_orders(&self, sale_id: &str) -> Result<Vec<Row_>, sqlx::Error> {
         let id: i64 = sale_id.parse().unwrap();
         let q = "SELECT order_id, user_id, quantity, status FROM orders WHERE sale_id = ";
-        match &self.admin {
+        let rows = match &self.admin {
             Admin::Pg(pool, schema) => sqlx::query(AssertSqlSafe(format!(
                 "{}$1",
                 q.replace("FROM orders", &format!("FROM \"{schema}\".orders"))
             )))
             .bind(id)
             .fetch_all(pool)
-            .await
-            .expect("reading orders")
+            .await?
             .iter()
             .map(|r| Row_ {
                 order_id: r.get::<i64, _>(0) as u64,
@@ -159,15 +171,14 @@ impl Backends {
                 quantity: r.get::<i64, _>(2) as u64,
                 status: r.get(3),
             })
-            .collect(),
+            .collect::<Vec<_>>(),
             Admin::My(pool, db) => sqlx::query(AssertSqlSafe(format!(
                 "{}?",
                 q.replace("FROM orders", &format!("FROM `{db}`.orders"))
             )))
             .bind(id)
             .fetch_all(pool)
-            .await
-            .expect("reading orders")
+            .await?
             .iter()
             .map(|r| Row_ {
                 order_id: r.get::<i64, _>(0) as u64,
@@ -175,8 +186,9 @@ impl Backends {
                 quantity: r.get::<i64, _>(2) as u64,
                 status: String::from_utf8(r.get::<Vec<u8>, _>(3)).unwrap_or_default(),
             })
-            .collect(),
-        }
+            .collect::<Vec<_>>(),
+        };
+        Ok(rows)
     }
 
     /// Waits until the database holds `n` orders of `sale_id` (the writers

@@ -10,6 +10,7 @@ mod cluster;
 mod distributed;
 mod durability;
 mod fast_lane;
+mod faults;
 mod helpers;
 mod intents;
 mod load;
