@@ -63,6 +63,10 @@ pub enum Mode {
     /// Baseline without Flashsale: one PostgreSQL transaction per purchase
     /// that row-locks the stock row and inserts the order (`--database`).
     PgRowLock,
+    /// Baseline without Flashsale: the usual Redis seckill — one `EVALSHA`
+    /// per purchase (stock and buyer check, decrement) and one confirmed
+    /// publish of the order to RabbitMQ (`--redis`, `--queue`).
+    RedisEvalsha,
 }
 
 impl Mode {
@@ -73,6 +77,7 @@ impl Mode {
             Self::Healthz => "healthz",
             Self::SalePage => "sale-page",
             Self::PgRowLock => "pg-row-lock",
+            Self::RedisEvalsha => "redis-evalsha",
         }
     }
 }
@@ -92,6 +97,18 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     pub database: String,
+
+    /// Redis for `--mode redis-evalsha` (keys of its own, deleted after).
+    #[arg(long, env = "FLASHSALE_BENCH_REDIS", default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+
+    /// RabbitMQ for `--mode redis-evalsha` (a queue of its own, deleted after).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_QUEUE",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub queue: String,
 
     /// Admin bearer token: needed to create the sale and to read its stats
     /// (every mode but `healthz`; `sale-page` with `--sale-id` does without).
@@ -174,8 +191,10 @@ pub struct BenchArgs {
 /// When the run cannot take place: missing credentials, an unreachable
 /// service, or a sale that cannot be created or read.
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
-    if args.mode == Mode::PgRowLock {
-        return baseline::pg_row_lock(&args).await;
+    match args.mode {
+        Mode::PgRowLock => return baseline::pg_row_lock(&args).await,
+        Mode::RedisEvalsha => return baseline::redis_evalsha(&args).await,
+        _ => {}
     }
     let concurrency = usize::try_from(args.concurrency)?;
     let client = Client::builder()
@@ -201,10 +220,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         Mode::Purchase => Some(args.jwt_secret.as_ref().ok_or_else(|| {
             anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)")
         })?),
-        Mode::Healthz | Mode::SalePage | Mode::PgRowLock => None,
+        Mode::Healthz | Mode::SalePage | Mode::PgRowLock | Mode::RedisEvalsha => None,
     };
     let needs_admin = match args.mode {
-        Mode::Healthz | Mode::PgRowLock => false,
+        Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha => false,
         Mode::SalePage => args.sale_id.is_none(),
         Mode::Purchase => args.sale_id.is_none() || !args.no_verify,
     };
@@ -222,7 +241,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 1. The sale.
     let sale = match args.mode {
-        Mode::Healthz | Mode::PgRowLock => None,
+        Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha => None,
         Mode::Purchase | Mode::SalePage => Some(prepare_sale(&api, &args).await?),
     };
 
@@ -242,7 +261,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 3. The load.
     let target = match (args.mode, &sale) {
-        (Mode::Healthz | Mode::PgRowLock, _) => api.url(&["healthz"])?,
+        (Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha, _) => api.url(&["healthz"])?,
         (Mode::SalePage, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id])?,
         (Mode::Purchase, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id, "purchase"])?,
         (_, None) => bail!("no sale to send {} requests to", args.mode.as_str()),
