@@ -35,6 +35,13 @@ use tokio::sync::Mutex;
 #[error("order queue: {0}")]
 pub struct QueueError(String);
 
+impl QueueError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 impl From<lapin::Error> for QueueError {
     fn from(e: lapin::Error) -> Self {
         Self(e.to_string())
@@ -213,7 +220,7 @@ impl AmqpQueue {
     ) -> Result<(), QueueError> {
         let ch = self.channel().await?;
         let sent = async {
-            let confirm = ch
+            let pending = ch
                 .basic_publish(
                     exchange.into(),
                     key.into(),
@@ -226,8 +233,12 @@ impl AmqpQueue {
                         .with_delivery_mode(2)
                         .with_content_type("application/json".into()),
                 )
-                .await?
                 .await?;
+            if !mandatory {
+                // Events: handed to the broker, not awaited (best effort).
+                return Ok(());
+            }
+            let confirm = pending.await?;
             if confirm.is_nack() {
                 return Err(QueueError("the broker refused the message (nack)".into()));
             }
@@ -264,8 +275,9 @@ impl AmqpQueue {
     }
 
     /// Publishes an order event (`order.accepted`, `order.paid`, …) to the
-    /// topic exchange. Events are for the shop's other systems; an event no
-    /// queue is bound to is fine.
+    /// topic exchange. Events are for the shop's other systems and best
+    /// effort: sent without waiting for the confirm; an event no queue is
+    /// bound to is dropped by the broker.
     ///
     /// # Errors
     /// When the broker is unreachable.

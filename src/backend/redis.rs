@@ -41,7 +41,7 @@ use crate::domain::{Order, Sale};
 /// Most purchases decided by one script call.
 const MAX_BATCH: usize = 256;
 /// Script calls in flight at once per node (each carrying a batch).
-const IN_FLIGHT_BATCHES: usize = 8;
+const IN_FLIGHT_BATCHES: usize = 2;
 
 const PURCHASE_LUA: &str = r"
 -- KEYS: meta, holders, idem, outbox

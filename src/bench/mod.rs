@@ -67,6 +67,11 @@ pub enum Mode {
     /// per purchase (stock and buyer check, decrement) and one confirmed
     /// publish of the order to RabbitMQ (`--redis`, `--queue`).
     RedisEvalsha,
+    /// Flashsale's distributed decision step without HTTP, on the same
+    /// servers as `redis-evalsha`: concurrent purchases coalesced into one
+    /// purchase-script call (with outbox, limits, idempotency) and one
+    /// confirmed publish per batch.
+    RedisCoalesced,
 }
 
 impl Mode {
@@ -78,6 +83,7 @@ impl Mode {
             Self::SalePage => "sale-page",
             Self::PgRowLock => "pg-row-lock",
             Self::RedisEvalsha => "redis-evalsha",
+            Self::RedisCoalesced => "redis-coalesced",
         }
     }
 }
@@ -194,6 +200,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     match args.mode {
         Mode::PgRowLock => return baseline::pg_row_lock(&args).await,
         Mode::RedisEvalsha => return baseline::redis_evalsha(&args).await,
+        Mode::RedisCoalesced => return baseline::redis_coalesced(&args).await,
         _ => {}
     }
     let concurrency = usize::try_from(args.concurrency)?;
@@ -220,10 +227,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         Mode::Purchase => Some(args.jwt_secret.as_ref().ok_or_else(|| {
             anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)")
         })?),
-        Mode::Healthz | Mode::SalePage | Mode::PgRowLock | Mode::RedisEvalsha => None,
+        Mode::Healthz | Mode::SalePage | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced => None,
     };
     let needs_admin = match args.mode {
-        Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha => false,
+        Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced => false,
         Mode::SalePage => args.sale_id.is_none(),
         Mode::Purchase => args.sale_id.is_none() || !args.no_verify,
     };
@@ -241,7 +248,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 1. The sale.
     let sale = match args.mode {
-        Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha => None,
+        Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced => None,
         Mode::Purchase | Mode::SalePage => Some(prepare_sale(&api, &args).await?),
     };
 
@@ -261,7 +268,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 3. The load.
     let target = match (args.mode, &sale) {
-        (Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha, _) => api.url(&["healthz"])?,
+        (Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced, _) => api.url(&["healthz"])?,
         (Mode::SalePage, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id])?,
         (Mode::Purchase, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id, "purchase"])?,
         (_, None) => bail!("no sale to send {} requests to", args.mode.as_str()),

@@ -111,6 +111,20 @@ impl Order {
         serde_json::to_string(&wire).unwrap_or_default()
     }
 
+    /// Reads a queue message: one order written by [`Order::to_wire`], or a
+    /// JSON array of them (nodes publish the orders of one batch together).
+    ///
+    /// # Errors
+    /// When `bytes` is neither (a poison message).
+    pub fn batch_from_wire(bytes: &[u8]) -> Result<Vec<Self>, serde_json::Error> {
+        if bytes.first() == Some(&b'[') {
+            let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)?;
+            raw.iter().map(|r| Self::from_wire(r.get().as_bytes())).collect()
+        } else {
+            Self::from_wire(bytes).map(|o| vec![o])
+        }
+    }
+
     /// Reads an order written by [`Order::to_wire`]; it is `pending_payment`.
     ///
     /// # Errors

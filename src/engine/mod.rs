@@ -558,11 +558,11 @@ impl Engine {
         let outcome = match decision {
             Decision::Accepted { remaining } => {
                 rt.ledger.mirror_remaining(remaining);
-                let mut published = cluster.queue.publish_order(payload.as_bytes()).await;
+                let mut published = cluster.publish_order(payload.clone()).await;
                 if published.is_err() {
                     // One quick retry on a fresh channel; after that the
                     // outbox keeps the order and the relay delivers it.
-                    published = cluster.queue.publish_order(payload.as_bytes()).await;
+                    published = cluster.publish_order(payload.clone()).await;
                 }
                 if let Err(e) = published {
                     tracing::warn!(error = %e, order_id = order.id, "order left in the outbox for the relay");
@@ -780,15 +780,22 @@ impl Engine {
         let expired = self.store.expire_due(now_ms(), limit).await?;
         for order in &expired {
             self.return_stock(order).await;
-            self.publish_event(order).await;
         }
+        self.publish_events(&expired).await;
         Ok(expired.len())
     }
 
     /// Publishes an order's new state to the event exchange (distributed
     /// mode; best effort: events feed the shop's other systems).
     pub async fn publish_event(&self, order: &Order) {
-        let Some(cluster) = &self.cluster else {
+        self.publish_events(std::slice::from_ref(order)).await;
+    }
+
+    /// Publishes the new states of `orders` (all in the same status): one
+    /// message whose body is a JSON array of events, routed by status
+    /// (`order.accepted`, `order.paid`, `order.expired`, `order.cancelled`).
+    pub async fn publish_events(&self, orders: &[Order]) {
+        let (Some(cluster), Some(order)) = (&self.cluster, orders.first()) else {
             return;
         };
         let key = match order.status {
@@ -797,14 +804,20 @@ impl Engine {
             OrderStatus::Expired => "order.expired",
             OrderStatus::Cancelled => "order.cancelled",
         };
-        let body = serde_json::json!({
-            "order_id": order.id.to_string(),
-            "sale_id": order.sale_id.to_string(),
-            "user_id": order.user_id,
-            "quantity": order.quantity,
-            "status": order.status.as_str(),
-            "at": order.updated_at_ms,
-        });
+        let body: Vec<serde_json::Value> = orders
+            .iter()
+            .map(|order| {
+                serde_json::json!({
+                    "order_id": order.id.to_string(),
+                    "sale_id": order.sale_id.to_string(),
+                    "user_id": order.user_id,
+                    "quantity": order.quantity,
+                    "status": order.status.as_str(),
+                    "at": order.updated_at_ms,
+                })
+            })
+            .collect();
+        let body = serde_json::Value::Array(body);
         if let Err(e) = cluster.queue.publish_event(key, body.to_string().as_bytes()).await {
             tracing::debug!(error = %e, "order event not published");
         }

@@ -77,12 +77,16 @@ pub fn spawn_order_writer(engine: Arc<Engine>, stop: CancellationToken) -> JoinH
 }
 
 async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationToken) {
+    // Each delivery carries one order or an array of them; `orders[i]`
+    // belongs to `deliveries[owner[i]]`.
     let mut orders = Vec::with_capacity(batch.len());
+    let mut owner = Vec::with_capacity(batch.len());
     let mut deliveries = Vec::with_capacity(batch.len());
     for d in batch {
-        match Order::from_wire(&d.data) {
-            Ok(order) => {
-                orders.push(order);
+        match Order::batch_from_wire(&d.data) {
+            Ok(decoded) => {
+                owner.extend(std::iter::repeat_n(deliveries.len(), decoded.len()));
+                orders.extend(decoded);
                 deliveries.push(d);
             }
             Err(e) => {
@@ -103,7 +107,8 @@ async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationT
             .any(|r| matches!(r, Err(StoreError::Backend(_) | StoreError::Closed)));
         if !transient {
             let mut stored = 0u64;
-            for ((order, d), r) in orders.iter().zip(&deliveries).zip(results) {
+            let mut refused = vec![false; deliveries.len()];
+            for ((order, &d), r) in orders.iter().zip(&owner).zip(results) {
                 match r {
                     Ok(()) => {
                         stored += 1;
@@ -112,18 +117,27 @@ async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationT
                                 .orders_persisted
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
-                        let _ = d.ack(BasicAckOptions::default()).await;
                     }
                     Err(e) => {
+                        // A clash on the idempotency index: the message is
+                        // kept on the dead-letter queue for a person (the
+                        // rest of its orders are stored, idempotently).
                         tracing::error!(error = %e, order_id = order.id, "order refused by the store; dead-lettered");
-                        metrics::counter!("flashsale_writer_dead_lettered_total").increment(1);
-                        let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                        refused[d] = true;
                     }
+                }
+            }
+            for (d, refused) in deliveries.iter().zip(refused) {
+                if refused {
+                    metrics::counter!("flashsale_writer_dead_lettered_total").increment(1);
+                    let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                } else {
+                    let _ = d.ack(BasicAckOptions::default()).await;
                 }
             }
             metrics::counter!("flashsale_writer_orders_total").increment(stored);
             metrics::histogram!("flashsale_writer_batch_size").record(stored as f64);
-            futures::future::join_all(orders.iter().map(|o| engine.publish_event(o))).await;
+            engine.publish_events(&orders).await;
             return;
         }
         if stop.is_cancelled() {
