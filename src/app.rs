@@ -62,7 +62,10 @@ impl Application {
         let mut engine_settings = settings.engine.clone();
         if let (Some(c), true) = (&cluster, settings.lease_node_id) {
             engine_settings.node_id = c.stock.lease_node_id().await.context("leasing a node id")?;
-            tracing::info!(node_id = engine_settings.node_id, "leased a node id from Redis");
+            tracing::info!(
+                node_id = engine_settings.node_id,
+                "leased a node id from Redis"
+            );
         }
         let stop = CancellationToken::new();
         let (engine, intent_task) = Engine::load(
@@ -97,8 +100,14 @@ impl Application {
             worker::spawn_housekeeping(engine.clone(), stop.clone()),
         ];
         if cluster.is_some() {
-            tasks.push(worker::order_writer::spawn_order_writer(engine.clone(), stop.clone()));
-            tasks.push(worker::stock_watch::spawn_stock_watch(engine.clone(), stop.clone()));
+            tasks.push(worker::order_writer::spawn_order_writer(
+                engine.clone(),
+                stop.clone(),
+            ));
+            tasks.push(worker::stock_watch::spawn_stock_watch(
+                engine.clone(),
+                stop.clone(),
+            ));
         }
         let listener = TcpListener::bind(settings.listen)
             .await

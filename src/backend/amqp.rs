@@ -144,10 +144,20 @@ impl AmqpQueue {
             durable: true,
             ..ExchangeDeclareOptions::default()
         };
-        ch.exchange_declare(n.dlx.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
-            .await?;
-        ch.exchange_declare(n.events.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
-            .await?;
+        ch.exchange_declare(
+            n.dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            n.events.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
         ch.queue_declare(
             n.dlq.as_str().into(),
             QueueDeclareOptions::durable(),
@@ -165,7 +175,10 @@ impl AmqpQueue {
         ch.queue_declare(
             n.orders.as_str().into(),
             QueueDeclareOptions::durable(),
-            table(&[("x-queue-type", "quorum"), ("x-dead-letter-exchange", &n.dlx)]),
+            table(&[
+                ("x-queue-type", "quorum"),
+                ("x-dead-letter-exchange", &n.dlx),
+            ]),
         )
         .await?;
         Ok(())
@@ -291,7 +304,11 @@ impl AmqpQueue {
     ///
     /// # Errors
     /// When the broker is unreachable.
-    pub async fn consume_orders(&self, tag: &str, prefetch: u16) -> Result<(Connection, Consumer), QueueError> {
+    pub async fn consume_orders(
+        &self,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<(Connection, Consumer), QueueError> {
         let conn = connect(&self.url).await?;
         let ch = conn.create_channel().await?;
         ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -317,10 +334,18 @@ impl AmqpQueue {
             ..QueueDeclareOptions::default()
         };
         let orders = ch
-            .queue_declare(self.names.orders.as_str().into(), passive, FieldTable::default())
+            .queue_declare(
+                self.names.orders.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
             .await?;
         let dlq = ch
-            .queue_declare(self.names.dlq.as_str().into(), passive, FieldTable::default())
+            .queue_declare(
+                self.names.dlq.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
             .await?;
         Ok((orders.message_count(), dlq.message_count()))
     }

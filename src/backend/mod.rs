@@ -199,7 +199,12 @@ pub trait OrderStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
     async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
-        Ok(self.load().await?.sales.into_iter().find(|s| s.id == sale_id))
+        Ok(self
+            .load()
+            .await?
+            .sales
+            .into_iter()
+            .find(|s| s.id == sale_id))
     }
 
     /// What a re-seed of the shared stock needs: units held, holders, keyed
@@ -209,7 +214,9 @@ pub trait OrderStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] when the store cannot be read or has no such query.
     async fn sale_record(&self, _sale_id: u64) -> Result<SaleRecord, StoreError> {
-        Err(StoreError::Backend("this store does not back shared stock".into()))
+        Err(StoreError::Backend(
+            "this store does not back shared stock".into(),
+        ))
     }
 
     /// What the reconciler compares with the shared stock.
@@ -217,7 +224,9 @@ pub trait OrderStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] when the store cannot be read or has no such query.
     async fn sale_audit(&self, _sale_id: u64, _since_ms: i64) -> Result<SaleAudit, StoreError> {
-        Err(StoreError::Backend("this store does not back shared stock".into()))
+        Err(StoreError::Backend(
+            "this store does not back shared stock".into(),
+        ))
     }
 
     /// Checks the store answers.

@@ -34,8 +34,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, Executor, QueryBuilder, Row};
 
 use super::sql::{
-    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_reads, sale_from_row,
-    text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
+    sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
 };
 use super::{
     Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,

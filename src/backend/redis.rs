@@ -280,7 +280,9 @@ impl RedisStock {
         }
         match self.conn.query(&cmd).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                tracing::info!("redis forgot the scripts (restart or failover); loading them again");
+                tracing::info!(
+                    "redis forgot the scripts (restart or failover); loading them again"
+                );
                 self.load_scripts().await?;
                 Ok(self.conn.query(&cmd).await?)
             }
@@ -328,7 +330,11 @@ impl RedisStock {
             .map_err(|_| StockError("the stock batcher dropped a purchase".into()))?
     }
 
-    async fn reserve_batch(&self, sale_id: u64, batch: &[Pending]) -> Result<Vec<Decision>, StockError> {
+    async fn reserve_batch(
+        &self,
+        sale_id: u64,
+        batch: &[Pending],
+    ) -> Result<Vec<Decision>, StockError> {
         let keys = [
             self.key(sale_id, "meta"),
             self.key(sale_id, "holders"),
@@ -379,7 +385,11 @@ impl RedisStock {
             .await?;
         Ok(match left {
             -1 => None,
-            -2 => Some(self.state(s).await?.map_or(0, |st| st.stock - st.sold.min(st.stock))),
+            -2 => Some(
+                self.state(s)
+                    .await?
+                    .map_or(0, |st| st.stock - st.sold.min(st.stock)),
+            ),
             n => Some(n.max(0) as u64),
         })
     }
@@ -436,7 +446,11 @@ impl RedisStock {
         }
         let _: i64 = self
             .conn
-            .query(redis::cmd("ZREM").arg(self.key(sale_id, "outbox")).arg(payloads))
+            .query(
+                redis::cmd("ZREM")
+                    .arg(self.key(sale_id, "outbox"))
+                    .arg(payloads),
+            )
             .await?;
         Ok(())
     }
@@ -450,7 +464,12 @@ impl RedisStock {
         self.write_meta(sale, 0, true).await
     }
 
-    async fn write_meta(&self, sale: &Sale, sold: u64, only_if_absent: bool) -> Result<(), StockError> {
+    async fn write_meta(
+        &self,
+        sale: &Sale,
+        sold: u64,
+        only_if_absent: bool,
+    ) -> Result<(), StockError> {
         let meta = self.key(sale.id, "meta");
         if only_if_absent {
             let created: bool = self
@@ -500,13 +519,23 @@ impl RedisStock {
         let lock = self.key(sale.id, "seedlock");
         let locked: Option<String> = self
             .conn
-            .query(redis::cmd("SET").arg(&lock).arg("1").arg("NX").arg("PX").arg(30_000))
+            .query(
+                redis::cmd("SET")
+                    .arg(&lock)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000),
+            )
             .await?;
         if locked.is_none() {
             return Ok(false);
         }
         for key in ["holders", "idem", "released", "outbox"] {
-            let _: i64 = self.conn.query(redis::cmd("DEL").arg(self.key(sale.id, key))).await?;
+            let _: i64 = self
+                .conn
+                .query(redis::cmd("DEL").arg(self.key(sale.id, key)))
+                .await?;
         }
         for chunk in from_db.holders.chunks(500) {
             let mut cmd = redis::cmd("HSET");
@@ -521,14 +550,19 @@ impl RedisStock {
             cmd.arg(self.key(sale.id, "idem"));
             for order in chunk {
                 let key = order.idempotency_key.as_deref().unwrap_or_default();
-                cmd.arg(format!("{}\n{key}", order.user_id)).arg(order.to_wire());
+                cmd.arg(format!("{}\n{key}", order.user_id))
+                    .arg(order.to_wire());
             }
             let _: i64 = self.conn.query(&cmd).await?;
         }
         for chunk in from_db.released.chunks(1000) {
             let _: i64 = self
                 .conn
-                .query(redis::cmd("SADD").arg(self.key(sale.id, "released")).arg(chunk))
+                .query(
+                    redis::cmd("SADD")
+                        .arg(self.key(sale.id, "released"))
+                        .arg(chunk),
+                )
                 .await?;
         }
         self.write_meta(sale, from_db.sold, false).await?;
@@ -542,7 +576,10 @@ impl RedisStock {
     /// When Redis cannot be reached.
     pub async fn forget(&self, sale_id: u64) -> Result<(), StockError> {
         for key in ["meta", "holders", "idem", "outbox", "released", "seedlock"] {
-            let _: i64 = self.conn.query(redis::cmd("DEL").arg(self.key(sale_id, key))).await?;
+            let _: i64 = self
+                .conn
+                .query(redis::cmd("DEL").arg(self.key(sale_id, key)))
+                .await?;
         }
         Ok(())
     }

@@ -426,44 +426,6 @@ async fn insert_with_retry(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_kinds() {
-        assert_eq!(
-            DatabaseKind::of_url("postgres://u@h/db").unwrap(),
-            DatabaseKind::Postgres
-        );
-        assert_eq!(
-            DatabaseKind::of_url("postgresql://h:5432/db").unwrap(),
-            DatabaseKind::Postgres
-        );
-        assert_eq!(
-            DatabaseKind::of_url("mysql://root@h/db").unwrap(),
-            DatabaseKind::MySql
-        );
-        assert_eq!(
-            DatabaseKind::of_url("mariadb://root@h/db").unwrap(),
-            DatabaseKind::MySql
-        );
-        let err = DatabaseKind::of_url("redis://:hunter2@h/0").unwrap_err();
-        assert!(err.to_string().contains("unsupported database URL scheme"));
-        assert!(!err.to_string().contains("hunter2"));
-        assert!(DatabaseKind::of_url("not a url").is_err());
-    }
-
-    #[test]
-    fn redaction_drops_credentials_and_options() {
-        assert_eq!(
-            redact_url("postgres://app:hunter2@db.internal:5432/shop?sslmode=require"),
-            "postgres://db.internal:5432/shop"
-        );
-        assert_eq!(redact_url("mysql://root@h/db"), "mysql://h/db");
-    }
-}
-
 /// The per-sale reads of the distributed mode (`get_sale`, `sale_record`,
 /// `sale_audit`) for both SQL stores, as `OrderStore` method bodies.
 /// `$p1`/`$p2` are the dialect's first and second placeholders and `$units`
@@ -498,7 +460,12 @@ macro_rules! sale_reads {
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|r| Ok((text_column::<_, String>(r, 0)?, to_u32(r.try_get(1)?, "units")?)))
+            .map(|r| {
+                Ok((
+                    text_column::<_, String>(r, 0)?,
+                    to_u32(r.try_get(1)?, "units")?,
+                ))
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
             let keyed = sqlx::query(concat!(
                 "SELECT ",
@@ -533,7 +500,11 @@ macro_rules! sale_reads {
             })
         }
 
-        async fn sale_audit(pool: &$pool, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
+        async fn sale_audit(
+            pool: &$pool,
+            sale_id: u64,
+            since_ms: i64,
+        ) -> Result<SaleAudit, StoreError> {
             let row = sqlx::query(concat!(
                 "SELECT COALESCE(",
                 $units,
@@ -578,3 +549,41 @@ macro_rules! sale_reads {
     };
 }
 pub(crate) use sale_reads;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_kinds() {
+        assert_eq!(
+            DatabaseKind::of_url("postgres://u@h/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            DatabaseKind::of_url("postgresql://h:5432/db").unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert_eq!(
+            DatabaseKind::of_url("mysql://root@h/db").unwrap(),
+            DatabaseKind::MySql
+        );
+        assert_eq!(
+            DatabaseKind::of_url("mariadb://root@h/db").unwrap(),
+            DatabaseKind::MySql
+        );
+        let err = DatabaseKind::of_url("redis://:hunter2@h/0").unwrap_err();
+        assert!(err.to_string().contains("unsupported database URL scheme"));
+        assert!(!err.to_string().contains("hunter2"));
+        assert!(DatabaseKind::of_url("not a url").is_err());
+    }
+
+    #[test]
+    fn redaction_drops_credentials_and_options() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db.internal:5432/shop?sslmode=require"),
+            "postgres://db.internal:5432/shop"
+        );
+        assert_eq!(redact_url("mysql://root@h/db"), "mysql://h/db");
+    }
+}

@@ -185,7 +185,10 @@ fn report(args: &BenchArgs, mode: &str, t: Tally, ok: bool, check: &str) {
             })
         );
     } else {
-        println!("flashsale bench: {mode} baseline, {} connections", args.concurrency);
+        println!(
+            "flashsale bench: {mode} baseline, {} connections",
+            args.concurrency
+        );
         println!(
             "purchases {total} in {elapsed:.2} s = {:.1}/s; accepted {accepted} ({:.1} orders/s), refused {rejected}",
             total as f64 / elapsed,
@@ -201,7 +204,6 @@ fn report(args: &BenchArgs, mode: &str, t: Tally, ok: bool, check: &str) {
         println!("{}: {check}", if ok { "PASS" } else { "FAIL" });
     }
 }
-
 
 const SECKILL_LUA: &str = r"
 -- KEYS: stock, buyers; ARGV: user. 1 = bought, 0 = sold out, -1 = bought before
@@ -297,7 +299,10 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
         rejected += r;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let left: i64 = redis::cmd("GET").arg(&stock_key).query_async(&mut conn).await?;
+    let left: i64 = redis::cmd("GET")
+        .arg(&stock_key)
+        .query_async(&mut conn)
+        .await?;
     let (queued, _) = queue.depth().await?;
     let sold = args.stock.saturating_sub(u64::try_from(left).unwrap_or(0));
     let ok = sold == accepted && u64::from(queued) == accepted;
@@ -317,7 +322,9 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
             elapsed,
         },
         ok,
-        &format!("Redis sold {sold}, the queue holds {queued} orders, bench saw {accepted} accepted"),
+        &format!(
+            "Redis sold {sold}, the queue holds {queued} orders, bench saw {accepted} accepted"
+        ),
     );
     Ok(ok)
 }

@@ -299,7 +299,11 @@ async fn worker(
                     None => request,
                 }
             }
-            Mode::Healthz | Mode::SalePage | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced => client.get(plan.target.clone()),
+            Mode::Healthz
+            | Mode::SalePage
+            | Mode::PgRowLock
+            | Mode::RedisEvalsha
+            | Mode::RedisCoalesced => client.get(plan.target.clone()),
         };
 
         let sent = Instant::now();

@@ -105,7 +105,11 @@ pub struct BenchArgs {
     pub database: String,
 
     /// Redis for `--mode redis-evalsha` (keys of its own, deleted after).
-    #[arg(long, env = "FLASHSALE_BENCH_REDIS", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_REDIS",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis: String,
 
     /// RabbitMQ for `--mode redis-evalsha` (a queue of its own, deleted after).
@@ -227,7 +231,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         Mode::Purchase => Some(args.jwt_secret.as_ref().ok_or_else(|| {
             anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)")
         })?),
-        Mode::Healthz | Mode::SalePage | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced => None,
+        Mode::Healthz
+        | Mode::SalePage
+        | Mode::PgRowLock
+        | Mode::RedisEvalsha
+        | Mode::RedisCoalesced => None,
     };
     let needs_admin = match args.mode {
         Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced => false,
@@ -268,7 +276,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 
     // 3. The load.
     let target = match (args.mode, &sale) {
-        (Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced, _) => api.url(&["healthz"])?,
+        (Mode::Healthz | Mode::PgRowLock | Mode::RedisEvalsha | Mode::RedisCoalesced, _) => {
+            api.url(&["healthz"])?
+        }
         (Mode::SalePage, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id])?,
         (Mode::Purchase, Some(sale)) => api.url(&["api", "v1", "sales", &sale.id, "purchase"])?,
         (_, None) => bail!("no sale to send {} requests to", args.mode.as_str()),

@@ -119,7 +119,9 @@ impl Order {
     pub fn batch_from_wire(bytes: &[u8]) -> Result<Vec<Self>, serde_json::Error> {
         if bytes.first() == Some(&b'[') {
             let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)?;
-            raw.iter().map(|r| Self::from_wire(r.get().as_bytes())).collect()
+            raw.iter()
+                .map(|r| Self::from_wire(r.get().as_bytes()))
+                .collect()
         } else {
             Self::from_wire(bytes).map(|o| vec![o])
         }
@@ -132,7 +134,9 @@ impl Order {
     pub fn from_wire(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let w: WireOrder = serde_json::from_slice(bytes)?;
         if w.qty == 0 || w.user.is_empty() {
-            return Err(serde::de::Error::custom("an order needs a user and a quantity"));
+            return Err(serde::de::Error::custom(
+                "an order needs a user and a quantity",
+            ));
         }
         Ok(Self {
             id: w.id,

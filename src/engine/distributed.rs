@@ -124,7 +124,9 @@ async fn coalesce_publishes(
             let body = if batch.len() == 1 {
                 batch[0].0.clone()
             } else {
-                let mut body = String::with_capacity(batch.iter().map(|(p, _)| p.len() + 1).sum::<usize>() + 2);
+                let mut body = String::with_capacity(
+                    batch.iter().map(|(p, _)| p.len() + 1).sum::<usize>() + 2,
+                );
                 body.push('[');
                 for (i, (p, _)) in batch.iter().enumerate() {
                     if i > 0 {

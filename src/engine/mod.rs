@@ -530,7 +530,9 @@ impl Engine {
         if !cluster.queue.is_up() {
             // Circuit open: taking stock now would leave the buyer without
             // an answer, so nothing is taken.
-            return Err(EngineError::NotReady("the order queue is unreachable; retry"));
+            return Err(EngineError::NotReady(
+                "the order queue is unreachable; retry",
+            ));
         }
         let order = Order {
             id: self.ids.next_id(),
@@ -552,7 +554,9 @@ impl Engine {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, "redis purchase failed");
-                return Err(EngineError::NotReady("the stock service is unreachable; retry"));
+                return Err(EngineError::NotReady(
+                    "the stock service is unreachable; retry",
+                ));
             }
         };
         let outcome = match decision {
@@ -754,7 +758,9 @@ impl Engine {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, order_id = order.id, "returning units to Redis; the reconciler will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, order_id = order.id, "returning units to Redis; the reconciler will retry")
+                }
             }
         }
         if let Some(rt) = self.sale(order.sale_id) {
@@ -818,7 +824,11 @@ impl Engine {
             })
             .collect();
         let body = serde_json::Value::Array(body);
-        if let Err(e) = cluster.queue.publish_event(key, body.to_string().as_bytes()).await {
+        if let Err(e) = cluster
+            .queue
+            .publish_event(key, body.to_string().as_bytes())
+            .await
+        {
             tracing::debug!(error = %e, "order event not published");
         }
     }

@@ -286,6 +286,14 @@ async fn events(
     Ok(Sse::new(stream.take_until(stopping)).keep_alive(KeepAlive::default()))
 }
 
+/// A failed sale lookup: unknown id, or the store could not be asked.
+fn sale_lookup_error(e: crate::engine::EngineError) -> ApiError {
+    match e {
+        crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
+        other => other.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,13 +313,5 @@ mod tests {
         ] {
             assert!(parse_quantity(Some(bad)).is_err());
         }
-    }
-}
-
-/// A failed sale lookup: unknown id, or the store could not be asked.
-fn sale_lookup_error(e: crate::engine::EngineError) -> ApiError {
-    match e {
-        crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
-        other => other.into(),
     }
 }

@@ -99,7 +99,9 @@ async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationT
     let mut backoff = Duration::from_millis(50);
     loop {
         let results = futures::future::join_all(
-            orders.iter().map(|o| engine.store().commit_order(o.clone())),
+            orders
+                .iter()
+                .map(|o| engine.store().commit_order(o.clone())),
         )
         .await;
         let transient = results

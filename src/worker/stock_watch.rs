@@ -82,7 +82,10 @@ async fn watch(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
         }
         Ok(None) => {
             if rt.seeded.swap(false, Ordering::AcqRel) {
-                tracing::warn!(sale_id = rt.sale.id, "Redis lost the sale; refusing purchases until it is re-seeded");
+                tracing::warn!(
+                    sale_id = rt.sale.id,
+                    "Redis lost the sale; refusing purchases until it is re-seeded"
+                );
             }
             reseed(engine, cluster, rt).await;
         }
@@ -97,7 +100,10 @@ async fn reseed(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
         match cluster.queue.depth().await {
             Ok((0, _)) => {}
             Ok((ready, _)) => {
-                tracing::info!(ready, "waiting for the order queue to drain before re-seeding");
+                tracing::info!(
+                    ready,
+                    "waiting for the order queue to drain before re-seeding"
+                );
                 return;
             }
             Err(e) => {
@@ -118,7 +124,11 @@ async fn reseed(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
     };
     match cluster.stock.seed(&rt.sale, &record).await {
         Ok(true) => {
-            tracing::info!(sale_id = rt.sale.id, sold = record.sold, "re-seeded the sale from the database");
+            tracing::info!(
+                sale_id = rt.sale.id,
+                sold = record.sold,
+                "re-seeded the sale from the database"
+            );
             metrics::counter!("flashsale_reseeds_total").increment(1);
         }
         Ok(false) => {}
@@ -175,6 +185,10 @@ async fn reconcile(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
     let drift = st.sold as i64 - audit.sold as i64 - st.outbox as i64;
     metrics::gauge!("flashsale_stock_drift_units", "sale_id" => id.to_string()).set(drift as f64);
     if drift < 0 {
-        tracing::error!(sale_id = id, drift, "the database holds more units than Redis counts");
+        tracing::error!(
+            sale_id = id,
+            drift,
+            "the database holds more units than Redis counts"
+        );
     }
 }

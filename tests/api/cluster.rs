@@ -297,7 +297,10 @@ pub async fn flood(nodes: &[TestApp], sale_id: &str, users: usize, requests: usi
         if status == StatusCode::CREATED {
             let id: u64 = body["order_id"].as_str().unwrap().parse().unwrap();
             assert_eq!(body["user_id"], user.as_str());
-            assert!(out.accepted.insert(id, user).is_none(), "order id {id} answered twice");
+            assert!(
+                out.accepted.insert(id, user).is_none(),
+                "order id {id} answered twice"
+            );
         }
     }
     out
@@ -324,7 +327,10 @@ pub fn check_invariants(rows: &[Row_], flood: &Flood, stock: u64, limit: u64, ex
     let stored: HashSet<u64> = rows.iter().map(|r| r.order_id).collect();
     assert_eq!(stored.len(), rows.len(), "an order is stored twice");
     for (id, user) in &flood.accepted {
-        assert!(stored.contains(id), "order {id} of {user} was answered 201 but is not stored");
+        assert!(
+            stored.contains(id),
+            "order {id} of {user} was answered 201 but is not stored"
+        );
     }
     if exact {
         assert_eq!(
@@ -424,7 +430,11 @@ impl RedisServers {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("running redis-cli --cluster create");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         for _ in 0..200 {
             let info = std::process::Command::new("redis-cli")
                 .args(["-p", &servers.ports[0].to_string(), "cluster", "info"])
@@ -453,7 +463,8 @@ impl RedisServers {
         let mut old = self.children.remove(0);
         let _ = old.kill();
         let _ = old.wait();
-        self.children.push(spawn_redis(self.ports[0], self.dirs[0].path(), false));
+        self.children
+            .push(spawn_redis(self.ports[0], self.dirs[0].path(), false));
         wait_for_redis(self.ports[0]).await;
     }
 

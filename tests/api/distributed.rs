@@ -41,11 +41,13 @@ async fn three_nodes_sell_exactly_the_stock(db: Db) {
     let sale = nodes[0].open_sale(stock, 2).await;
     // 2,400 purchases by 400 users (limit 2 each) over three nodes at once.
     let result = flood(&nodes, &sale, 400, 2400).await;
-    assert_eq!(result.accepted.len() as u64, stock, "statuses: {:?}", result.statuses);
-    let only_expected = result
-        .statuses
-        .keys()
-        .all(|s| [201, 409].contains(s));
+    assert_eq!(
+        result.accepted.len() as u64,
+        stock,
+        "statuses: {:?}",
+        result.statuses
+    );
+    let only_expected = result.statuses.keys().all(|s| [201, 409].contains(s));
     assert!(only_expected, "unexpected answers: {:?}", result.statuses);
     let rows = backends
         .wait_for_orders(&sale, stock as usize, Duration::from_secs(30))
@@ -95,8 +97,13 @@ async fn a_sale_created_on_one_node_sells_on_every_node_and_a_cancel_reopens_the
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let again = nodes[0].buy_ok(&sale, "bob", 1).await;
     assert_eq!(again["status"], "pending_payment");
-    assert_eq!(nodes[1].buy(&sale, "carol").await.status(), StatusCode::CONFLICT);
-    let rows = backends.wait_for_orders(&sale, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        nodes[1].buy(&sale, "carol").await.status(),
+        StatusCode::CONFLICT
+    );
+    let rows = backends
+        .wait_for_orders(&sale, 2, Duration::from_secs(10))
+        .await;
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(rows.len(), 2, "{statuses:?}");
     assert!(statuses.contains(&"cancelled") && statuses.contains(&"pending_payment"));
@@ -124,7 +131,9 @@ async fn an_idempotency_key_replays_the_first_order_on_another_node() {
         .purchase(&sale, &t, Some(json!({"quantity": 1})), Some("key-1"))
         .await;
     assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let rows = backends.wait_for_orders(&sale, 1, Duration::from_secs(10)).await;
+    let rows = backends
+        .wait_for_orders(&sale, 1, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(backends.orders(&sale).await.len(), 1, "{rows:?}");
     assert_eq!(nodes[0].sale(&sale).await["remaining"], 8);
@@ -152,7 +161,10 @@ async fn unpaid_orders_expire_once_across_nodes_and_their_units_return() {
         if rows.len() == 20 && rows.iter().all(|r| r.status == "expired") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "orders did not expire: {rows:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orders did not expire: {rows:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -169,7 +181,10 @@ async fn half_a_distributed_configuration_is_refused_at_start() {
     let mut settings = flashsale::Settings::with_data_dir(tempfile::tempdir().unwrap().path());
     backends.configure(&mut settings);
     settings.queue = None;
-    let err = flashsale::Application::build(settings).await.err().expect("refused");
+    let err = flashsale::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
     assert!(format!("{err:#}").contains("--queue"), "{err:#}");
     backends.cleanup().await;
 }
@@ -206,7 +221,9 @@ async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exact
     let sale = nodes[0].open_sale(stock, 1).await;
     let mut first = flood(&nodes, &sale, 120, 120).await;
     assert_eq!(first.accepted.len(), 120);
-    backends.wait_for_orders(&sale, 120, Duration::from_secs(30)).await;
+    backends
+        .wait_for_orders(&sale, 120, Duration::from_secs(30))
+        .await;
 
     servers.restart_empty().await;
     // Redis holds nothing: no node may sell from a blank counter.
@@ -230,14 +247,19 @@ async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exact
         assert!(user != "right-after-restart");
         first.accepted.insert(id, user);
     }
-    let rows = backends.wait_for_orders(&sale, 200, Duration::from_secs(30)).await;
+    let rows = backends
+        .wait_for_orders(&sale, 200, Duration::from_secs(30))
+        .await;
     check_invariants(&rows, &first, stock, 1, true);
     stop_all(nodes).await;
     backends.cleanup().await;
 }
 
 /// Starts the real binary as a node over `backends`.
-async fn start_node_binary(backends: &Backends, dir: &std::path::Path) -> (tokio::process::Child, TestApp) {
+async fn start_node_binary(
+    backends: &Backends,
+    dir: &std::path::Path,
+) -> (tokio::process::Child, TestApp) {
     for _ in 0..3 {
         let port = free_port();
         let mut app = TestApp::attach(port);
@@ -285,7 +307,11 @@ async fn kill_9_of_a_node_mid_flood_loses_no_accepted_order_and_oversells_nothin
     let result = flood(&apps, &sale, 3000, 3000).await;
     killer.await.unwrap();
     let dropped = result.statuses.get(&0).copied().unwrap_or(0);
-    assert!(dropped > 0, "the kill landed after the flood: {:?}", result.statuses);
+    assert!(
+        dropped > 0,
+        "the kill landed after the flood: {:?}",
+        result.statuses
+    );
     // The survivors' writers take over the victim's unacked messages and
     // their relays deliver its outbox: every 201 ends up stored.
     let rows = backends
@@ -295,17 +321,73 @@ async fn kill_9_of_a_node_mid_flood_loses_no_accepted_order_and_oversells_nothin
     // Redis and the database agree once the pipeline settled.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let db: u64 = backends.orders(&sale).await.iter().map(|r| r.quantity).sum();
+        let db: u64 = backends
+            .orders(&sale)
+            .await
+            .iter()
+            .map(|r| r.quantity)
+            .sum();
         let redis = redis_sold(&backends, &sale).await.unwrap();
         if db == redis {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "redis {redis} vs database {db}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis {redis} vs database {db}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     for mut c in children {
         let _ = c.start_kill();
         let _ = c.wait().await;
     }
+    backends.cleanup().await;
+}
+
+/// Calls of `EVALSHA` Redis has served so far.
+async fn evalsha_calls(backends: &Backends) -> u64 {
+    let mut conn = backends.redis_conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sold_out_rejections_make_no_redis_calls() {
+    // A private Redis: its command counters see only this test.
+    let servers = RedisServers::standalone().await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    let nodes = nodes(&backends, 2).await;
+    let sale = nodes[0].open_sale(5, 1).await;
+    let sold = flood(&nodes, &sale, 50, 50).await;
+    assert_eq!(sold.accepted.len(), 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = evalsha_calls(&backends).await;
+    let started = tokio::time::Instant::now();
+    let rejected = flood(&nodes, &sale, 3000, 3000).await;
+    let elapsed = started.elapsed();
+    let calls = evalsha_calls(&backends).await - before;
+    assert_eq!(
+        rejected.statuses.get(&409),
+        Some(&3000),
+        "{:?}",
+        rejected.statuses
+    );
+    // Only the stock watchers' reads (each node, every 250 ms, plus the
+    // relay and reconciler) — none per request.
+    let watcher_budget = 2 * (elapsed.as_millis() as u64 / 250 + 2) * 3;
+    assert!(
+        calls <= watcher_budget,
+        "{calls} EVALSHA calls during 3000 sold-out answers in {elapsed:?} (budget {watcher_budget})"
+    );
+    stop_all(nodes).await;
     backends.cleanup().await;
 }

@@ -26,12 +26,19 @@ fn run(cmd: &str, args: &[&str]) -> bool {
 
 fn services(action: &str, service: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-    assert!(run(script, &[action, service]), "services.sh {action} {service} failed");
+    assert!(
+        run(script, &[action, service]),
+        "services.sh {action} {service} failed"
+    );
 }
 
 /// Buyers who keep trying for `secs` seconds, 24 at a time, each user
 /// buying once; every answer recorded with the second it came in.
-async fn steady_buyers(nodes: Arc<Vec<TestApp>>, sale: String, secs: u64) -> (Flood, Vec<(u64, u16)>) {
+async fn steady_buyers(
+    nodes: Arc<Vec<TestApp>>,
+    sale: String,
+    secs: u64,
+) -> (Flood, Vec<(u64, u16)>) {
     let started = tokio::time::Instant::now();
     let flood = Arc::new(Mutex::new(Flood::default()));
     let timeline = Arc::new(Mutex::new(Vec::new()));
@@ -95,7 +102,10 @@ async fn settle(backends: &Backends, sale: &str, flood: &Flood, stock: u64) {
         if db == redis {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "redis {redis} vs database {db}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis {redis} vs database {db}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -106,12 +116,14 @@ async fn rabbitmq_down_for_10_s_buffers_orders_then_they_flow() {
     let backends = Backends::new(Db::Postgres).await;
     let mut nodes = Vec::new();
     for i in 0..2 {
-        nodes.push(spawn_app_with(|s| {
-            backends.configure(s);
-            s.engine.node_id = 10 + i;
-            s.lease_node_id = false;
-        })
-        .await);
+        nodes.push(
+            spawn_app_with(|s| {
+                backends.configure(s);
+                s.engine.node_id = 10 + i;
+                s.lease_node_id = false;
+            })
+            .await,
+        );
     }
     let stock = 100_000;
     let sale = nodes[0].open_sale(stock, 1).await;
@@ -130,8 +142,15 @@ async fn rabbitmq_down_for_10_s_buffers_orders_then_they_flow() {
     // broker to confirm). After: sales again.
     assert!(count(&timeline, 0..3, 201) > 0, "{by_status:?}");
     assert!(count(&timeline, 5..12, 503) > 0, "{timeline:?}");
-    assert_eq!(count(&timeline, 5..12, 201), 0, "accepted while the broker was down");
-    assert!(count(&timeline, 15..18, 201) > 0, "no sales after the broker came back");
+    assert_eq!(
+        count(&timeline, 5..12, 201),
+        0,
+        "accepted while the broker was down"
+    );
+    assert!(
+        count(&timeline, 15..18, 201) > 0,
+        "no sales after the broker came back"
+    );
     settle(&backends, &sale, &flood, stock).await;
     for n in Arc::try_unwrap(nodes).ok().unwrap() {
         n.stop().await;
@@ -145,12 +164,14 @@ async fn the_database_down_for_10_s_queues_orders_and_the_writer_resumes() {
     let backends = Backends::new(Db::Postgres).await;
     let mut nodes = Vec::new();
     for i in 0..2 {
-        nodes.push(spawn_app_with(|s| {
-            backends.configure(s);
-            s.engine.node_id = 20 + i;
-            s.lease_node_id = false;
-        })
-        .await);
+        nodes.push(
+            spawn_app_with(|s| {
+                backends.configure(s);
+                s.engine.node_id = 20 + i;
+                s.lease_node_id = false;
+            })
+            .await,
+        );
     }
     let stock = 100_000;
     let sale = nodes[0].open_sale(stock, 1).await;
@@ -164,7 +185,17 @@ async fn the_database_down_for_10_s_queues_orders_and_the_writer_resumes() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .expect("a PostgreSQL cluster in /etc/postgresql");
     assert!(
-        run("pg_ctlcluster", &["--skip-systemctl-redirect", &version, "main", "stop", "-m", "fast"]),
+        run(
+            "pg_ctlcluster",
+            &[
+                "--skip-systemctl-redirect",
+                &version,
+                "main",
+                "stop",
+                "-m",
+                "fast"
+            ]
+        ),
         "stopping PostgreSQL"
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
