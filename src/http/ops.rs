@@ -29,19 +29,39 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Json(json!({"status": "stopping"})),
         );
     }
-    match state.engine.store().ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "store": "ok"})),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not_ready", "store": "unavailable"})),
-            )
+    let store_ok = state.engine.store().ping().await.is_ok();
+    let Some(cluster) = state.engine.cluster() else {
+        if store_ok {
+            return (
+                StatusCode::OK,
+                Json(json!({"status": "ready", "store": "ok"})),
+            );
         }
-    }
+        tracing::warn!("readiness check failed: the order store is unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "store": "unavailable"})),
+        );
+    };
+    // Distributed, purchases need Redis and the broker; the database may be
+    // away for a while (the queue holds orders until the writer resumes).
+    let redis_ok = cluster.stock.ping().await.is_ok();
+    let queue_ok = cluster.queue.is_up() || cluster.queue.probe().await;
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let ready = redis_ok && queue_ok;
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "store": word(store_ok),
+            "redis": word(redis_ok),
+            "queue": word(queue_ok),
+        })),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -37,6 +37,20 @@ async fn stop_all(nodes: Vec<TestApp>) {
 async fn three_nodes_sell_exactly_the_stock(db: Db) {
     let backends = Backends::new(db).await;
     let nodes = nodes(&backends, 3).await;
+    let ready: serde_json::Value = nodes[2]
+        .client
+        .get(nodes[2].url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(
+        (&ready["redis"], &ready["queue"]),
+        (&json!("ok"), &json!("ok"))
+    );
     let stock = 300;
     let sale = nodes[0].open_sale(stock, 2).await;
     // 2,400 purchases by 400 users (limit 2 each) over three nodes at once.
