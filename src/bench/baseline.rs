@@ -34,6 +34,9 @@ use sqlx::AssertSqlSafe;
 
 use super::BenchArgs;
 
+/// Most PostgreSQL connections the `pg-row-lock` baseline opens.
+const MAX_PG_CONNECTIONS: u32 = 64;
+
 /// Runs the row-lock baseline; `Ok(true)` when the database agrees with the
 /// purchases the bench saw.
 ///
@@ -42,7 +45,10 @@ use super::BenchArgs;
 pub async fn pg_row_lock(args: &BenchArgs) -> anyhow::Result<bool> {
     let schema = format!("fs_bench_{:08x}", rand::random::<u32>());
     let pool = PgPoolOptions::new()
-        .max_connections(args.concurrency.max(1))
+        // PostgreSQL's default `max_connections` is 100: beyond
+        // `MAX_PG_CONNECTIONS` buyers, the rest queue for a pooled
+        // connection (as they would behind any real connection pool).
+        .max_connections(args.concurrency.clamp(1, MAX_PG_CONNECTIONS))
         .connect(&args.database)
         .await
         .context("connecting to --database for the pg-row-lock baseline")?;

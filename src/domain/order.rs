@@ -151,3 +151,53 @@ impl Order {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: u64, key: Option<&str>) -> Order {
+        Order {
+            id,
+            sale_id: 7,
+            user_id: "ann \"quoted\" ✓".into(),
+            quantity: 2,
+            status: OrderStatus::PendingPayment,
+            idempotency_key: key.map(str::to_owned),
+            created_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_000_000,
+            expires_at_ms: Some(1_700_000_060_000),
+        }
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_one_order_or_an_array() {
+        let (a, b) = (order(1, Some("k")), order(2, None));
+        assert_eq!(Order::from_wire(a.to_wire().as_bytes()).unwrap(), a);
+        let batch = format!("[{},{}]", a.to_wire(), b.to_wire());
+        assert_eq!(
+            Order::batch_from_wire(batch.as_bytes()).unwrap(),
+            vec![a.clone(), b]
+        );
+        assert_eq!(
+            Order::batch_from_wire(a.to_wire().as_bytes()).unwrap(),
+            vec![a]
+        );
+    }
+
+    #[test]
+    fn poison_is_refused_not_guessed() {
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"[{\"id\":1}]",
+            b"{\"id\":1,\"sale\":1,\"user\":\"\",\"qty\":1,\"at\":0}",
+        ] {
+            assert!(
+                Order::batch_from_wire(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -405,3 +405,43 @@ async fn sold_out_rejections_make_no_redis_calls() {
     stop_all(nodes).await;
     backends.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing() {
+    use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+    let backends = Backends::new(Db::Postgres).await;
+    let nodes = nodes(&backends, 1).await;
+    let queue = AmqpQueue::connect(&AmqpSettings {
+        url: crate::cluster::AMQP.to_owned(),
+        prefix: backends.namespace.clone(),
+    })
+    .await
+    .unwrap();
+    queue.publish_order(b"this is not an order").await.unwrap();
+    queue.publish_order(b"[{\"id\":1}]").await.unwrap();
+    let sale = nodes[0].open_sale(10, 1).await;
+    let order = nodes[0].buy_ok(&sale, "erin", 1).await;
+    let rows = backends
+        .wait_for_orders(&sale, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].order_id.to_string(),
+        order["order_id"].as_str().unwrap()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, dead) = queue.depth().await.unwrap();
+        if dead == 2 {
+            assert_eq!(ready, 0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters: {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_all(nodes).await;
+    backends.cleanup().await;
+}
