@@ -128,7 +128,8 @@ impl AmqpQueue {
         let conn = connect(&queue.url).await?;
         let ch = conn.create_channel().await?;
         queue.declare(&ch).await?;
-        let _ = conn.close(200, "declared".into()).await;
+        let closing = conn.close(200, "declared".into());
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
         queue.channel().await?;
         Ok(queue)
     }
@@ -193,13 +194,16 @@ impl AmqpQueue {
             }
         }
         *slot = None;
-        let opened = async {
+        // Bounded as a whole: a broker that accepts the TCP connection while
+        // still booting may leave a handshake step unanswered.
+        let opened = tokio::time::timeout(Duration::from_secs(5), async {
             let conn = connect(&self.url).await?;
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             Ok::<_, QueueError>((conn, ch))
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err(QueueError::new("opening a channel timed out")));
         match opened {
             Ok((conn, ch)) => {
                 *slot = Some((conn, ch.clone()));
@@ -309,18 +313,22 @@ impl AmqpQueue {
         tag: &str,
         prefetch: u16,
     ) -> Result<(Connection, Consumer), QueueError> {
-        let conn = connect(&self.url).await?;
-        let ch = conn.create_channel().await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let consumer = ch
-            .basic_consume(
-                self.names.orders.as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok((conn, consumer))
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let conn = connect(&self.url).await?;
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let consumer = ch
+                .basic_consume(
+                    self.names.orders.as_str().into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((conn, consumer))
+        })
+        .await
+        .unwrap_or_else(|_| Err(QueueError::new("opening the consumer timed out")))
     }
 
     /// Messages ready on the orders queue and on its dead-letter queue.

@@ -40,7 +40,11 @@ pub fn spawn_order_writer(engine: Arc<Engine>, stop: CancellationToken) -> JoinH
         let tag = format!("writer-{:08x}", rand::random::<u32>());
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
-            let (conn, mut consumer) = match cluster.queue.consume_orders(&tag, PREFETCH).await {
+            let opened = tokio::select! {
+                opened = cluster.queue.consume_orders(&tag, PREFETCH) => opened,
+                () = stop.cancelled() => return,
+            };
+            let (conn, mut consumer) = match opened {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "order writer cannot reach the queue; retrying");
@@ -71,7 +75,10 @@ pub fn spawn_order_writer(engine: Arc<Engine>, stop: CancellationToken) -> JoinH
                 }
                 write_batch(&engine, batch, &stop).await;
             }
-            let _ = conn.close(200, "writer stopping".into()).await;
+            // A connection the broker already dropped may never answer the
+            // close: don't let it hold up a graceful stop.
+            let closing = conn.close(200, "writer stopping".into());
+            let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
         }
     })
 }

@@ -52,21 +52,29 @@ pub fn spawn_stock_watch(engine: Arc<Engine>, stop: CancellationToken) -> JoinHa
                 () = stop.cancelled() => return,
             }
             n += 1;
-            if !cluster.queue.is_up() {
-                cluster.queue.probe().await;
-            }
-            for rt in engine.sales() {
-                watch(&engine, &cluster, &rt).await;
-            }
-            if n.is_multiple_of(4) {
-                for rt in engine.sales() {
-                    relay(&cluster, rt.sale.id).await;
+            let work = async {
+                if !cluster.queue.is_up() {
+                    cluster.queue.probe().await;
                 }
-            }
-            if n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
                 for rt in engine.sales() {
-                    reconcile(&engine, &cluster, &rt).await;
+                    watch(&engine, &cluster, &rt).await;
                 }
+                if n.is_multiple_of(4) {
+                    for rt in engine.sales() {
+                        relay(&cluster, rt.sale.id).await;
+                    }
+                }
+                if n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
+                    for rt in engine.sales() {
+                        reconcile(&engine, &cluster, &rt).await;
+                    }
+                }
+            };
+            // Every step is safe to cut short (the next tick, or another
+            // node, redoes it), so a stop never waits for a slow backend.
+            tokio::select! {
+                () = work => {}
+                () = stop.cancelled() => return,
             }
         }
     })
