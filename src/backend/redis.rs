@@ -142,6 +142,13 @@ pub struct StockState {
     pub outbox: u64,
 }
 
+impl StockState {
+    /// Units not held by any order.
+    pub fn remaining(&self) -> u64 {
+        self.stock.saturating_sub(self.sold)
+    }
+}
+
 /// Settings of the Redis stock backend.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -385,11 +392,7 @@ impl RedisStock {
             .await?;
         Ok(match left {
             -1 => None,
-            -2 => Some(
-                self.state(s)
-                    .await?
-                    .map_or(0, |st| st.stock - st.sold.min(st.stock)),
-            ),
+            -2 => Some(self.state(s).await?.map_or(0, |st| st.remaining())),
             n => Some(n.max(0) as u64),
         })
     }

@@ -74,61 +74,27 @@ pub async fn pg_row_lock(args: &BenchArgs) -> anyhow::Result<bool> {
 async fn drive(args: &BenchArgs, pool: &sqlx::PgPool, schema: &str) -> anyhow::Result<bool> {
     let update = format!("UPDATE {schema}.stock SET n = n - 1 WHERE id = 1 AND n > 0");
     let insert = format!("INSERT INTO {schema}.orders (user_id) VALUES ($1)");
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let limit = args.requests;
-    let deadline = args.duration.unwrap_or(Duration::from_secs(10));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (pool, next, update, insert) =
-            (pool.clone(), next.clone(), update.clone(), insert.clone());
-        let users = u64::from(args.users.max(1));
-        tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut accepted, mut sold_out) = (0u64, 0u64);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let done = match limit {
-                    Some(n) => i >= n,
-                    None => started.elapsed() >= deadline,
-                };
-                if done {
-                    break;
-                }
-                let sent = Instant::now();
-                let mut tx = pool.begin().await?;
-                let taken = sqlx::query(AssertSqlSafe(update.as_str()))
+    let users = u64::from(args.users.max(1));
+    let pool_ = pool.clone();
+    let tally = run_workers(args, move |i| {
+        let (pool, update, insert) = (pool_.clone(), update.clone(), insert.clone());
+        async move {
+            let mut tx = pool.begin().await?;
+            let taken = sqlx::query(AssertSqlSafe(update.as_str()))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if taken == 1 {
+                sqlx::query(AssertSqlSafe(insert.as_str()))
+                    .bind(format!("user-{}", i % users))
                     .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if taken == 1 {
-                    sqlx::query(AssertSqlSafe(insert.as_str()))
-                        .bind(format!("user-{}", i % users))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                latency.saturating_record(
-                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-                );
-                if taken == 1 {
-                    accepted += 1;
-                } else {
-                    sold_out += 1;
-                }
+                    .await?;
             }
-            anyhow::Ok((latency, accepted, sold_out))
-        }));
-    }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut accepted, mut sold_out) = (0u64, 0u64);
-    for task in tasks {
-        let (l, a, s) = task.await??;
-        latency.add(&l)?;
-        accepted += a;
-        sold_out += s;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+            tx.commit().await?;
+            Ok(taken == 1)
+        }
+    })
+    .await?;
     let left: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT n FROM {schema}.stock WHERE id = 1"
     )))
@@ -140,20 +106,73 @@ async fn drive(args: &BenchArgs, pool: &sqlx::PgPool, schema: &str) -> anyhow::R
     .fetch_one(pool)
     .await?;
     let sold = args.stock.saturating_sub(u64::try_from(left).unwrap_or(0));
+    let accepted = tally.accepted;
     let ok = sold == accepted && u64::try_from(stored).unwrap_or(0) == accepted;
     report(
         args,
         "pg-row-lock",
-        Tally {
-            latency,
-            accepted,
-            rejected: sold_out,
-            elapsed,
-        },
+        tally,
         ok,
         &format!("database sold {sold}, holds {stored} orders, bench saw {accepted} accepted"),
     );
     Ok(ok)
+}
+
+/// The load loop every baseline shares: `--concurrency` workers take
+/// request numbers until `--requests` (or `--duration`) is reached, run
+/// `purchase(i)` (`true` = a unit was sold) and record its latency.
+async fn run_workers<F, Fut>(args: &BenchArgs, purchase: F) -> anyhow::Result<Tally>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<bool>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let limit = args.requests;
+    let deadline = args.duration.unwrap_or(Duration::from_secs(10));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (purchase, next) = (purchase.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut accepted, mut rejected) = (0u64, 0u64);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let done = match limit {
+                    Some(n) => i >= n,
+                    None => started.elapsed() >= deadline,
+                };
+                if done {
+                    break;
+                }
+                let sent = Instant::now();
+                let sold = purchase(i).await?;
+                latency.saturating_record(
+                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
+                );
+                if sold {
+                    accepted += 1;
+                } else {
+                    rejected += 1;
+                }
+            }
+            anyhow::Ok((latency, accepted, rejected))
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    for task in tasks {
+        let (l, a, r) = task.await??;
+        latency.add(&l)?;
+        accepted += a;
+        rejected += r;
+    }
+    Ok(Tally {
+        latency,
+        accepted,
+        rejected,
+        elapsed: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// What a baseline run counted.
@@ -251,28 +270,14 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
         .await
         .context("connecting to --queue for the redis-evalsha baseline")?,
     );
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let limit = args.requests;
-    let deadline = args.duration.unwrap_or(Duration::from_secs(10));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (mut conn, queue, next, sha) = (conn.clone(), queue.clone(), next.clone(), sha.clone());
+    let users = u64::from(args.users.max(1));
+    let tally = {
+        let (conn, queue, sha) = (conn.clone(), queue.clone(), sha.clone());
         let (stock_key, buyers_key) = (stock_key.clone(), buyers_key.clone());
-        let users = u64::from(args.users.max(1));
-        tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut accepted, mut rejected) = (0u64, 0u64);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let done = match limit {
-                    Some(n) => i >= n,
-                    None => started.elapsed() >= deadline,
-                };
-                if done {
-                    break;
-                }
-                let sent = Instant::now();
+        run_workers(args, move |i| {
+            let (mut conn, queue, sha) = (conn.clone(), queue.clone(), sha.clone());
+            let (stock_key, buyers_key) = (stock_key.clone(), buyers_key.clone());
+            async move {
                 let user = format!("user-{}", i % users);
                 let taken: i64 = redis::cmd("EVALSHA")
                     .arg(&sha)
@@ -285,32 +290,19 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
                 if taken == 1 {
                     let order = json!({"order": i, "user": user}).to_string();
                     queue.publish_order(order.as_bytes()).await?;
-                    accepted += 1;
-                } else {
-                    rejected += 1;
                 }
-                latency.saturating_record(
-                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-                );
+                Ok(taken == 1)
             }
-            anyhow::Ok((latency, accepted, rejected))
-        }));
-    }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut accepted, mut rejected) = (0u64, 0u64);
-    for task in tasks {
-        let (l, a, r) = task.await??;
-        latency.add(&l)?;
-        accepted += a;
-        rejected += r;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+        })
+        .await?
+    };
     let left: i64 = redis::cmd("GET")
         .arg(&stock_key)
         .query_async(&mut conn)
         .await?;
     let (queued, _) = queue.depth().await?;
     let sold = args.stock.saturating_sub(u64::try_from(left).unwrap_or(0));
+    let accepted = tally.accepted;
     let ok = sold == accepted && u64::from(queued) == accepted;
     let _ = queue.delete_topology().await;
     let _: Result<i64, _> = redis::cmd("DEL")
@@ -321,12 +313,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
     report(
         args,
         "redis-evalsha",
-        Tally {
-            latency,
-            accepted,
-            rejected,
-            elapsed,
-        },
+        tally,
         ok,
         &format!(
             "Redis sold {sold}, the queue holds {queued} orders, bench saw {accepted} accepted"
@@ -374,27 +361,12 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
     };
     stock.seed_new(&sale).await?;
     let cluster = Distributed::new(stock.clone(), queue.clone());
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let limit = args.requests;
-    let deadline = args.duration.unwrap_or(Duration::from_secs(10));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (cluster, next) = (cluster.clone(), next.clone());
-        let users = u64::from(args.users.max(1));
-        tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut accepted, mut rejected) = (0u64, 0u64);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let done = match limit {
-                    Some(n) => i >= n,
-                    None => started.elapsed() >= deadline,
-                };
-                if done {
-                    break;
-                }
-                let sent = Instant::now();
+    let users = u64::from(args.users.max(1));
+    let tally = {
+        let cluster = cluster.clone();
+        run_workers(args, move |i| {
+            let cluster = cluster.clone();
+            async move {
                 let now = now_ms();
                 let order = Order {
                     id: i + 1,
@@ -415,29 +387,16 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
                         payload: payload.clone(),
                     })
                     .await?;
-                if let Decision::Accepted { .. } = decision {
+                let accepted = matches!(decision, Decision::Accepted { .. });
+                if accepted {
                     cluster.publish_order(payload.clone()).await?;
                     cluster.confirmed(&order, payload);
-                    accepted += 1;
-                } else {
-                    rejected += 1;
                 }
-                latency.saturating_record(
-                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-                );
+                Ok(accepted)
             }
-            anyhow::Ok((latency, accepted, rejected))
-        }));
-    }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut accepted, mut rejected) = (0u64, 0u64);
-    for task in tasks {
-        let (l, a, r) = task.await??;
-        latency.add(&l)?;
-        accepted += a;
-        rejected += r;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+        })
+        .await?
+    };
     // The outbox cleaner runs behind the answers: give it a moment.
     let mut state = stock.state(1).await?;
     for _ in 0..50 {
@@ -448,18 +407,14 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
         state = stock.state(1).await?;
     }
     let state = state.context("the sale vanished from Redis")?;
+    let accepted = tally.accepted;
     let ok = state.sold == accepted && state.outbox == 0;
     let _ = queue.delete_topology().await;
     let _ = stock.forget(1).await;
     report(
         args,
         "redis-coalesced",
-        Tally {
-            latency,
-            accepted,
-            rejected,
-            elapsed,
-        },
+        tally,
         ok,
         &format!(
             "Redis sold {}, outbox {}, bench saw {accepted} accepted",

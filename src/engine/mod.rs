@@ -322,7 +322,7 @@ impl Engine {
         };
         let rt = Arc::new(SaleRuntime::new(sale));
         match cluster.stock.state(sale_id).await {
-            Ok(Some(st)) => rt.ledger.mirror_remaining(st.stock.saturating_sub(st.sold)),
+            Ok(Some(st)) => rt.ledger.mirror_remaining(st.remaining()),
             Ok(None) => rt.seeded.store(false, Ordering::Release),
             Err(e) => tracing::debug!(error = %e, "reading a sale's stock"),
         }

@@ -83,7 +83,7 @@ pub fn spawn_stock_watch(engine: Arc<Engine>, stop: CancellationToken) -> JoinHa
 async fn watch(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
     match cluster.stock.state(rt.sale.id).await {
         Ok(Some(st)) => {
-            rt.ledger.mirror_remaining(st.stock.saturating_sub(st.sold));
+            rt.ledger.mirror_remaining(st.remaining());
             if !rt.seeded.swap(true, Ordering::AcqRel) {
                 tracing::info!(sale_id = rt.sale.id, "sale back in Redis; purchases resume");
             }
