@@ -134,11 +134,6 @@ impl AmqpQueue {
         Ok(queue)
     }
 
-    /// The declared names.
-    pub fn names(&self) -> &Names {
-        &self.names
-    }
-
     async fn declare(&self, ch: &Channel) -> Result<(), QueueError> {
         let n = &self.names;
         let durable = ExchangeDeclareOptions {
