@@ -18,7 +18,7 @@ fn ledger(c: &mut Criterion) {
             || Ledger::new(1_000_000, 1),
             |l| {
                 for u in &users {
-                    black_box(l.try_reserve(u, 1));
+                    let _ = black_box(l.try_reserve(u, 1));
                 }
                 l
             },
@@ -26,12 +26,12 @@ fn ledger(c: &mut Criterion) {
         )
     });
     let sold_out = Ledger::new(1, 1);
-    sold_out.try_reserve("first", 1);
+    sold_out.try_reserve("first", 1).expect("the only unit");
     c.bench_function("ledger/reserve_sold_out", |b| {
         b.iter(|| black_box(sold_out.try_reserve(black_box("user-7"), 1)))
     });
     let limited = Ledger::new(1_000, 1);
-    limited.try_reserve("user-7", 1);
+    limited.try_reserve("user-7", 1).expect("the first unit");
     c.bench_function("ledger/reserve_limit_reached", |b| {
         b.iter(|| black_box(limited.try_reserve(black_box("user-7"), 1)))
     });

@@ -24,12 +24,9 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::{Authenticator, Secret};
-use crate::backend::amqp::{AmqpQueue, AmqpSettings};
-use crate::backend::redis::{RedisSettings, RedisStock};
 use crate::backend::{self, OrderStore};
 use crate::config::Settings;
-use crate::engine::distributed::Distributed;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineParts};
 use crate::http::{self, ApiError, AppInner, AppState, FastLane};
 use crate::worker;
 
@@ -57,22 +54,26 @@ impl Application {
     /// When the data directory, store or address cannot be used.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
-        let store = backend::open_order_store(&settings).await?;
-        let cluster = connect_cluster(&settings).await?;
+        let backends = backend::connect(&settings.backend()?).await?;
+        let store = backends.store.clone();
+        let shared = backends.stock.is_shared();
         let mut engine_settings = settings.engine.clone();
-        if let (Some(c), true) = (&cluster, settings.lease_node_id) {
-            engine_settings.node_id = c.stock.lease_node_id().await.context("leasing a node id")?;
+        if shared && settings.lease_node_id {
+            engine_settings.node_id = backends
+                .stock
+                .lease_node_id()
+                .await
+                .context("leasing a node id")?;
             tracing::info!(
                 node_id = engine_settings.node_id,
-                "leased a node id from Redis"
+                "leased a node id from the shared stock"
             );
         }
         let stop = CancellationToken::new();
         let (engine, intent_task) = Engine::load(
-            store.clone(),
+            EngineParts::from_backends(&backends),
             &engine_settings,
             stop.clone(),
-            cluster.clone(),
         )
         .await
         .context("rebuilding state from the store")?;
@@ -99,15 +100,19 @@ impl Application {
             worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
             worker::spawn_housekeeping(engine.clone(), stop.clone()),
         ];
-        if cluster.is_some() {
+        if let Some(queue) = &backends.queue {
             tasks.push(worker::order_writer::spawn_order_writer(
                 engine.clone(),
+                queue.clone(),
                 stop.clone(),
             ));
-            tasks.push(worker::stock_watch::spawn_stock_watch(
-                engine.clone(),
-                stop.clone(),
-            ));
+            if shared {
+                tasks.push(worker::stock_watch::spawn_stock_watch(
+                    engine.clone(),
+                    queue.clone(),
+                    stop.clone(),
+                ));
+            }
         }
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -174,36 +179,6 @@ impl Application {
         self.store.shutdown().await;
         tracing::info!("stopped cleanly; every accepted order is on disk");
         Ok(())
-    }
-}
-
-/// Connects the shared stock and the order queue when the settings name
-/// them; the distributed mode needs Redis, RabbitMQ and a SQL database
-/// together (any one alone is refused: it could not keep the invariants).
-async fn connect_cluster(settings: &Settings) -> anyhow::Result<Option<Arc<Distributed>>> {
-    match (&settings.redis[..], &settings.queue, &settings.database) {
-        ([], None, _) => Ok(None),
-        ([_, ..], Some(queue), Some(_)) => {
-            let stock = RedisStock::connect(&RedisSettings {
-                urls: settings.redis.clone(),
-                cluster: settings.redis_cluster,
-                prefix: settings.namespace.clone(),
-            })
-            .await
-            .context("connecting to Redis (--redis)")?;
-            let queue = AmqpQueue::connect(&AmqpSettings {
-                url: queue.clone(),
-                prefix: settings.namespace.clone(),
-            })
-            .await
-            .context("connecting to RabbitMQ (--queue)")?;
-            tracing::info!(namespace = %settings.namespace, "distributed mode: Redis stock, RabbitMQ orders");
-            Ok(Some(Distributed::new(stock, Arc::new(queue))))
-        }
-        _ => anyhow::bail!(
-            "the distributed mode needs --redis, --queue and --database together \
-             (or none of --redis and --queue for the single-node default)"
-        ),
     }
 }
 

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Secret;
+use crate::backend::amqp::AmqpSettings;
 use crate::backend::embedded::SqliteSettings;
+use crate::backend::redis::RedisSettings;
+use crate::backend::{sql, BackendSettings};
 use crate::engine::EngineSettings;
 
 /// Everything `flashsale serve` needs.
@@ -73,6 +76,48 @@ impl Settings {
             request_timeout: Duration::from_secs(10),
             body_limit: 16 * 1024,
             sweep_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Settings {
+    /// The backends these settings name. The distributed mode needs Redis,
+    /// RabbitMQ and a SQL database together (any one alone is refused: it
+    /// could not keep the invariants).
+    ///
+    /// # Errors
+    /// When the combination is not one of the three modes.
+    pub fn backend(&self) -> anyhow::Result<BackendSettings> {
+        let sql = sql::SqlSettings {
+            max_batch: self.store.max_batch,
+            ..sql::SqlSettings::default()
+        };
+        match (&self.redis[..], &self.queue, &self.database) {
+            ([], None, None) => Ok(BackendSettings::Embedded {
+                data_dir: self.data_dir.clone(),
+                sqlite: self.store.clone(),
+            }),
+            ([], None, Some(database)) => Ok(BackendSettings::Sql {
+                database: database.clone(),
+                sql,
+            }),
+            ([_, ..], Some(queue), Some(database)) => Ok(BackendSettings::Distributed {
+                database: database.clone(),
+                sql,
+                redis: RedisSettings {
+                    urls: self.redis.clone(),
+                    cluster: self.redis_cluster,
+                    prefix: self.namespace.clone(),
+                },
+                queue: AmqpSettings {
+                    url: queue.clone(),
+                    prefix: self.namespace.clone(),
+                },
+            }),
+            _ => anyhow::bail!(
+                "the distributed mode needs --redis, --queue and --database together \
+                 (or none of --redis and --queue for the single-node default)"
+            ),
         }
     }
 }

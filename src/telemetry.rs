@@ -5,13 +5,12 @@
 //! request; rejections are counted instead.
 //!
 //! Metrics: the `metrics` facade with the Prometheus exporter; names carry
-//! units and labels stay low-cardinality. Hot-path handles are registered
-//! once ([`PurchaseMetrics`]) so recording is a few atomic adds.
+//! units and labels stay low-cardinality. Each part registers its own
+//! handles (the engine's are in `engine::metrics`); this module only
+//! installs the recorder, which must happen before any handle is taken.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
@@ -58,55 +57,4 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
-}
-
-/// Pre-registered handles for the purchase hot path.
-pub struct PurchaseMetrics {
-    outcomes: [Counter; 8],
-    duration: Histogram,
-}
-
-const OUTCOMES: [&str; 8] = [
-    "accepted",
-    "sold_out",
-    "limit_reached",
-    "not_started",
-    "ended",
-    "rate_limited",
-    "not_found",
-    "error",
-];
-
-impl Default for PurchaseMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PurchaseMetrics {
-    /// Registers the handles.
-    pub fn new() -> Self {
-        prometheus();
-        Self {
-            outcomes: OUTCOMES
-                .map(|o| metrics::counter!("flashsale_purchase_total", "outcome" => o)),
-            duration: metrics::histogram!("flashsale_purchase_duration_seconds"),
-        }
-    }
-
-    /// Counts one purchase attempt and its latency.
-    pub fn observe(
-        &self,
-        result: &Result<crate::engine::PurchaseOutcome, crate::engine::EngineError>,
-        took: Duration,
-    ) {
-        let label = match result {
-            Ok(o) => o.label(),
-            Err(crate::engine::EngineError::NotFound) => "not_found",
-            Err(_) => "error",
-        };
-        let idx = OUTCOMES.iter().position(|o| *o == label).unwrap_or(7);
-        self.outcomes[idx].increment(1);
-        self.duration.record(took.as_secs_f64());
-    }
 }

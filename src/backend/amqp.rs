@@ -14,13 +14,16 @@
 //!
 //! Publishing waits for the broker's confirm: an order is "queued" only once
 //! RabbitMQ has it on disk. A lost connection is re-opened on the next call;
-//! [`AmqpQueue::is_up`] is the circuit breaker purchases consult so that,
+//! [`OrderQueue::is_up`] is the circuit breaker purchases consult so that,
 //! while the broker is away, no stock is taken for a `201` that cannot be
 //! given.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -30,31 +33,30 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::Mutex;
 
-/// Failure to reach the broker or a refused publish.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("order queue: {0}")]
-pub struct QueueError(String);
-
-impl QueueError {
-    /// An error with this message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
+use super::queue::{Acker, Delivery, OrderConsumer, OrderQueue, QueueDepth, QueueError};
 
 impl From<lapin::Error> for QueueError {
     fn from(e: lapin::Error) -> Self {
-        Self(e.to_string())
+        Self::new(format!("amqp: {e}"))
     }
 }
 
-/// Settings of the RabbitMQ order queue.
-#[derive(Debug, Clone)]
+/// Settings of the RabbitMQ order queue (the URL redacted in `Debug`).
+#[derive(Clone)]
 pub struct AmqpSettings {
     /// `amqp://user:pass@host:port/vhost`.
     pub url: String,
     /// First part of every exchange and queue name.
     pub prefix: String,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &super::sql::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 /// The names [`AmqpQueue`] declares.
@@ -101,7 +103,7 @@ async fn connect(url: &str) -> Result<Connection, QueueError> {
     let connecting = Connection::connect(url, ConnectionProperties::default());
     tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
-        .map_err(|_| QueueError("connecting timed out".into()))?
+        .map_err(|_| QueueError::new("connecting timed out"))?
         .map_err(Into::into)
 }
 
@@ -212,17 +214,6 @@ impl AmqpQueue {
         }
     }
 
-    /// False while the broker is known to be unreachable: purchases are then
-    /// refused before any stock is taken.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    /// Re-checks the broker: reconnects when down. Returns whether it is up.
-    pub async fn probe(&self) -> bool {
-        self.channel().await.is_ok()
-    }
-
     async fn publish(
         &self,
         exchange: &str,
@@ -252,10 +243,12 @@ impl AmqpQueue {
             }
             let confirm = pending.await?;
             if confirm.is_nack() {
-                return Err(QueueError("the broker refused the message (nack)".into()));
+                return Err(QueueError::new("the broker refused the message (nack)"));
             }
             if confirm.take_message().is_some() {
-                return Err(QueueError(format!("no queue took the message ({key})")));
+                return Err(QueueError::new(format!(
+                    "no queue took the message ({key})"
+                )));
             }
             Ok(())
         };
@@ -267,7 +260,7 @@ impl AmqpQueue {
             }
             Err(_) => {
                 self.mark_down().await;
-                Err(QueueError("no publisher confirm within 5 s".into()))
+                Err(QueueError::new("no publisher confirm within 5 s"))
             }
         }
     }
@@ -276,38 +269,28 @@ impl AmqpQueue {
         self.up.store(false, Ordering::Release);
         *self.publisher.lock().await = None;
     }
+}
 
-    /// Puts an accepted order on the durable queue; `Ok` only once the broker
-    /// confirmed it.
-    ///
-    /// # Errors
-    /// When the broker is unreachable or did not confirm.
-    pub async fn publish_order(&self, payload: &[u8]) -> Result<(), QueueError> {
-        self.publish("", &self.names.orders, true, payload).await
+#[async_trait]
+impl OrderQueue for AmqpQueue {
+    async fn publish_orders(&self, body: &[u8]) -> Result<(), QueueError> {
+        self.publish("", &self.names.orders, true, body).await
     }
 
-    /// Publishes an order event (`order.accepted`, `order.paid`, …) to the
-    /// topic exchange. Events are for the shop's other systems and best
-    /// effort: sent without waiting for the confirm; an event no queue is
-    /// bound to is dropped by the broker.
-    ///
-    /// # Errors
-    /// When the broker is unreachable.
-    pub async fn publish_event(&self, routing_key: &str, payload: &[u8]) -> Result<(), QueueError> {
-        self.publish(&self.names.events, routing_key, false, payload)
+    /// Sent without waiting for the confirm; an event no queue is bound to
+    /// is dropped by the broker.
+    async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError> {
+        self.publish(&self.names.events, routing_key, false, body)
             .await
     }
 
-    /// Opens a consumer of the orders queue on its own connection, with at
-    /// most `prefetch` unacknowledged deliveries.
-    ///
-    /// # Errors
-    /// When the broker is unreachable.
-    pub async fn consume_orders(
+    /// Each consumer has its own connection, so a writer's stall never
+    /// holds up the publishers' channel.
+    async fn consume(
         &self,
         tag: &str,
         prefetch: u16,
-    ) -> Result<(Connection, Consumer), QueueError> {
+    ) -> Result<Box<dyn OrderConsumer>, QueueError> {
         tokio::time::timeout(Duration::from_secs(10), async {
             let conn = connect(&self.url).await?;
             let ch = conn.create_channel().await?;
@@ -320,17 +303,15 @@ impl AmqpQueue {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok((conn, consumer))
+            Ok(Box::new(AmqpConsumer { conn, consumer }) as Box<dyn OrderConsumer>)
         })
         .await
         .unwrap_or_else(|_| Err(QueueError::new("opening the consumer timed out")))
     }
 
-    /// Messages ready on the orders queue and on its dead-letter queue.
-    ///
-    /// # Errors
-    /// When the broker is unreachable.
-    pub async fn depth(&self) -> Result<(u32, u32), QueueError> {
+    /// RabbitMQ reports ready messages only; unacknowledged ones are not
+    /// visible over AMQP (`unacked` is `None`).
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
         let ch = self.channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
@@ -350,14 +331,22 @@ impl AmqpQueue {
                 FieldTable::default(),
             )
             .await?;
-        Ok((orders.message_count(), dlq.message_count()))
+        Ok(QueueDepth {
+            ready: orders.message_count(),
+            unacked: None,
+            dead: dlq.message_count(),
+        })
     }
 
-    /// Deletes the topology (tests clean up after themselves).
-    ///
-    /// # Errors
-    /// When the broker is unreachable.
-    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    async fn probe(&self) -> bool {
+        self.channel().await.is_ok()
+    }
+
+    async fn delete_topology(&self) -> Result<(), QueueError> {
         let ch = self.channel().await?;
         for q in [&self.names.orders, &self.names.dlq] {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -368,5 +357,39 @@ impl AmqpQueue {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// A consumer on its own connection.
+struct AmqpConsumer {
+    conn: Connection,
+    consumer: Consumer,
+}
+
+#[async_trait]
+impl OrderConsumer for AmqpConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        let d = self.consumer.next().await?.ok()?;
+        Some(Delivery::new(d.data.clone(), Box::new(AmqpAcker(d))))
+    }
+
+    async fn close(self: Box<Self>) {
+        // A connection the broker already dropped may never answer the
+        // close: don't let it hold up a graceful stop.
+        let closing = self.conn.close(200, "consumer closing".into());
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+    }
+}
+
+struct AmqpAcker(lapin::message::Delivery);
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>) {
+        let _ = self.0.ack(BasicAckOptions::default()).await;
+    }
+
+    async fn dead_letter(self: Box<Self>) {
+        let _ = self.0.reject(BasicRejectOptions { requeue: false }).await;
     }
 }

@@ -1,26 +1,34 @@
-//! The storage seam: one object-safe trait per concern, one file per technology.
+//! The backend seam: one object-safe trait per role, one file per technology.
 //!
-//! Methods are business-atomic ("commit this accepted order durably", "move
-//! this order out of `pending_payment` if it still is"), so each backend uses
-//! its own atomic primitive. The embedded default ([`embedded::SqliteStore`])
-//! needs no external service; [`postgres::PgOrderStore`] and
-//! [`mysql::MySqlOrderStore`] keep the same state in a SQL server, chosen by
-//! [`open_order_store`].
+//! | role | trait | implementations |
+//! | --- | --- | --- |
+//! | orders, sales, intents | [`OrderStore`] | [`embedded::SqliteStore`], [`postgres::PgOrderStore`], [`mysql::MySqlOrderStore`] |
+//! | stock decisions | [`stock::StockStore`] | [`memory::EmbeddedStock`], [`redis::RedisStock`] |
+//! | the order queue | [`queue::OrderQueue`] | [`amqp::AmqpQueue`], [`memory::InProcessQueue`] |
+//!
+//! Methods are business-atomic ("commit this accepted order durably",
+//! "reserve these units for this buyer", "move this order out of
+//! `pending_payment` if it still is"), so each backend uses its own atomic
+//! primitive. The vocabulary of each seam (decisions, reservations, queue
+//! depth, errors) lives in the seam's file, not in one backend's. One
+//! factory, [`connect`], turns [`BackendSettings`] into trait objects.
 
 pub mod amqp;
 pub mod embedded;
+pub mod memory;
 pub mod mysql;
 pub mod postgres;
+pub mod queue;
 pub mod redis;
 pub mod sql;
+pub mod stock;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use serde::Serialize;
 
-use crate::config::Settings;
 use crate::domain::order::Transition;
 use crate::domain::{Order, Sale};
 
@@ -51,17 +59,15 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// A buyer turned away with `sold_out`, kept so the shop can follow up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intent {
     /// The sale.
-    #[serde(serialize_with = "crate::http::ser_id")]
     pub sale_id: u64,
     /// The buyer.
     pub user_id: String,
     /// Units asked for on the first miss.
     pub quantity: u32,
     /// First miss, epoch ms.
-    #[serde(rename = "created_at", serialize_with = "crate::http::ser_time")]
     pub created_at_ms: i64,
 }
 
@@ -239,36 +245,139 @@ pub trait OrderStore: Send + Sync {
     async fn shutdown(&self);
 }
 
-/// Opens the order store `settings` name: PostgreSQL or MariaDB/MySQL when
-/// `database` holds a URL (the state of a node is then rebuilt from that
-/// database at start), the embedded SQLite store in `data_dir` otherwise.
-/// `--commit-batch` caps the SQL writer's batches too (at most
-/// [`sql::MAX_BATCH`]).
+/// Which backends a node runs on: a typed choice, so an impossible mix
+/// (Redis stock without an order queue, say) cannot be described. URLs are
+/// redacted in `Debug`.
+#[derive(Clone)]
+pub enum BackendSettings {
+    /// The embedded default: stock in memory, orders in SQLite under
+    /// `data_dir`. No external service.
+    Embedded {
+        /// Where the SQLite files live.
+        data_dir: PathBuf,
+        /// Group commit settings.
+        sqlite: embedded::SqliteSettings,
+    },
+    /// One node, stock in memory, orders in PostgreSQL or MariaDB/MySQL.
+    Sql {
+        /// `postgres://`, `postgresql://`, `mysql://` or `mariadb://`.
+        database: String,
+        /// Batch and pool settings.
+        sql: sql::SqlSettings,
+    },
+    /// One of many stateless nodes: stock in Redis, orders through
+    /// RabbitMQ into PostgreSQL or MariaDB/MySQL.
+    Distributed {
+        /// The order database URL.
+        database: String,
+        /// Batch and pool settings.
+        sql: sql::SqlSettings,
+        /// The shared stock.
+        redis: redis::RedisSettings,
+        /// The order queue.
+        queue: amqp::AmqpSettings,
+    },
+}
+
+impl std::fmt::Debug for BackendSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded { data_dir, sqlite } => f
+                .debug_struct("Embedded")
+                .field("data_dir", data_dir)
+                .field("sqlite", sqlite)
+                .finish(),
+            Self::Sql { database, sql } => f
+                .debug_struct("Sql")
+                .field("database", &sql::redact_url(database))
+                .field("sql", sql)
+                .finish(),
+            Self::Distributed {
+                database,
+                sql,
+                redis,
+                queue,
+            } => f
+                .debug_struct("Distributed")
+                .field("database", &sql::redact_url(database))
+                .field("sql", sql)
+                .field("redis", redis)
+                .field("queue", queue)
+                .finish(),
+        }
+    }
+}
+
+/// The trait objects a node runs on.
+#[derive(Clone)]
+pub struct Backends {
+    /// Sales, orders and intents.
+    pub store: Arc<dyn OrderStore>,
+    /// Stock decisions.
+    pub stock: Arc<dyn stock::StockStore>,
+    /// The order queue (distributed mode only: the embedded default and a
+    /// single SQL node hand orders to the store directly).
+    pub queue: Option<Arc<dyn queue::OrderQueue>>,
+}
+
+/// Opens every backend `settings` name. A node's state is rebuilt from the
+/// order store afterwards (see `engine`).
 ///
 /// # Errors
-/// When the URL's scheme is not one of `postgres`, `postgresql`, `mysql`,
-/// `mariadb`, or the store cannot be opened, reached or migrated. Messages
-/// show the URL without credentials.
-pub async fn open_order_store(settings: &Settings) -> anyhow::Result<Arc<dyn OrderStore>> {
-    let Some(url) = settings.database.as_deref() else {
-        let store = embedded::SqliteStore::open(&settings.data_dir, &settings.store)
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-        return Ok(Arc::new(store));
-    };
-    let sql_settings = sql::SqlSettings {
-        max_batch: settings.store.max_batch,
-        ..sql::SqlSettings::default()
-    };
+/// When a backend cannot be opened, reached or migrated, or a database URL
+/// has an unknown scheme. Messages show URLs without credentials.
+pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
+    Ok(match settings {
+        BackendSettings::Embedded { data_dir, sqlite } => {
+            let store = embedded::SqliteStore::open(data_dir, sqlite)
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            Backends {
+                store: Arc::new(store),
+                stock: Arc::new(memory::EmbeddedStock),
+                queue: None,
+            }
+        }
+        BackendSettings::Sql { database, sql } => Backends {
+            store: open_sql_store(database, sql).await?,
+            stock: Arc::new(memory::EmbeddedStock),
+            queue: None,
+        },
+        BackendSettings::Distributed {
+            database,
+            sql,
+            redis,
+            queue,
+        } => {
+            let store = open_sql_store(database, sql).await?;
+            let stock = redis::RedisStock::connect(redis)
+                .await
+                .context("connecting to Redis (--redis)")?;
+            let queue = amqp::AmqpQueue::connect(queue)
+                .await
+                .context("connecting to RabbitMQ (--queue)")?;
+            Backends {
+                store,
+                stock,
+                queue: Some(Arc::new(queue)),
+            }
+        }
+    })
+}
+
+async fn open_sql_store(
+    url: &str,
+    settings: &sql::SqlSettings,
+) -> anyhow::Result<Arc<dyn OrderStore>> {
     let kind = sql::DatabaseKind::of_url(url).context("--database / FLASHSALE_DATABASE")?;
     let context = || format!("opening the order store at {}", sql::redact_url(url));
     Ok(match kind {
         sql::DatabaseKind::Postgres => Arc::new(
-            postgres::PgOrderStore::connect(url, &sql_settings)
+            postgres::PgOrderStore::connect(url, settings)
                 .await
                 .with_context(context)?,
         ),
         sql::DatabaseKind::MySql => Arc::new(
-            mysql::MySqlOrderStore::connect(url, &sql_settings)
+            mysql::MySqlOrderStore::connect(url, settings)
                 .await
                 .with_context(context)?,
         ),

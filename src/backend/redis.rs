@@ -35,14 +35,19 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use async_trait::async_trait;
+
+use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
 use super::SaleRecord;
-use crate::domain::{Order, Sale};
+use crate::domain::{Ledger, Order, Rejection, Sale};
 
 /// Most purchases decided by one script call.
 const MAX_BATCH: usize = 256;
 /// Script calls in flight at once per node (each carrying a batch).
 const IN_FLIGHT_BATCHES: usize = 2;
 
+/// The purchase script. `A` accepted, `R<order>` replay, `U` unseeded; the
+/// rejection letters (`{code}`) come from [`Rejection`]'s table.
 const PURCHASE_LUA: &str = r"
 -- KEYS: meta, holders, idem, outbox
 -- ARGV: now, n, then n x (order_id, user, qty, idem_key or '', payload)
@@ -59,12 +64,12 @@ for i = 0, n - 1 do
   if key ~= '' then prior = redis.call('HGET', KEYS[3], user .. '\n' .. key) end
   local r
   if prior then r = 'R' .. prior
-  elseif now < start then r = 'N'
-  elseif fin > 0 and now >= fin then r = 'E'
-  elseif sold + q > stock then r = 'S'
+  elseif now < start then r = '{not_started}'
+  elseif fin > 0 and now >= fin then r = '{ended}'
+  elseif sold + q > stock then r = '{sold_out}'
   else
     local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
-    if held + q > limit then r = 'L'
+    if held + q > limit then r = '{limit_reached}'
     else
       sold = sold + q
       redis.call('HINCRBY', KEYS[2], user, q)
@@ -97,60 +102,8 @@ if not m[1] then return {} end
 return {tonumber(m[1]), tonumber(m[2]), redis.call('ZCARD', KEYS[2])}
 ";
 
-/// One purchase handed to [`RedisStock::reserve`].
-#[derive(Debug, Clone)]
-pub struct Reservation {
-    /// The order the purchase creates if accepted.
-    pub order: Order,
-    /// `order.to_wire()`: what goes to the outbox and the queue.
-    pub payload: String,
-}
-
-/// What the script decided for one purchase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Units deducted and the order is in the outbox.
-    Accepted {
-        /// Units left after the batch.
-        remaining: u64,
-    },
-    /// The same user and `Idempotency-Key` already bought: the first order.
-    Replay(String),
-    /// Not enough units left.
-    SoldOut {
-        /// Units left after the batch.
-        remaining: u64,
-    },
-    /// Over the per-user limit.
-    LimitReached,
-    /// Before the start.
-    NotStarted,
-    /// After the end.
-    Ended,
-    /// Redis does not hold the sale (it restarted empty): sell nothing.
-    NotSeeded,
-}
-
-/// Stock counters of one sale as Redis holds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StockState {
-    /// Units on offer.
-    pub stock: u64,
-    /// Units held by orders (pending or paid).
-    pub sold: u64,
-    /// Accepted orders not yet confirmed by the broker.
-    pub outbox: u64,
-}
-
-impl StockState {
-    /// Units not held by any order.
-    pub fn remaining(&self) -> u64 {
-        self.stock.saturating_sub(self.sold)
-    }
-}
-
-/// Settings of the Redis stock backend.
-#[derive(Debug, Clone)]
+/// Settings of the Redis stock backend (URLs redacted in `Debug`).
+#[derive(Clone)]
 pub struct RedisSettings {
     /// `redis://host:port` URLs; several (or `cluster`) = Redis Cluster seeds.
     pub urls: Vec<String>,
@@ -158,6 +111,21 @@ pub struct RedisSettings {
     pub cluster: bool,
     /// First part of every key (tests give each run its own).
     pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| super::sql::redact_url(u))
+            .collect();
+        f.debug_struct("RedisSettings")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -176,29 +144,43 @@ impl Conn {
 }
 
 struct Script {
-    source: &'static str,
+    source: String,
     sha: String,
 }
 
 impl Script {
-    fn new(source: &'static str) -> Self {
+    fn new(source: impl Into<String>) -> Self {
+        let source = source.into();
         Self {
+            sha: redis::Script::new(&source).get_hash().to_owned(),
             source,
-            sha: redis::Script::new(source).get_hash().to_owned(),
         }
     }
 }
 
-type Pending = (Reservation, oneshot::Sender<Result<Decision, StockError>>);
+/// [`PURCHASE_LUA`] with each rejection's letter filled in.
+fn purchase_script() -> String {
+    Rejection::ALL
+        .into_iter()
+        .filter(|r| r.spec().script_code != 0)
+        .fold(PURCHASE_LUA.to_owned(), |lua, r| {
+            lua.replace(
+                &format!("{{{}}}", r.code()),
+                &char::from(r.spec().script_code).to_string(),
+            )
+        })
+}
 
-/// Failure to reach Redis or an answer it should not give.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("redis stock: {0}")]
-pub struct StockError(String);
+/// A purchase waiting for its batch: the decision and the units left after
+/// the batch go back on the channel.
+type Pending = (
+    Arc<Reservation>,
+    oneshot::Sender<Result<(Decision, u64), StockError>>,
+);
 
 impl From<RedisError> for StockError {
     fn from(e: RedisError) -> Self {
-        Self(e.to_string())
+        Self::new(format!("redis: {e}"))
     }
 }
 
@@ -233,7 +215,7 @@ impl RedisStock {
             let url = settings
                 .urls
                 .first()
-                .ok_or_else(|| StockError("no Redis URL given".into()))?;
+                .ok_or_else(|| StockError::new("no Redis URL given"))?;
             let client = redis::Client::open(url.as_str())?;
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -245,7 +227,7 @@ impl RedisStock {
         let stock = Arc::new(Self {
             conn,
             prefix: settings.prefix.clone(),
-            purchase: Script::new(PURCHASE_LUA),
+            purchase: Script::new(purchase_script()),
             release: Script::new(RELEASE_LUA),
             state: Script::new(STATE_LUA),
             batches: tx,
@@ -260,10 +242,10 @@ impl RedisStock {
             // On a cluster the client sends SCRIPT LOAD to every primary.
             let sha: String = self
                 .conn
-                .query(redis::cmd("SCRIPT").arg("LOAD").arg(script.source))
+                .query(redis::cmd("SCRIPT").arg("LOAD").arg(&script.source))
                 .await?;
             if sha != script.sha {
-                return Err(StockError(format!("SCRIPT LOAD answered {sha}")));
+                return Err(StockError::new(format!("SCRIPT LOAD answered {sha}")));
             }
         }
         Ok(())
@@ -297,51 +279,11 @@ impl RedisStock {
         }
     }
 
-    /// A node id (0..1024) for this process: ids are unique across nodes
-    /// only if node ids are, so distributed nodes take the next number of a
-    /// shared counter unless one was configured.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    pub async fn lease_node_id(&self) -> Result<u16, StockError> {
-        let n: u64 = self
-            .conn
-            .query(redis::cmd("INCR").arg(format!("{}:node-seq", self.prefix)))
-            .await?;
-        Ok(((n - 1) % 1024) as u16)
-    }
-
-    /// Checks Redis answers.
-    ///
-    /// # Errors
-    /// When it does not.
-    pub async fn ping(&self) -> Result<(), StockError> {
-        let _: String = self.conn.query(&redis::cmd("PING")).await?;
-        Ok(())
-    }
-
-    /// Decides one purchase. Concurrent calls are coalesced: the batching
-    /// task sends everything waiting for one sale in one script call.
-    ///
-    /// # Errors
-    /// When Redis could not be asked; nothing was deducted then — or, if the
-    /// failure came after the script ran, the order is in the outbox and the
-    /// relay will deliver it (the buyer was not told either way).
-    pub async fn reserve(&self, reservation: Reservation) -> Result<Decision, StockError> {
-        let (tx, rx) = oneshot::channel();
-        let sale_id = reservation.order.sale_id;
-        self.batches
-            .send((sale_id, (reservation, tx)))
-            .map_err(|_| StockError("the stock batcher stopped".into()))?;
-        rx.await
-            .map_err(|_| StockError("the stock batcher dropped a purchase".into()))?
-    }
-
     async fn reserve_batch(
         &self,
         sale_id: u64,
         batch: &[Pending],
-    ) -> Result<Vec<Decision>, StockError> {
+    ) -> Result<(Vec<Decision>, u64), StockError> {
         let keys = [
             self.key(sale_id, "meta"),
             self.key(sale_id, "holders"),
@@ -361,7 +303,7 @@ impl RedisStock {
             args.push(r.order.user_id.as_bytes());
             args.push(owned[2 * i + 1].as_bytes());
             args.push(r.order.idempotency_key.as_deref().unwrap_or("").as_bytes());
-            args.push(r.payload.as_bytes());
+            args.push(r.payload().as_bytes());
         }
         let answer: Vec<String> = self.eval(&self.purchase, &keys, &args).await?;
         parse_decisions(&answer, batch.len())
@@ -374,7 +316,7 @@ impl RedisStock {
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn release(&self, order: &Order) -> Result<Option<u64>, StockError> {
+    async fn release_units(&self, order: &Order) -> Result<Option<u64>, StockError> {
         let s = order.sale_id;
         let keys = [
             self.key(s, "meta"),
@@ -392,7 +334,7 @@ impl RedisStock {
             .await?;
         Ok(match left {
             -1 => None,
-            -2 => Some(self.state(s).await?.map_or(0, |st| st.remaining())),
+            -2 => Some(self.counters(s).await?.map_or(0, |st| st.remaining())),
             n => Some(n.max(0) as u64),
         })
     }
@@ -401,7 +343,7 @@ impl RedisStock {
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn state(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
+    async fn counters(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
         let keys = [self.key(sale_id, "meta"), self.key(sale_id, "outbox")];
         let v: Vec<i64> = self.eval(&self.state, &keys, &[]).await?;
         Ok(match v[..] {
@@ -412,59 +354,6 @@ impl RedisStock {
             }),
             _ => None,
         })
-    }
-
-    /// Outbox entries older than `older_than_ms` (epoch ms), oldest first.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    pub async fn outbox_due(
-        &self,
-        sale_id: u64,
-        older_than_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<String>, StockError> {
-        Ok(self
-            .conn
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.key(sale_id, "outbox"))
-                    .arg("-inf")
-                    .arg(older_than_ms)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit),
-            )
-            .await?)
-    }
-
-    /// Drops outbox entries the broker has confirmed.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached (the relay then sends them again, which
-    /// the idempotent order writer ignores).
-    pub async fn outbox_remove(&self, sale_id: u64, payloads: &[String]) -> Result<(), StockError> {
-        if payloads.is_empty() {
-            return Ok(());
-        }
-        let _: i64 = self
-            .conn
-            .query(
-                redis::cmd("ZREM")
-                    .arg(self.key(sale_id, "outbox"))
-                    .arg(payloads),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Publishes a brand-new sale (nothing sold). Overwrites nothing: a sale
-    /// already in Redis keeps its counters.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    pub async fn seed_new(&self, sale: &Sale) -> Result<(), StockError> {
-        self.write_meta(sale, 0, true).await
     }
 
     async fn write_meta(
@@ -504,6 +393,141 @@ impl RedisStock {
             .await?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl StockStore for RedisStock {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// Concurrent calls are coalesced: the batching task sends everything
+    /// waiting for one sale in one script call. The units left after the
+    /// batch are mirrored into `ledger`.
+    async fn reserve(
+        &self,
+        _sale: &Sale,
+        ledger: &Ledger,
+        reservation: Arc<Reservation>,
+    ) -> Result<Decision, StockError> {
+        let (tx, rx) = oneshot::channel();
+        let sale_id = reservation.order.sale_id;
+        self.batches
+            .send((sale_id, (reservation, tx)))
+            .map_err(|_| StockError::new("the stock batcher stopped"))?;
+        let (decision, remaining) = rx
+            .await
+            .map_err(|_| StockError::new("the stock batcher dropped a purchase"))??;
+        if matches!(
+            decision,
+            Decision::Accepted | Decision::Rejected(Rejection::SoldOut)
+        ) {
+            ledger.mirror_remaining(remaining);
+        }
+        Ok(decision)
+    }
+
+    /// A release for a sale Redis does not hold is a no-op: the re-seed
+    /// counts from the database, which already knows the order no longer
+    /// holds stock.
+    async fn release(&self, ledger: &Ledger, order: &Order) -> Result<(), StockError> {
+        if let Some(left) = self.release_units(order).await? {
+            ledger.mirror_remaining(left);
+        }
+        Ok(())
+    }
+
+    fn restore(&self, _ledger: &Ledger, _user: &str, _units: u32) {}
+
+    async fn sync(&self, ledger: &Ledger, sale_id: u64) -> Result<bool, StockError> {
+        Ok(match self.counters(sale_id).await? {
+            Some(st) => {
+                ledger.mirror_remaining(st.remaining());
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn state(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
+        self.counters(sale_id).await
+    }
+
+    /// A node id (0..1024) for this process: ids are unique across nodes
+    /// only if node ids are, so distributed nodes take the next number of a
+    /// shared counter unless one was configured.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    async fn lease_node_id(&self) -> Result<u16, StockError> {
+        let n: u64 = self
+            .conn
+            .query(redis::cmd("INCR").arg(format!("{}:node-seq", self.prefix)))
+            .await?;
+        Ok(((n - 1) % 1024) as u16)
+    }
+
+    /// Checks Redis answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    async fn ping(&self) -> Result<(), StockError> {
+        let _: String = self.conn.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Outbox entries older than `older_than_ms` (epoch ms), oldest first.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    async fn outbox_due(
+        &self,
+        sale_id: u64,
+        older_than_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StockError> {
+        Ok(self
+            .conn
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.key(sale_id, "outbox"))
+                    .arg("-inf")
+                    .arg(older_than_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?)
+    }
+
+    /// Drops outbox entries the broker has confirmed.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached (the relay then sends them again, which
+    /// the idempotent order writer ignores).
+    async fn outbox_remove(&self, sale_id: u64, payloads: &[String]) -> Result<(), StockError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .conn
+            .query(
+                redis::cmd("ZREM")
+                    .arg(self.key(sale_id, "outbox"))
+                    .arg(payloads),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a brand-new sale (nothing sold). Overwrites nothing: a sale
+    /// already in Redis keeps its counters.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    async fn seed_new(&self, sale: &Sale) -> Result<(), StockError> {
+        self.write_meta(sale, 0, true).await
+    }
 
     /// Rebuilds a sale Redis lost, from the order database: holdings, keyed
     /// orders, returned orders, then the counters last (the moment the sale
@@ -513,7 +537,7 @@ impl RedisStock {
     /// # Errors
     /// When Redis cannot be reached (the seed lock then expires and a later
     /// attempt starts over).
-    pub async fn seed(&self, sale: &Sale, from_db: &SaleRecord) -> Result<bool, StockError> {
+    async fn seed(&self, sale: &Sale, from_db: &SaleRecord) -> Result<bool, StockError> {
         let meta = self.key(sale.id, "meta");
         let exists: bool = self.conn.query(redis::cmd("EXISTS").arg(&meta)).await?;
         if exists {
@@ -577,7 +601,7 @@ impl RedisStock {
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn forget(&self, sale_id: u64) -> Result<(), StockError> {
+    async fn forget(&self, sale_id: u64) -> Result<(), StockError> {
         for key in ["meta", "holders", "idem", "outbox", "released", "seedlock"] {
             let _: i64 = self
                 .conn
@@ -588,31 +612,37 @@ impl RedisStock {
     }
 }
 
-fn parse_decisions(answer: &[String], n: usize) -> Result<Vec<Decision>, StockError> {
+/// One decision per purchase, and the units left after the batch (the
+/// script's last value).
+fn parse_decisions(answer: &[String], n: usize) -> Result<(Vec<Decision>, u64), StockError> {
     if answer.first().map(String::as_str) == Some("U") && answer.len() == 1 {
-        return Ok(vec![Decision::NotSeeded; n]);
+        return Ok((vec![Decision::NotSeeded; n], 0));
     }
     if answer.len() != n + 1 {
-        return Err(StockError(format!(
+        return Err(StockError::new(format!(
             "the purchase script answered {} values for {n} purchases",
             answer.len()
         )));
     }
     let remaining: u64 = answer[n].parse::<i64>().map_or(0, |r| r.max(0) as u64);
-    answer[..n]
+    let decisions = answer[..n]
         .iter()
         .map(|r| {
-            Ok(match r.as_bytes().first() {
-                Some(b'A') => Decision::Accepted { remaining },
-                Some(b'R') => Decision::Replay(r[1..].to_owned()),
-                Some(b'S') => Decision::SoldOut { remaining },
-                Some(b'L') => Decision::LimitReached,
-                Some(b'N') => Decision::NotStarted,
-                Some(b'E') => Decision::Ended,
-                _ => return Err(StockError(format!("unknown script answer {r:?}"))),
+            let letter = r.as_bytes().first().copied().unwrap_or(0);
+            Ok(match letter {
+                b'A' => Decision::Accepted,
+                b'R' => Decision::Replay(Box::new(
+                    Order::from_wire(&r.as_bytes()[1..])
+                        .map_err(|e| StockError::new(format!("a stored order: {e}")))?,
+                )),
+                _ => Decision::Rejected(
+                    Rejection::from_script_code(letter)
+                        .ok_or_else(|| StockError::new(format!("unknown script answer {r:?}")))?,
+                ),
             })
         })
-        .collect()
+        .collect::<Result<_, StockError>>()?;
+    Ok((decisions, remaining))
 }
 
 /// The batching task: takes a purchase, waits for a free batch slot (more
@@ -649,9 +679,9 @@ async fn coalesce(
                 let stock = stock.clone();
                 async move {
                     match stock.reserve_batch(sale, &batch).await {
-                        Ok(decisions) => {
+                        Ok((decisions, remaining)) => {
                             for ((_, tx), d) in batch.into_iter().zip(decisions) {
-                                let _ = tx.send(Ok(d));
+                                let _ = tx.send(Ok((d, remaining)));
                             }
                         }
                         Err(e) => {
@@ -675,21 +705,46 @@ mod tests {
 
     #[test]
     fn decisions_parse_per_purchase_with_the_remaining_count_last() {
-        let answer: Vec<String> = ["A", "S", "L", "R{\"id\":1}", "N", "E", "7"]
+        let order = Order {
+            id: 1,
+            sale_id: 2,
+            user_id: "u".into(),
+            quantity: 1,
+            status: crate::domain::OrderStatus::PendingPayment,
+            idempotency_key: Some("k".into()),
+            created_at_ms: 5,
+            updated_at_ms: 5,
+            expires_at_ms: None,
+        };
+        let replay = format!("R{}", order.to_wire());
+        let answer: Vec<String> = ["A", "S", "L", replay.as_str(), "N", "E", "7"]
             .map(String::from)
             .to_vec();
-        let d = parse_decisions(&answer, 6).unwrap();
-        assert_eq!(d[0], Decision::Accepted { remaining: 7 });
-        assert_eq!(d[1], Decision::SoldOut { remaining: 7 });
-        assert_eq!(d[2], Decision::LimitReached);
-        assert_eq!(d[3], Decision::Replay("{\"id\":1}".into()));
-        assert_eq!(d[4], Decision::NotStarted);
-        assert_eq!(d[5], Decision::Ended);
+        let (d, remaining) = parse_decisions(&answer, 6).unwrap();
+        assert_eq!(remaining, 7);
+        assert_eq!(d[0], Decision::Accepted);
+        assert_eq!(d[1], Decision::Rejected(Rejection::SoldOut));
+        assert_eq!(d[2], Decision::Rejected(Rejection::LimitReached));
+        assert_eq!(d[3], Decision::Replay(Box::new(order)));
+        assert_eq!(d[4], Decision::Rejected(Rejection::NotStarted));
+        assert_eq!(d[5], Decision::Rejected(Rejection::Ended));
+    }
+
+    #[test]
+    fn the_script_carries_every_rejection_letter_it_decides() {
+        let lua = purchase_script();
+        assert!(!lua.contains("'{"), "a placeholder was left: {lua}");
+        for r in Rejection::ALL {
+            let c = r.spec().script_code;
+            if c != 0 {
+                assert!(lua.contains(&format!("r = '{}'", char::from(c))), "{r}");
+            }
+        }
     }
 
     #[test]
     fn an_unseeded_sale_refuses_the_whole_batch() {
-        let d = parse_decisions(&["U".to_owned()], 3).unwrap();
+        let (d, _) = parse_decisions(&["U".to_owned()], 3).unwrap();
         assert_eq!(d, vec![Decision::NotSeeded; 3]);
     }
 

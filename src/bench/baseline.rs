@@ -17,7 +17,7 @@
 //!
 //! `--mode redis-coalesced` runs Flashsale's own step on the same servers
 //! and the same loop: [`RedisStock::reserve`] (coalesced purchase-script
-//! calls) then [`Distributed::publish_order`] (one confirmed message per
+//! calls) then [`QueueHandoff`](crate::engine::handoff::QueueHandoff) (one confirmed message per
 //! batch), so the two designs are compared without HTTP in between.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,6 +245,7 @@ return 1
 /// When Redis or RabbitMQ cannot be reached.
 pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
     use crate::backend::amqp::{AmqpQueue, AmqpSettings};
+    use crate::backend::queue::OrderQueue;
     let prefix = format!("fs_bench_{:08x}", rand::random::<u32>());
     let client = redis::Client::open(args.redis.as_str()).context("--redis")?;
     let mut conn = client
@@ -289,7 +290,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
                     .await?;
                 if taken == 1 {
                     let order = json!({"order": i, "user": user}).to_string();
-                    queue.publish_order(order.as_bytes()).await?;
+                    queue.publish_orders(order.as_bytes()).await?;
                 }
                 Ok(taken == 1)
             }
@@ -300,7 +301,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
         .arg(&stock_key)
         .query_async(&mut conn)
         .await?;
-    let (queued, _) = queue.depth().await?;
+    let queued = queue.depth().await?.ready;
     let sold = args.stock.saturating_sub(u64::try_from(left).unwrap_or(0));
     let accepted = tally.accepted;
     let ok = sold == accepted && u64::from(queued) == accepted;
@@ -330,9 +331,11 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
 /// When Redis or RabbitMQ cannot be reached.
 pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
     use crate::backend::amqp::{AmqpQueue, AmqpSettings};
-    use crate::backend::redis::{Decision, RedisSettings, RedisStock, Reservation};
-    use crate::domain::{now_ms, Order, OrderStatus, Sale};
-    use crate::engine::distributed::Distributed;
+    use crate::backend::queue::OrderQueue;
+    use crate::backend::redis::{RedisSettings, RedisStock};
+    use crate::backend::stock::{Decision, Reservation, StockStore};
+    use crate::domain::{now_ms, Ledger, Order, OrderStatus, Sale};
+    use crate::engine::handoff::{OrderHandoff, QueueHandoff};
     let prefix = format!("fs_bench_{:08x}", rand::random::<u32>());
     let stock = RedisStock::connect(&RedisSettings {
         urls: vec![args.redis.clone()],
@@ -341,7 +344,7 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
     })
     .await
     .context("connecting to --redis for the redis-coalesced run")?;
-    let queue = Arc::new(
+    let queue: Arc<dyn OrderQueue> = Arc::new(
         AmqpQueue::connect(&AmqpSettings {
             url: args.queue.clone(),
             prefix: prefix.clone(),
@@ -360,12 +363,15 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
         created_at_ms: now_ms(),
     };
     stock.seed_new(&sale).await?;
-    let cluster = Distributed::new(stock.clone(), queue.clone());
+    let handoff = Arc::new(QueueHandoff::new(queue.clone(), stock.clone()));
+    let ledger = Arc::new(Ledger::new(sale.stock, sale.per_user_limit));
+    let sale = Arc::new(sale);
     let users = u64::from(args.users.max(1));
     let tally = {
-        let cluster = cluster.clone();
+        let stock = stock.clone();
         run_workers(args, move |i| {
-            let cluster = cluster.clone();
+            let (stock, handoff, ledger, sale) =
+                (stock.clone(), handoff.clone(), ledger.clone(), sale.clone());
             async move {
                 let now = now_ms();
                 let order = Order {
@@ -379,18 +385,11 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
                     updated_at_ms: now,
                     expires_at_ms: None,
                 };
-                let payload = order.to_wire();
-                let decision = cluster
-                    .stock
-                    .reserve(Reservation {
-                        order: order.clone(),
-                        payload: payload.clone(),
-                    })
-                    .await?;
-                let accepted = matches!(decision, Decision::Accepted { .. });
+                let reservation = Arc::new(Reservation::new(order));
+                let decision = stock.reserve(&sale, &ledger, reservation.clone()).await?;
+                let accepted = decision == Decision::Accepted;
                 if accepted {
-                    cluster.publish_order(payload.clone()).await?;
-                    cluster.confirmed(&order, payload);
+                    handoff.hand_off(&reservation).await?;
                 }
                 Ok(accepted)
             }

@@ -15,21 +15,16 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::Rejection;
+
 const SHARDS: usize = 64;
 
 /// One shard of per-user holdings.
 type Holders = Mutex<HashMap<Box<str>, u32>>;
 
-/// Result of a reservation attempt; rejections are values, not errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserve {
-    /// The units are now held for the user.
-    Granted,
-    /// Fewer units remain than requested.
-    SoldOut,
-    /// The user would exceed the per-user limit.
-    LimitReached,
-}
+/// Result of a reservation attempt: `Ok` when the units are now held for
+/// the user, otherwise the rejection (`SoldOut` or `LimitReached`).
+pub type Reserve = Result<(), Rejection>;
 
 /// Stock and per-user holdings of one sale.
 #[derive(Debug)]
@@ -98,22 +93,22 @@ impl Ledger {
     /// Atomically checks the per-user limit and stock and takes the units.
     pub fn try_reserve(&self, user: &str, quantity: u32) -> Reserve {
         if quantity == 0 {
-            return Reserve::Granted;
+            return Ok(());
         }
         if self.is_sold_out_for(quantity) {
-            return Reserve::SoldOut;
+            return Err(Rejection::SoldOut);
         }
         let mut shard = self.shard(user);
         let held = shard.get(user).copied().unwrap_or(0);
         if u64::from(held) + u64::from(quantity) > u64::from(self.per_user_limit) {
-            return Reserve::LimitReached;
+            return Err(Rejection::LimitReached);
         }
         let q = u64::from(quantity);
         let taken = self
             .remaining
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(q));
         if taken.is_err() {
-            return Reserve::SoldOut;
+            return Err(Rejection::SoldOut);
         }
         match shard.get_mut(user) {
             Some(h) => *h += quantity,
@@ -121,7 +116,7 @@ impl Ledger {
                 shard.insert(user.into(), quantity);
             }
         }
-        Reserve::Granted
+        Ok(())
     }
 
     /// Returns `quantity` units held by `user` to the sale.
@@ -170,18 +165,18 @@ mod tests {
     fn sells_exactly_the_stock() {
         let l = Ledger::new(3, 1);
         let got: Vec<_> = (0..5).map(|u| l.try_reserve(&u.to_string(), 1)).collect();
-        assert_eq!(got.iter().filter(|r| **r == Reserve::Granted).count(), 3);
+        assert_eq!(got.iter().filter(|r| **r == Ok(())).count(), 3);
         assert_eq!(l.remaining(), 0);
-        assert_eq!(l.try_reserve("0", 1), Reserve::SoldOut);
+        assert_eq!(l.try_reserve("0", 1), Err(Rejection::SoldOut));
     }
 
     #[test]
     fn limit_and_release() {
         let l = Ledger::new(10, 2);
-        assert_eq!(l.try_reserve("a", 2), Reserve::Granted);
-        assert_eq!(l.try_reserve("a", 1), Reserve::LimitReached);
+        assert_eq!(l.try_reserve("a", 2), Ok(()));
+        assert_eq!(l.try_reserve("a", 1), Err(Rejection::LimitReached));
         l.release("a", 1);
-        assert_eq!(l.try_reserve("a", 1), Reserve::Granted);
+        assert_eq!(l.try_reserve("a", 1), Ok(()));
         assert_eq!(l.held_by("a"), 2);
         assert_eq!(l.sold(), 2);
     }
@@ -196,7 +191,7 @@ mod tests {
                     let mut granted = 0u64;
                     for i in 0..5000u32 {
                         let user = format!("u{}", (i * 7 + t) % 400);
-                        if l.try_reserve(&user, 1 + i % 2) == Reserve::Granted {
+                        if l.try_reserve(&user, 1 + i % 2) == Ok(()) {
                             granted += u64::from(1 + i % 2);
                         }
                         if i % 5 == 0 {
@@ -251,15 +246,15 @@ mod tests {
                         let held: u32 = orders.iter().filter(|o| o.2 && o.0 == user).map(|o| o.1).sum();
                         let sold: u64 = orders.iter().filter(|o| o.2).map(|o| u64::from(o.1)).sum();
                         let expected = if u64::from(qty) > stock - sold {
-                            Reserve::SoldOut
+                            Err(Rejection::SoldOut)
                         } else if held + qty > limit {
-                            Reserve::LimitReached
+                            Err(Rejection::LimitReached)
                         } else {
-                            Reserve::Granted
+                            Ok(())
                         };
                         let got = l.try_reserve(&user, qty);
                         prop_assert_eq!(got, expected);
-                        if got == Reserve::Granted {
+                        if got == Ok(()) {
                             orders.push((user, qty, true));
                         }
                     }

@@ -7,11 +7,13 @@
 pub mod ids;
 pub mod ledger;
 pub mod order;
+pub mod rejection;
 pub mod sale;
 
 pub use ids::IdGenerator;
 pub use ledger::{Ledger, Reserve};
 pub use order::{Order, OrderStatus};
+pub use rejection::Rejection;
 pub use sale::{NewSale, Sale, SaleStatus};
 
 /// A request field that failed validation.

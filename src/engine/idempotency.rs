@@ -14,21 +14,16 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::domain::Order;
+use crate::domain::{Order, Rejection};
 
 /// How long a remembered rejection is replayed.
 pub const REJECTION_TTL_MS: i64 = 24 * 3600 * 1000;
 /// Longest accepted key.
 pub const MAX_KEY_LEN: usize = 128;
 
-/// The first answer to a keyed purchase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
-    /// Accepted with this order.
-    Accepted(Order),
-    /// Rejected with this domain outcome code (e.g. `sold_out`).
-    Rejected(&'static str),
-}
+/// The first answer to a keyed purchase: the order it made, or the
+/// rejection it got.
+pub type Recorded = Result<Order, Rejection>;
 
 #[derive(Debug, Clone)]
 struct Done {
@@ -72,7 +67,7 @@ impl IdempotencyCache {
                 Slot::Done(Done {
                     sale_id: order.sale_id,
                     quantity: order.quantity,
-                    answer: Recorded::Accepted(order.clone()),
+                    answer: Ok(order.clone()),
                     at_ms: order.created_at_ms,
                 }),
             );
@@ -111,9 +106,7 @@ impl IdempotencyCache {
     /// Forgets rejections older than the TTL (accepted keys are kept).
     pub fn evict_expired(&self, now_ms: i64) {
         self.slots.retain(|_, slot| match slot {
-            Slot::Done(d) => {
-                matches!(d.answer, Recorded::Accepted(_)) || now_ms - d.at_ms < REJECTION_TTL_MS
-            }
+            Slot::Done(d) => d.answer.is_ok() || now_ms - d.at_ms < REJECTION_TTL_MS,
             Slot::InFlight(_) => true,
         });
     }
@@ -182,10 +175,10 @@ mod tests {
         let Claim::Fresh(guard) = cache.claim("u", "k", 1, 1).await else {
             panic!("first claim must be fresh")
         };
-        guard.finish(Recorded::Rejected("sold_out"), 0);
+        guard.finish(Err(Rejection::SoldOut), 0);
         assert!(matches!(
             cache.claim("u", "k", 1, 1).await,
-            Claim::Replay(Recorded::Rejected("sold_out"))
+            Claim::Replay(Err(Rejection::SoldOut))
         ));
         assert!(matches!(cache.claim("u", "k", 2, 1).await, Claim::Mismatch));
         // Another user's identical key is independent.
@@ -201,10 +194,10 @@ mod tests {
         let c2 = cache.clone();
         let waiter = tokio::spawn(async move { c2.claim("u", "k", 1, 1).await });
         tokio::task::yield_now().await;
-        guard.finish(Recorded::Rejected("limit_reached"), 0);
+        guard.finish(Err(Rejection::LimitReached), 0);
         assert!(matches!(
             waiter.await.unwrap(),
-            Claim::Replay(Recorded::Rejected("limit_reached"))
+            Claim::Replay(Err(Rejection::LimitReached))
         ));
     }
 
@@ -222,7 +215,7 @@ mod tests {
     async fn evicts_old_rejections_only() {
         let cache = IdempotencyCache::default();
         if let Claim::Fresh(g) = cache.claim("u", "k", 1, 1).await {
-            g.finish(Recorded::Rejected("sold_out"), 0);
+            g.finish(Err(Rejection::SoldOut), 0);
         }
         cache.evict_expired(REJECTION_TTL_MS + 1);
         assert!(cache.is_empty());

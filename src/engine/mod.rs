@@ -1,55 +1,47 @@
-//! The sale engine: every sale's live state and the purchase decision.
+//! The sale engine: every sale's live state and the one purchase path.
 //!
-//! Rejections are answered from memory, cheapest first — unknown sale, an
-//! idempotent replay, window (not started / ended), the local sold-out flag,
-//! per-user rate limit — and only then comes the atomic deduction in the
-//! [`Ledger`]. An accepted order is committed durably by the order store
-//! before the buyer hears `201`; if that fails the units go back.
+//! A purchase goes through the same four steps in every mode:
 //!
-//! Follow-up work after a store call (returning units, recording the
-//! idempotent answer) runs in a spawned task, so a client that hangs up
-//! mid-request can never leave the in-memory state out of step with the store.
+//! 1. **admission** ([`admission`]): the ordered checks answered from memory,
+//!    cheapest first — sale window, the local sold-out flag, the per-user
+//!    rate limit (an idempotent replay is answered before them);
+//! 2. **stock decision** ([`StockStore::reserve`]): the atomic deduction that
+//!    also enforces the per-user limit — the in-memory ledger in the embedded
+//!    default, one batched Redis script in the distributed mode;
+//! 3. **hand-off** ([`handoff`]): the accepted order is made durable — a
+//!    group commit to the order store, or a confirmed publish to the order
+//!    queue — and only then
+//! 4. **answer**: `201` with the order; any refusal is a [`Refusal`] value.
+//!
+//! What differs by mode lives behind the traits; the engine has no branch
+//! on the mode. Follow-up work after a backend call that must not be lost if
+//! the client hangs up (the hand-off and what depends on it) runs in a
+//! spawned task.
 
-pub mod distributed;
+pub mod admission;
+pub mod events;
+pub mod handoff;
 pub mod idempotency;
 pub mod intents;
+pub mod metrics;
+#[cfg(test)]
+mod tests;
 
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::backend::redis::{Decision, Reservation};
-use crate::backend::{OrderStore, StoreError};
+use crate::backend::stock::{Decision, Reservation, StockStore};
+use crate::backend::{Backends, OrderStore, StoreError, TransitionReport};
 use crate::domain::order::Transition;
-use crate::domain::sale::Window;
-use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Reserve, Sale};
-use crate::telemetry::PurchaseMetrics;
-use distributed::Distributed;
-use idempotency::{Claim, IdempotencyCache, Recorded};
+use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Rejection, Sale};
+pub use admission::{Admission, Attempt, Refusal};
+use events::{NoEvents, OrderNotifier, QueueEvents};
+use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
+use idempotency::{Claim, IdempotencyCache};
 use intents::{IntentRecorder, MissedBuyers};
-
-/// The rejections memory alone decides, cheapest first: the sale window
-/// (counted here), then the local sold-out flag (counted by
-/// [`Engine::reject`], which also records the intent).
-fn memory_rejection(rt: &SaleRuntime, quantity: u32, now: i64) -> Option<PurchaseOutcome> {
-    match rt.sale.window(now) {
-        Window::Upcoming => {
-            bump(&rt.counters.not_started);
-            Some(PurchaseOutcome::NotStarted)
-        }
-        Window::Ended => {
-            bump(&rt.counters.ended);
-            Some(PurchaseOutcome::Ended)
-        }
-        Window::Open => rt
-            .ledger
-            .is_sold_out_for(quantity)
-            .then_some(PurchaseOutcome::SoldOut),
-    }
-}
+use metrics::PurchaseMetrics;
 
 /// Per-sale counters reported by the stats endpoint (since process start,
 /// except `orders_persisted`, which is rebuilt from the store).
@@ -61,16 +53,8 @@ pub struct SaleCounters {
     pub accepted: AtomicU64,
     /// Orders in the order store (any status).
     pub orders_persisted: AtomicU64,
-    /// Rejected: sold out.
-    pub sold_out: AtomicU64,
-    /// Rejected: per-user limit.
-    pub limit_reached: AtomicU64,
-    /// Rejected: before the start.
-    pub not_started: AtomicU64,
-    /// Rejected: after the end.
-    pub ended: AtomicU64,
-    /// Rejected: per-user rate limit.
-    pub rate_limited: AtomicU64,
+    /// Rejections, by [`Rejection::index`].
+    pub rejected: [AtomicU64; Rejection::ALL.len()],
     /// Answered from the idempotency cache.
     pub replayed: AtomicU64,
     /// Orders paid.
@@ -79,6 +63,13 @@ pub struct SaleCounters {
     pub expired: AtomicU64,
     /// Orders cancelled (stock returned).
     pub cancelled: AtomicU64,
+}
+
+impl SaleCounters {
+    /// Rejections of this kind so far.
+    pub fn rejected(&self, r: Rejection) -> u64 {
+        self.rejected[r.index()].load(Ordering::Relaxed)
+    }
 }
 
 fn bump(c: &AtomicU64) {
@@ -90,19 +81,21 @@ fn bump(c: &AtomicU64) {
 pub struct SaleRuntime {
     /// The sale as stored.
     pub sale: Sale,
-    /// Stock and holdings.
+    /// Stock and holdings: the truth in the embedded default, a mirror of
+    /// the remaining count kept by a shared stock.
     pub ledger: Ledger,
     /// Counters for stats.
     pub counters: SaleCounters,
     /// Users already recorded as missed.
     pub missed: MissedBuyers,
-    /// False while the shared stock does not hold this sale (Redis came back
-    /// empty): purchases answer `503` until it is re-seeded.
+    /// False while the stock does not hold this sale (a shared stock came
+    /// back empty): purchases answer `503` until it is re-seeded.
     pub seeded: AtomicBool,
 }
 
 impl SaleRuntime {
-    fn new(sale: Sale) -> Self {
+    /// Fresh live state of `sale`: every unit available, nothing counted.
+    pub fn new(sale: Sale) -> Self {
         Self {
             ledger: Ledger::new(sale.stock, sale.per_user_limit),
             sale,
@@ -113,7 +106,7 @@ impl SaleRuntime {
     }
 }
 
-/// A purchase's answer; rejections are values.
+/// A purchase's answer; refusals are values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {
     /// Accepted and durable; `replayed` when answered from an earlier
@@ -124,46 +117,11 @@ pub enum PurchaseOutcome {
         /// True for an idempotent replay.
         replayed: bool,
     },
-    /// Not enough units left.
-    SoldOut,
-    /// Over the per-user limit.
-    LimitReached,
-    /// Before the sale starts.
-    NotStarted,
-    /// After the sale ends.
-    Ended,
-    /// Over the per-user request rate; retry after this many seconds.
-    RateLimited(u64),
+    /// Refused for a business reason.
+    Rejected(Refusal),
 }
 
-impl PurchaseOutcome {
-    /// Low-cardinality label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Accepted { .. } => "accepted",
-            Self::SoldOut => "sold_out",
-            Self::LimitReached => "limit_reached",
-            Self::NotStarted => "not_started",
-            Self::Ended => "ended",
-            Self::RateLimited(_) => "rate_limited",
-        }
-    }
-
-    fn from_recorded(r: Recorded) -> Self {
-        match r {
-            Recorded::Accepted(order) => Self::Accepted {
-                order,
-                replayed: true,
-            },
-            Recorded::Rejected("limit_reached") => Self::LimitReached,
-            Recorded::Rejected("not_started") => Self::NotStarted,
-            Recorded::Rejected("ended") => Self::Ended,
-            Recorded::Rejected(_) => Self::SoldOut,
-        }
-    }
-}
-
-/// Failures of engine operations (domain rejections are not failures).
+/// Failures of engine operations (business refusals are not failures).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// No such sale or order (or not the caller's order).
@@ -179,13 +137,17 @@ pub enum EngineError {
     /// one waited for it; the buyer should retry.
     #[error("a concurrent request with this Idempotency-Key failed; retry")]
     RetryLater,
-    /// The shared stock or the order queue cannot take purchases right now
+    /// The stock or the order queue cannot take purchases right now
     /// (unreachable, or the sale is being re-seeded); nothing was promised.
     #[error("not ready: {0}")]
     NotReady(&'static str),
     /// The store failed; nothing was promised to the buyer.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn task_failed(e: tokio::task::JoinError) -> EngineError {
+    EngineError::Store(StoreError::Backend(e.to_string()))
 }
 
 /// Settings of the engine's protective layers.
@@ -209,18 +171,58 @@ impl Default for EngineSettings {
     }
 }
 
-/// Every sale's state plus the store behind it.
+/// The roles the engine runs on.
+#[derive(Clone)]
+pub struct EngineParts {
+    /// Sales, orders, intents.
+    pub store: Arc<dyn OrderStore>,
+    /// Stock decisions.
+    pub stock: Arc<dyn StockStore>,
+    /// The durable hand-off of accepted orders.
+    pub handoff: Arc<dyn OrderHandoff>,
+    /// Order state changes go here.
+    pub notifier: Arc<dyn OrderNotifier>,
+}
+
+impl EngineParts {
+    /// The parts for `backends`: with an order queue, accepted orders are
+    /// published to it and events go to its exchange; without one, the
+    /// store commits them and nobody is notified.
+    pub fn from_backends(backends: &Backends) -> Self {
+        let (handoff, notifier): (Arc<dyn OrderHandoff>, Arc<dyn OrderNotifier>) =
+            match &backends.queue {
+                Some(queue) => (
+                    Arc::new(QueueHandoff::new(queue.clone(), backends.stock.clone())),
+                    Arc::new(QueueEvents::new(queue.clone())),
+                ),
+                None => (
+                    Arc::new(StoreHandoff::new(backends.store.clone())),
+                    Arc::new(NoEvents),
+                ),
+            };
+        Self {
+            store: backends.store.clone(),
+            stock: backends.stock.clone(),
+            handoff,
+            notifier,
+        }
+    }
+}
+
+/// Every sale's state plus the roles behind it.
 pub struct Engine {
     sales: DashMap<u64, Arc<SaleRuntime>>,
     store: Arc<dyn OrderStore>,
+    stock: Arc<dyn StockStore>,
+    handoff: Arc<dyn OrderHandoff>,
+    notifier: Arc<dyn OrderNotifier>,
+    admission: Admission,
     ids: IdGenerator,
     idempotency: IdempotencyCache,
     intents: IntentRecorder,
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
     metrics: PurchaseMetrics,
-    cluster: Option<Arc<Distributed>>,
-    /// Sale ids recently looked up in the store and not found (distributed
-    /// mode), so a flood of bad ids does not become a flood of queries.
+    /// Sale ids recently looked up in the store and not found, so a flood
+    /// of bad ids does not become a flood of queries.
     unknown: quick_cache::sync::Cache<u64, i64>,
 }
 
@@ -232,11 +234,16 @@ impl Engine {
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
     pub async fn load(
-        store: Arc<dyn OrderStore>,
+        parts: EngineParts,
         settings: &EngineSettings,
         stop: tokio_util::sync::CancellationToken,
-        cluster: Option<Arc<Distributed>>,
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), StoreError> {
+        let EngineParts {
+            store,
+            stock,
+            handoff,
+            notifier,
+        } = parts;
         let snapshot = store.load().await?;
         let ids = IdGenerator::new(settings.node_id);
         ids.observe(snapshot.max_id);
@@ -244,11 +251,9 @@ impl Engine {
         for sale in snapshot.sales {
             sales.insert(sale.id, Arc::new(SaleRuntime::new(sale)));
         }
-        // Distributed, Redis holds stock and holdings; the local ledger only
-        // mirrors the remaining count, which the stock watcher fills in.
-        for h in snapshot.holdings.iter().filter(|_| cluster.is_none()) {
+        for h in &snapshot.holdings {
             if let Some(rt) = sales.get(&h.sale_id) {
-                rt.ledger.restore(&h.user_id, h.units);
+                stock.restore(&rt.ledger, &h.user_id, h.units);
             }
         }
         for (sale_id, n) in snapshot.persisted {
@@ -260,11 +265,6 @@ impl Engine {
         for order in &snapshot.keyed_orders {
             idempotency.restore(order);
         }
-        let limiter = NonZeroU32::new(settings.user_rate_per_sec).map(|rate| {
-            let burst = NonZeroU32::new(settings.user_burst.max(settings.user_rate_per_sec))
-                .unwrap_or(rate);
-            RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst))
-        });
         let (intents, intent_task) = IntentRecorder::start(store.clone(), stop);
         tracing::info!(
             sales = sales.len(),
@@ -274,20 +274,27 @@ impl Engine {
         let engine = Arc::new(Self {
             sales,
             store,
+            stock,
+            handoff,
+            notifier,
+            admission: Admission::standard(settings),
             ids,
             idempotency,
             intents,
-            limiter,
             metrics: PurchaseMetrics::new(),
-            cluster,
             unknown: quick_cache::sync::Cache::new(10_000),
         });
         Ok((engine, intent_task))
     }
 
-    /// The store behind the engine.
+    /// The order store behind the engine.
     pub fn store(&self) -> &Arc<dyn OrderStore> {
         &self.store
+    }
+
+    /// The stock behind the engine.
+    pub fn stock(&self) -> &Arc<dyn StockStore> {
+        &self.stock
     }
 
     /// Looks a sale up in memory.
@@ -295,13 +302,9 @@ impl Engine {
         self.sales.get(&sale_id).map(|s| s.clone())
     }
 
-    /// The distributed backends, when the node runs over Redis + RabbitMQ.
-    pub fn cluster(&self) -> Option<&Arc<Distributed>> {
-        self.cluster.as_ref()
-    }
-
-    /// Looks a sale up; in the distributed mode a sale another node created
-    /// is read from the order store (misses are remembered for a second).
+    /// Looks a sale up; a sale this node does not know yet (another node
+    /// created it) is read from the order store and brought in step with
+    /// the stock. Misses are remembered for a second.
     ///
     /// # Errors
     /// [`EngineError::NotFound`] when there is no such sale.
@@ -309,9 +312,6 @@ impl Engine {
         if let Some(rt) = self.sale(sale_id) {
             return Ok(rt);
         }
-        let Some(cluster) = &self.cluster else {
-            return Err(EngineError::NotFound);
-        };
         let now = now_ms();
         if self.unknown.get(&sale_id).is_some_and(|until| until > now) {
             return Err(EngineError::NotFound);
@@ -321,9 +321,8 @@ impl Engine {
             return Err(EngineError::NotFound);
         };
         let rt = Arc::new(SaleRuntime::new(sale));
-        match cluster.stock.state(sale_id).await {
-            Ok(Some(st)) => rt.ledger.mirror_remaining(st.remaining()),
-            Ok(None) => rt.seeded.store(false, Ordering::Release),
+        match self.stock.sync(&rt.ledger, sale_id).await {
+            Ok(seeded) => rt.seeded.store(seeded, Ordering::Release),
             Err(e) => tracing::debug!(error = %e, "reading a sale's stock"),
         }
         Ok(self.sales.entry(sale_id).or_insert(rt).clone())
@@ -343,12 +342,10 @@ impl Engine {
     pub async fn create_sale(&self, new: NewSale) -> Result<Arc<SaleRuntime>, EngineError> {
         let sale = Sale::from_new(self.ids.next_id(), new, now_ms());
         self.store.create_sale(&sale).await?;
-        if let Some(cluster) = &self.cluster {
-            // The sale is in the database first: a seed that fails here is
-            // redone by the stock watcher, which re-seeds missing sales.
-            if let Err(e) = cluster.stock.seed_new(&sale).await {
-                tracing::warn!(error = %e, sale_id = sale.id, "publishing a new sale to Redis");
-            }
+        // The sale is in the store first: a seed that fails here is redone
+        // by the stock watcher, which re-seeds missing sales.
+        if let Err(e) = self.stock.seed_new(&sale).await {
+            tracing::warn!(error = %e, sale_id = sale.id, "publishing a new sale to the stock");
         }
         let rt = Arc::new(SaleRuntime::new(sale));
         self.sales.insert(rt.sale.id, rt.clone());
@@ -359,8 +356,9 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::NotFound`] for an unknown sale, [`EngineError::Invalid`]
-    /// for a reused idempotency key, [`EngineError::Store`] when the order
-    /// could not be made durable (no units are held then).
+    /// for a reused idempotency key, [`EngineError::NotReady`] or
+    /// [`EngineError::Store`] when the order could not be made durable (no
+    /// units are held then, or the relay delivers the order).
     pub async fn purchase(
         self: &Arc<Self>,
         sale_id: u64,
@@ -374,25 +372,25 @@ impl Engine {
         result
     }
 
-    /// Answers a purchase without awaiting anything when the answer is a
-    /// rejection known from memory alone: the sale is outside its window or
-    /// sold out. `None` means "take the full path" (which re-checks
-    /// everything). Only for requests without an `Idempotency-Key`.
-    pub fn try_reject_fast(
-        &self,
-        sale_id: u64,
-        user: &str,
-        quantity: u32,
-    ) -> Option<PurchaseOutcome> {
+    /// Answers a purchase without awaiting anything when the leading pure
+    /// admission checks refuse it (the sale is outside its window or sold
+    /// out). `None` means "take the full path" (which re-checks everything).
+    /// Only for requests without an `Idempotency-Key`.
+    pub fn try_reject_fast(&self, sale_id: u64, user: &str, quantity: u32) -> Option<Refusal> {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
         let now = now_ms();
-        let outcome = memory_rejection(&rt, quantity, now)?;
-        let outcome = self.reject(&rt, user, quantity, outcome, None, now);
+        let attempt = Attempt {
+            sale: &rt,
+            user,
+            quantity,
+            now_ms: now,
+        };
+        let refusal = self.admission.refuse_early(&attempt)?;
         bump(&rt.counters.attempts);
-        let result = Ok(outcome);
-        self.metrics.observe(&result, started.elapsed());
-        result.ok()
+        let outcome = self.reject(&rt, user, quantity, refusal, None, now);
+        self.metrics.observe(&Ok(outcome), started.elapsed());
+        Some(refusal)
     }
 
     async fn purchase_inner(
@@ -417,107 +415,34 @@ impl Engine {
                     Claim::Fresh(guard) => Some((guard, key)),
                     Claim::Replay(recorded) => {
                         bump(&rt.counters.replayed);
-                        return Ok(PurchaseOutcome::from_recorded(recorded));
+                        return Ok(match recorded {
+                            Ok(order) => PurchaseOutcome::Accepted {
+                                order,
+                                replayed: true,
+                            },
+                            Err(reason) => PurchaseOutcome::Rejected(reason.into()),
+                        });
                     }
-                    Claim::Mismatch => {
-                        return Err(EngineError::Invalid(
-                            "Idempotency-Key was already used for a different purchase".into(),
-                        ))
-                    }
+                    Claim::Mismatch => return Err(key_reused()),
                     Claim::Retry => return Err(EngineError::RetryLater),
                 }
             }
         };
-        if let Some(cluster) = &self.cluster {
-            if let Err(outcome) = self.precheck(&rt, &user, quantity, now) {
-                return Ok(self.reject(&rt, &user, quantity, outcome, guard, now));
-            }
-            let engine = self.clone();
-            let cluster = cluster.clone();
-            return tokio::spawn(async move {
-                engine
-                    .purchase_remote(&cluster, rt, user, quantity, guard, now)
-                    .await
-            })
-            .await
-            .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?;
+        let attempt = Attempt {
+            sale: &rt,
+            user: &user,
+            quantity,
+            now_ms: now,
+        };
+        if let Err(refusal) = self.admission.admit(&attempt) {
+            return Ok(self.reject(&rt, &user, quantity, refusal, guard, now));
         }
-        match self.admit(&rt, &user, quantity, now) {
-            Ok(()) => {
-                let (guard, key) = match guard {
-                    Some((g, k)) => (Some(g), Some(k)),
-                    None => (None, None),
-                };
-                let order = Order {
-                    id: self.ids.next_id(),
-                    sale_id,
-                    user_id: user,
-                    quantity,
-                    status: OrderStatus::PendingPayment,
-                    idempotency_key: key,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    expires_at_ms: rt.sale.payment_window_secs.map(|w| now + w as i64 * 1000),
-                };
-                let engine = self.clone();
-                // Detached so the commit's follow-up runs even if the client
-                // hangs up: on failure the units must go back.
-                tokio::spawn(async move { engine.commit(rt, order, guard).await })
-                    .await
-                    .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?
-            }
-            Err(outcome) => Ok(self.reject(&rt, &user, quantity, outcome, guard, now)),
-        }
+        Box::pin(self.decide(rt, user, quantity, guard, now)).await
     }
 
-    /// The synchronous admission steps, cheapest first: window, the local
-    /// sold-out flag, the per-user rate limit, then the atomic reservation.
-    /// `Ok` means the units are now held for `user`.
-    fn admit(
-        &self,
-        rt: &SaleRuntime,
-        user: &str,
-        quantity: u32,
-        now: i64,
-    ) -> Result<(), PurchaseOutcome> {
-        self.precheck(rt, user, quantity, now)?;
-        match rt.ledger.try_reserve(user, quantity) {
-            Reserve::Granted => Ok(()),
-            Reserve::SoldOut => Err(PurchaseOutcome::SoldOut),
-            Reserve::LimitReached => Err(PurchaseOutcome::LimitReached),
-        }
-    }
-
-    /// The checks before any stock is touched: window, the local sold-out
-    /// flag, the per-user rate limit.
-    fn precheck(
-        &self,
-        rt: &SaleRuntime,
-        user: &str,
-        quantity: u32,
-        now: i64,
-    ) -> Result<(), PurchaseOutcome> {
-        if let Some(outcome) = memory_rejection(rt, quantity, now) {
-            return Err(outcome);
-        }
-        if let Some(limiter) = &self.limiter {
-            if let Err(not_until) = limiter.check_key(&user.to_owned()) {
-                bump(&rt.counters.rate_limited);
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                return Err(PurchaseOutcome::RateLimited(wait.as_secs().max(1)));
-            }
-        }
-        Ok(())
-    }
-
-    /// The distributed purchase: one (coalesced) Redis script call decides
-    /// and writes the outbox; an accepted order is answered only once the
-    /// broker confirmed it. See [`distributed`] for the steps.
-    async fn purchase_remote(
-        &self,
-        cluster: &Distributed,
+    /// Steps 2 to 4: the stock decision, the hand-off, the answer.
+    async fn decide(
+        self: &Arc<Self>,
         rt: Arc<SaleRuntime>,
         user: String,
         quantity: u32,
@@ -527,14 +452,9 @@ impl Engine {
         if !rt.seeded.load(Ordering::Acquire) {
             return Err(EngineError::NotReady("the sale is being restored; retry"));
         }
-        if !cluster.queue.is_up() {
-            // Circuit open: taking stock now would leave the buyer without
-            // an answer, so nothing is taken.
-            return Err(EngineError::NotReady(
-                "the order queue is unreachable; retry",
-            ));
-        }
-        let order = Order {
+        // Taking stock now would leave the buyer without an answer.
+        self.handoff.ready().map_err(EngineError::NotReady)?;
+        let reservation = Arc::new(Reservation::new(Order {
             id: self.ids.next_id(),
             sale_id: rt.sale.id,
             user_id: user,
@@ -544,128 +464,124 @@ impl Engine {
             created_at_ms: now,
             updated_at_ms: now,
             expires_at_ms: rt.sale.payment_window_secs.map(|w| now + w as i64 * 1000),
-        };
-        let payload = order.to_wire();
-        let reservation = Reservation {
-            order: order.clone(),
-            payload: payload.clone(),
-        };
-        let decision = match cluster.stock.reserve(reservation).await {
+        }));
+        let decision = match self
+            .stock
+            .reserve(&rt.sale, &rt.ledger, reservation.clone())
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(error = %e, "redis purchase failed");
+                tracing::debug!(error = %e, "the stock decision failed");
                 return Err(EngineError::NotReady(
                     "the stock service is unreachable; retry",
                 ));
             }
         };
-        let outcome = match decision {
-            Decision::Accepted { remaining } => {
-                rt.ledger.mirror_remaining(remaining);
-                let mut published = cluster.publish_order(payload.clone()).await;
-                if published.is_err() {
-                    // One quick retry on a fresh channel; after that the
-                    // outbox keeps the order and the relay delivers it.
-                    published = cluster.publish_order(payload.clone()).await;
-                }
-                if let Err(e) = published {
-                    tracing::warn!(error = %e, order_id = order.id, "order left in the outbox for the relay");
-                    return Err(EngineError::NotReady(
-                        "the order queue did not confirm; retry with the same Idempotency-Key to learn the outcome",
-                    ));
-                }
-                cluster.confirmed(&order, payload);
-                bump(&rt.counters.accepted);
-                if let Some((g, _)) = guard {
-                    g.finish(Recorded::Accepted(order.clone()), now);
-                }
-                return Ok(PurchaseOutcome::Accepted {
-                    order,
-                    replayed: false,
-                });
+        let guard = guard.map(|(g, _)| g);
+        match decision {
+            Decision::Accepted => {
+                // Detached: once units are taken, the hand-off and its
+                // follow-up (units back on failure) run even if the client
+                // hangs up.
+                let engine = self.clone();
+                tokio::spawn(async move { engine.hand_off(rt, reservation, guard).await })
+                    .await
+                    .map_err(task_failed)?
             }
             Decision::Replay(first) => {
-                let first = Order::from_wire(first.as_bytes())
-                    .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?;
                 if first.quantity != quantity {
-                    return Err(EngineError::Invalid(
-                        "Idempotency-Key was already used for a different purchase".into(),
-                    ));
+                    return Err(key_reused());
                 }
                 bump(&rt.counters.replayed);
-                if let Some((g, _)) = guard {
-                    g.finish(Recorded::Accepted(first.clone()), now);
+                if let Some(g) = guard {
+                    g.finish(Ok((*first).clone()), now);
                 }
-                return Ok(PurchaseOutcome::Accepted {
-                    order: first,
+                Ok(PurchaseOutcome::Accepted {
+                    order: *first,
                     replayed: true,
-                });
+                })
             }
-            Decision::SoldOut { remaining } => {
-                rt.ledger.mirror_remaining(remaining);
-                PurchaseOutcome::SoldOut
+            Decision::Rejected(reason) => {
+                let user = &reservation.order.user_id;
+                let refusal = reason.into();
+                Ok(self.reject_guarded(&rt, user, quantity, refusal, guard, now))
             }
-            Decision::LimitReached => PurchaseOutcome::LimitReached,
-            Decision::NotStarted => PurchaseOutcome::NotStarted,
-            Decision::Ended => PurchaseOutcome::Ended,
             Decision::NotSeeded => {
                 rt.seeded.store(false, Ordering::Release);
-                return Err(EngineError::NotReady("the sale is being restored; retry"));
+                Err(EngineError::NotReady("the sale is being restored; retry"))
             }
-        };
-        Ok(self.reject(&rt, &order.user_id, quantity, outcome, guard, now))
+        }
     }
 
-    async fn commit(
+    async fn hand_off(
         &self,
         rt: Arc<SaleRuntime>,
-        order: Order,
+        reservation: Arc<Reservation>,
         guard: Option<idempotency::Guard>,
     ) -> Result<PurchaseOutcome, EngineError> {
-        match self.store.commit_order(order.clone()).await {
-            Ok(()) => {
+        match self.handoff.hand_off(&reservation).await {
+            Ok(to) => {
                 bump(&rt.counters.accepted);
-                bump(&rt.counters.orders_persisted);
+                if to == HandedOff::Stored {
+                    bump(&rt.counters.orders_persisted);
+                }
+                let order = Arc::try_unwrap(reservation)
+                    .map(|r| r.order)
+                    .unwrap_or_else(|r| r.order.clone());
                 if let Some(g) = guard {
-                    g.finish(Recorded::Accepted(order.clone()), order.created_at_ms);
+                    g.finish(Ok(order.clone()), order.created_at_ms);
                 }
                 Ok(PurchaseOutcome::Accepted {
                     order,
                     replayed: false,
                 })
             }
-            Err(e) => {
-                rt.ledger.release(&order.user_id, order.quantity);
+            Err(HandoffError::NotDurable(e)) => {
+                if let Err(release) = self.stock.release(&rt.ledger, &reservation.order).await {
+                    tracing::warn!(error = %release, "returning the units of an order that did not become durable");
+                }
                 Err(e.into())
             }
+            Err(HandoffError::Unconfirmed(why)) => Err(EngineError::NotReady(why)),
         }
     }
 
+    /// Counts a refusal, records a missed buyer, and remembers the answer
+    /// under the key when the rejection is one that is remembered.
     fn reject(
         &self,
         rt: &SaleRuntime,
         user: &str,
         quantity: u32,
-        outcome: PurchaseOutcome,
+        refusal: Refusal,
         guard: Option<(idempotency::Guard, String)>,
         now: i64,
     ) -> PurchaseOutcome {
-        match outcome {
-            PurchaseOutcome::SoldOut => {
-                bump(&rt.counters.sold_out);
-                self.intents
-                    .record(&rt.missed, rt.sale.id, user, quantity, now);
-            }
-            PurchaseOutcome::LimitReached => bump(&rt.counters.limit_reached),
-            // Window and rate-limit answers are not recorded under the key
-            // (dropping the guard frees it): a retry once the sale opens, or
-            // once the buyer slows down, deserves a real try.
-            _ => return outcome,
+        self.reject_guarded(rt, user, quantity, refusal, guard.map(|(g, _)| g), now)
+    }
+
+    fn reject_guarded(
+        &self,
+        rt: &SaleRuntime,
+        user: &str,
+        quantity: u32,
+        refusal: Refusal,
+        guard: Option<idempotency::Guard>,
+        now: i64,
+    ) -> PurchaseOutcome {
+        let reason = refusal.reason;
+        bump(&rt.counters.rejected[reason.index()]);
+        if reason == Rejection::SoldOut {
+            self.intents
+                .record(&rt.missed, rt.sale.id, user, quantity, now);
         }
-        if let Some((g, _)) = guard {
-            g.finish(Recorded::Rejected(outcome.label()), now);
+        // Dropping an unfinished guard frees the key: a window or rate answer
+        // is not remembered (see `Spec::recorded`).
+        if let (Some(g), true) = (guard, reason.spec().recorded) {
+            g.finish(Err(reason), now);
         }
-        outcome
+        PurchaseOutcome::Rejected(refusal)
     }
 
     /// Reads `user`'s order.
@@ -675,8 +591,8 @@ impl Engine {
     pub async fn order(&self, order_id: u64, user: &str) -> Result<Order, EngineError> {
         let found = match self.store.get_order(order_id).await? {
             Some(order) => Some(order),
-            // Accepted here moments ago, not yet stored by a writer.
-            None => self.cluster.as_ref().and_then(|c| c.recent(order_id)),
+            // Handed off here moments ago, not yet stored by a writer.
+            None => self.handoff.recent(order_id),
         };
         match found {
             Some(order) if order.user_id == user => Ok(order),
@@ -699,82 +615,64 @@ impl Engine {
     ) -> Result<Order, EngineError> {
         let engine = self.clone();
         tokio::spawn(async move {
+            let settle = engine.handoff.settle_time();
+            let started = std::time::Instant::now();
             let mut report = engine
                 .store
                 .transition(order_id, &user, transition, now_ms())
                 .await?;
-            // Distributed, a just-accepted order may still be on its way
-            // through the queue (absent, or stored between the conditional
-            // update and the read-back, which then shows it still pending):
-            // wait for the writer, briefly.
-            let in_flight = |r: &Option<crate::backend::TransitionReport>| match r {
+            // A just-accepted order may still be on its way to the store
+            // (absent, or stored between the conditional update and the
+            // read-back, which then shows it still pending): wait for it,
+            // at most the hand-off's settle time.
+            let in_flight = |r: &Option<TransitionReport>| match r {
                 None => true,
                 Some(r) => !r.applied && r.order.status == OrderStatus::PendingPayment,
             };
-            if engine.cluster.is_some() {
-                for _ in 0..40 {
-                    if !in_flight(&report) {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    report = engine
-                        .store
-                        .transition(order_id, &user, transition, now_ms())
-                        .await?;
-                }
+            while in_flight(&report) && started.elapsed() < settle {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                report = engine
+                    .store
+                    .transition(order_id, &user, transition, now_ms())
+                    .await?;
             }
             let report = report.ok_or(EngineError::NotFound)?;
             let order = report.order;
             if report.stock_returned {
                 engine.return_stock(&order).await;
             }
-            if report.applied {
-                engine.publish_event(&order).await;
+            if !report.applied {
+                return Err(EngineError::WrongState(Box::new(order)));
             }
-            if report.applied {
+            engine.notifier.notify(std::slice::from_ref(&order)).await;
+            if order.status == OrderStatus::Paid {
                 if let Some(rt) = engine.sale(order.sale_id) {
-                    if order.status == OrderStatus::Paid {
-                        bump(&rt.counters.paid);
-                    }
+                    bump(&rt.counters.paid);
                 }
-                Ok(order)
-            } else {
-                Err(EngineError::WrongState(Box::new(order)))
             }
+            Ok(order)
         })
         .await
-        .map_err(|e| EngineError::Store(StoreError::Backend(e.to_string())))?
+        .map_err(task_failed)?
     }
 
+    /// Gives an order's units back (once per order: the store's conditional
+    /// transition told exactly one caller to; a shared stock also keeps a
+    /// set of returned orders, and the reconciler repairs a failed call).
     async fn return_stock(&self, order: &Order) {
-        if let Some(cluster) = &self.cluster {
-            // Once per order however often it is called (the script keeps a
-            // set of returned orders); a failure here is repaired by the
-            // reconciler, which returns recently expired or cancelled orders.
-            match cluster.stock.release(order).await {
-                Ok(Some(left)) => {
-                    if let Some(rt) = self.sale(order.sale_id) {
-                        rt.ledger.mirror_remaining(left);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, order_id = order.id, "returning units to Redis; the reconciler will retry")
-                }
-            }
+        let Ok(rt) = self.find_sale(order.sale_id).await else {
+            return;
+        };
+        if let Err(e) = self.stock.release(&rt.ledger, order).await {
+            tracing::warn!(error = %e, order_id = order.id, "returning units; the reconciler will retry");
         }
-        if let Some(rt) = self.sale(order.sale_id) {
-            if self.cluster.is_none() {
-                rt.ledger.release(&order.user_id, order.quantity);
-            }
-            match order.status {
-                OrderStatus::Expired => bump(&rt.counters.expired),
-                OrderStatus::Cancelled => bump(&rt.counters.cancelled),
-                _ => {}
-            }
-            metrics::counter!("flashsale_stock_returned_units_total")
-                .increment(u64::from(order.quantity));
+        match order.status {
+            OrderStatus::Expired => bump(&rt.counters.expired),
+            OrderStatus::Cancelled => bump(&rt.counters.cancelled),
+            _ => {}
         }
+        ::metrics::counter!("flashsale_stock_returned_units_total")
+            .increment(u64::from(order.quantity));
     }
 
     /// Expires up to `limit` overdue orders and returns their units; returns
@@ -787,59 +685,29 @@ impl Engine {
         for order in &expired {
             self.return_stock(order).await;
         }
-        self.publish_events(&expired).await;
+        self.notifier.notify(&expired).await;
         Ok(expired.len())
     }
 
-    /// Publishes an order's new state to the event exchange (distributed
-    /// mode; best effort: events feed the shop's other systems).
-    pub async fn publish_event(&self, order: &Order) {
-        self.publish_events(std::slice::from_ref(order)).await;
+    /// Whether the hand-off can take orders (re-checked now, for `/readyz`).
+    pub async fn handoff_probe(&self) -> bool {
+        self.handoff.probe().await
     }
 
-    /// Publishes the new states of `orders` (all in the same status): one
-    /// message whose body is a JSON array of events, routed by status
-    /// (`order.accepted`, `order.paid`, `order.expired`, `order.cancelled`).
-    pub async fn publish_events(&self, orders: &[Order]) {
-        let (Some(cluster), Some(order)) = (&self.cluster, orders.first()) else {
-            return;
-        };
-        let key = match order.status {
-            OrderStatus::PendingPayment => "order.accepted",
-            OrderStatus::Paid => "order.paid",
-            OrderStatus::Expired => "order.expired",
-            OrderStatus::Cancelled => "order.cancelled",
-        };
-        let body: Vec<serde_json::Value> = orders
-            .iter()
-            .map(|order| {
-                serde_json::json!({
-                    "order_id": order.id.to_string(),
-                    "sale_id": order.sale_id.to_string(),
-                    "user_id": order.user_id,
-                    "quantity": order.quantity,
-                    "status": order.status.as_str(),
-                    "at": order.updated_at_ms,
-                })
-            })
-            .collect();
-        let body = serde_json::Value::Array(body);
-        if let Err(e) = cluster
-            .queue
-            .publish_event(key, body.to_string().as_bytes())
-            .await
-        {
-            tracing::debug!(error = %e, "order event not published");
-        }
+    /// Tells the notifier about orders that moved to one status (the order
+    /// writer calls it for the orders it stored).
+    pub async fn notify(&self, orders: &[Order]) {
+        self.notifier.notify(orders).await;
     }
 
-    /// Housekeeping: forget idle rate-limiter keys and old idempotent
-    /// rejections, so memory follows the active crowd.
+    /// Housekeeping: forget idle per-buyer admission state and old
+    /// idempotent rejections, so memory follows the active crowd.
     pub fn housekeeping(&self) {
-        if let Some(limiter) = &self.limiter {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
+        self.admission.housekeeping();
         self.idempotency.evict_expired(now_ms());
     }
+}
+
+fn key_reused() -> EngineError {
+    EngineError::Invalid("Idempotency-Key was already used for a different purchase".into())
 }

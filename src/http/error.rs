@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::backend::StoreError;
 use crate::domain::ValidationError;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, Refusal};
 
 /// An API failure with its status and machine-readable code.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +35,9 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
-    /// A domain rejection (see [`Rejection`]).
-    #[error("{}", .rejection.message)]
-    Rejected {
-        /// Status, code, message and body.
-        rejection: &'static Rejection,
-        /// Seconds for `Retry-After`, if any.
-        retry_after: Option<u64>,
-    },
+    /// A business refusal of a purchase (see [`Rejection`]).
+    #[error("{}", .0.reason.spec().message)]
+    Rejected(Refusal),
     /// 409: the order's state forbids the change.
     #[error("order is {0}")]
     WrongState(&'static str),
@@ -74,7 +69,9 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Invalid { status, .. } => *status,
-            Self::Rejected { rejection, .. } => rejection.status,
+            Self::Rejected(r) => {
+                StatusCode::from_u16(r.reason.spec().status).unwrap_or(StatusCode::CONFLICT)
+            }
             Self::WrongState(_) => StatusCode::CONFLICT,
             Self::Overloaded | Self::Unavailable(_) | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -88,7 +85,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Invalid { .. } | Self::WrongState(_) => "invalid_request",
-            Self::Rejected { rejection, .. } => rejection.code,
+            Self::Rejected(r) => r.reason.code(),
             Self::Overloaded | Self::Unavailable(_) => "overloaded",
             Self::NotReady(_) => "unavailable",
         }
@@ -97,20 +94,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Rejected {
-            rejection,
-            retry_after,
-        } = self
-        {
+        if let Self::Rejected(refusal) = self {
             // The flood path: a pre-rendered body, no JSON value.
-            let mut response = Response::new(Body::from(rejection.body));
-            *response.status_mut() = rejection.status;
+            let status = self.status_code();
+            let mut response = Response::new(Body::from(refusal.reason.spec().body));
+            *response.status_mut() = status;
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            if let Some(secs) = retry_after {
+            if let Some(secs) = refusal.retry_after_secs {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             return response;
@@ -142,59 +136,6 @@ impl IntoResponse for ApiError {
         response
     }
 }
-
-/// A domain rejection of a purchase: status, code, message, and the
-/// contract's error body rendered once at compile time.
-#[derive(Debug)]
-pub struct Rejection {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// The machine-readable code.
-    pub code: &'static str,
-    /// Human text.
-    pub message: &'static str,
-    body: &'static str,
-}
-
-/// Defines a [`Rejection`] constant from its status, code and message.
-macro_rules! rejection {
-    ($name:ident, $status:expr, $code:literal, $message:literal) => {
-        #[doc = concat!("`", $code, "`: ", $message, ".")]
-        pub const $name: Rejection = Rejection {
-            status: $status,
-            code: $code,
-            message: $message,
-            body: concat!(
-                r#"{"error":{"code":""#,
-                $code,
-                r#"","message":""#,
-                $message,
-                r#""}}"#
-            ),
-        };
-    };
-}
-
-rejection!(SOLD_OUT, StatusCode::CONFLICT, "sold_out", "sold out");
-rejection!(
-    LIMIT_REACHED,
-    StatusCode::CONFLICT,
-    "limit_reached",
-    "per-user limit reached for this sale"
-);
-rejection!(
-    NOT_STARTED,
-    StatusCode::FORBIDDEN,
-    "not_started",
-    "the sale has not started"
-);
-rejection!(ENDED, StatusCode::FORBIDDEN, "ended", "the sale has ended");
-rejection!(
-    RATE_LIMITED,
-    StatusCode::TOO_MANY_REQUESTS,
-    "rate_limited",
-    "too many requests; slow down"
-);
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
@@ -230,22 +171,20 @@ impl From<EngineError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Rejection;
 
-    /// The pre-rendered bodies must say exactly what the general path would.
-    #[test]
-    fn static_rejection_bodies_match_their_messages() {
-        for r in [
-            &SOLD_OUT,
-            &LIMIT_REACHED,
-            &NOT_STARTED,
-            &ENDED,
-            &RATE_LIMITED,
-        ] {
-            let body: serde_json::Value = serde_json::from_str(r.body).unwrap();
-            assert_eq!(
-                body,
-                json!({"error": {"code": r.code, "message": r.message}})
-            );
+    /// Every rejection's status is one HTTP knows, and its answer carries
+    /// the vocabulary's body.
+    #[tokio::test]
+    async fn rejections_answer_their_pre_rendered_bodies() {
+        for r in Rejection::ALL {
+            let e = ApiError::Rejected(r.into());
+            assert_eq!(e.status_code().as_u16(), r.spec().status);
+            let response = e.into_response();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            assert_eq!(&body[..], r.spec().body.as_bytes());
         }
     }
 }

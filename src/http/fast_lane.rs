@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::Service;
 
-use super::{purchase_rejection, ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::auth::bearer;
 
 /// The fast lane wrapped around the full router.
@@ -64,8 +64,8 @@ impl FastLane {
             Ok(user) => user,
             Err(e) => return Some(ApiError::from(e).into_response()),
         };
-        let outcome = self.state.engine.try_reject_fast(sale_id, &user, 1)?;
-        Some(purchase_rejection(outcome).into_response())
+        let refusal = self.state.engine.try_reject_fast(sale_id, &user, 1)?;
+        Some(ApiError::Rejected(refusal).into_response())
     }
 }
 

@@ -19,7 +19,6 @@ use crate::auth::Authenticator;
 use crate::engine::Engine;
 pub use error::ApiError;
 pub use fast_lane::FastLane;
-use sales::purchase_rejection;
 
 /// Shared state of every handler: one `Arc`, so the per-request clone that
 /// axum's `State` makes is a single atomic increment.

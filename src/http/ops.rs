@@ -29,39 +29,32 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Json(json!({"status": "stopping"})),
         );
     }
-    let store_ok = state.engine.store().ping().await.is_ok();
-    let Some(cluster) = state.engine.cluster() else {
-        if store_ok {
-            return (
-                StatusCode::OK,
-                Json(json!({"status": "ready", "store": "ok"})),
-            );
-        }
-        tracing::warn!("readiness check failed: the order store is unavailable");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "store": "unavailable"})),
-        );
-    };
-    // Distributed, purchases need Redis and the broker; the database may be
-    // away for a while (the queue holds orders until the writer resumes).
-    let redis_ok = cluster.stock.ping().await.is_ok();
-    let queue_ok = cluster.queue.is_up() || cluster.queue.probe().await;
+    let engine = &state.engine;
+    let store_ok = engine.store().ping().await.is_ok();
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let ready = redis_ok && queue_ok;
-    (
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(json!({
-            "status": if ready { "ready" } else { "not_ready" },
-            "store": word(store_ok),
-            "redis": word(redis_ok),
-            "queue": word(queue_ok),
-        })),
-    )
+    let mut body = json!({"store": word(store_ok)});
+    let ready = if engine.stock().is_shared() {
+        // Over a shared stock, purchases need it and the order queue; the
+        // database may be away for a while (the queue holds orders until
+        // the writer resumes).
+        let stock_ok = engine.stock().ping().await.is_ok();
+        let queue_ok = engine.handoff_probe().await;
+        body["redis"] = json!(word(stock_ok));
+        body["queue"] = json!(word(queue_ok));
+        stock_ok && queue_ok
+    } else {
+        store_ok
+    };
+    body["status"] = json!(if ready { "ready" } else { "not_ready" });
+    if !ready {
+        tracing::warn!(checks = %body, "readiness check failed");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

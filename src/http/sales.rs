@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 
 use super::extract::{Admin, Buyer, IdempotencyKey, JsonBody};
 use super::orders::OrderBody;
-use super::{error, parse_id, ApiError, AppState};
-use crate::domain::{now_ms, NewSale, SaleStatus};
+use super::{parse_id, ApiError, AppState};
+use crate::backend::Intent;
+use crate::domain::{now_ms, NewSale, Rejection, SaleStatus};
 use crate::engine::{PurchaseOutcome, SaleRuntime};
 
 /// Most units one purchase may ask for.
@@ -160,24 +161,7 @@ async fn purchase(
             }
             Ok(response)
         }
-        rejection => Err(purchase_rejection(rejection)),
-    }
-}
-
-/// The contract's answer to a purchase that was not accepted.
-pub(super) fn purchase_rejection(outcome: PurchaseOutcome) -> ApiError {
-    let (rejection, retry_after) = match outcome {
-        PurchaseOutcome::SoldOut => (&error::SOLD_OUT, None),
-        PurchaseOutcome::LimitReached => (&error::LIMIT_REACHED, None),
-        PurchaseOutcome::NotStarted => (&error::NOT_STARTED, None),
-        PurchaseOutcome::Ended => (&error::ENDED, None),
-        PurchaseOutcome::RateLimited(secs) => (&error::RATE_LIMITED, Some(secs)),
-        // Never called with an acceptance; answer conservatively if it is.
-        PurchaseOutcome::Accepted { .. } => return ApiError::Overloaded,
-    };
-    ApiError::Rejected {
-        rejection,
-        retry_after,
+        PurchaseOutcome::Rejected(refusal) => Err(ApiError::Rejected(refusal)),
     }
 }
 
@@ -205,13 +189,10 @@ async fn stats(
         "accepted": n(&c.accepted),
         "holders": rt.ledger.holders(),
         "intents": rt.missed.len(),
-        "rejected": {
-            "sold_out": n(&c.sold_out),
-            "limit_reached": n(&c.limit_reached),
-            "not_started": n(&c.not_started),
-            "ended": n(&c.ended),
-            "rate_limited": n(&c.rate_limited),
-        },
+        "rejected": Rejection::ALL
+            .iter()
+            .map(|&r| (r.code().to_owned(), json!(c.rejected(r))))
+            .collect::<serde_json::Map<_, _>>(),
         "replayed": n(&c.replayed),
         "paid": n(&c.paid),
         "expired": n(&c.expired),
@@ -252,7 +233,30 @@ async fn intents(
     let next_cursor = (items.len() == limit)
         .then(|| items.last().map(|i| i.user_id.clone()))
         .flatten();
+    let items: Vec<IntentBody> = items.into_iter().map(IntentBody::from).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// A missed buyer as the shop reads it.
+#[derive(Serialize)]
+struct IntentBody {
+    #[serde(serialize_with = "super::ser_id")]
+    sale_id: u64,
+    user_id: String,
+    quantity: u32,
+    #[serde(serialize_with = "super::ser_time")]
+    created_at: i64,
+}
+
+impl From<Intent> for IntentBody {
+    fn from(i: Intent) -> Self {
+        Self {
+            sale_id: i.sale_id,
+            user_id: i.user_id,
+            quantity: i.quantity,
+            created_at: i.created_at_ms,
+        }
+    }
 }
 
 /// Server-sent events: the sale's public view whenever it changes (checked

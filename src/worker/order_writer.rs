@@ -13,12 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::queue::{Delivery, OrderQueue};
 use crate::backend::StoreError;
 use crate::domain::Order;
 use crate::engine::Engine;
@@ -32,19 +30,20 @@ const PREFETCH: u16 = 1000;
 
 /// Starts the order writer of this node (every node runs one; they share the
 /// queue as competing consumers).
-pub fn spawn_order_writer(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
+pub fn spawn_order_writer(
+    engine: Arc<Engine>,
+    queue: Arc<dyn OrderQueue>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(cluster) = engine.cluster().cloned() else {
-            return;
-        };
         let tag = format!("writer-{:08x}", rand::random::<u32>());
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let opened = tokio::select! {
-                opened = cluster.queue.consume_orders(&tag, PREFETCH) => opened,
+                opened = queue.consume(&tag, PREFETCH) => opened,
                 () = stop.cancelled() => return,
             };
-            let (conn, mut consumer) = match opened {
+            let mut consumer = match opened {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "order writer cannot reach the queue; retrying");
@@ -62,23 +61,20 @@ pub fn spawn_order_writer(engine: Arc<Engine>, stop: CancellationToken) -> JoinH
                     d = consumer.next() => d,
                     () = stop.cancelled() => None,
                 };
-                let Some(Ok(first)) = first else {
+                let Some(first) = first else {
                     break;
                 };
                 let mut batch = vec![first];
                 let deadline = tokio::time::Instant::now() + LINGER;
                 while batch.len() < BATCH {
                     match tokio::time::timeout_at(deadline, consumer.next()).await {
-                        Ok(Some(Ok(d))) => batch.push(d),
+                        Ok(Some(d)) => batch.push(d),
                         _ => break,
                     }
                 }
                 write_batch(&engine, batch, &stop).await;
             }
-            // A connection the broker already dropped may never answer the
-            // close: don't let it hold up a graceful stop.
-            let closing = conn.close(200, "writer stopping".into());
-            let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+            consumer.close().await;
         }
     })
 }
@@ -90,7 +86,7 @@ async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationT
     let mut owner = Vec::with_capacity(batch.len());
     let mut deliveries = Vec::with_capacity(batch.len());
     for d in batch {
-        match Order::batch_from_wire(&d.data) {
+        match Order::batch_from_wire(&d.body) {
             Ok(decoded) => {
                 owner.extend(std::iter::repeat_n(deliveries.len(), decoded.len()));
                 orders.extend(decoded);
@@ -99,7 +95,7 @@ async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationT
             Err(e) => {
                 tracing::error!(error = %e, "poison message sent to the dead-letter queue");
                 metrics::counter!("flashsale_writer_dead_lettered_total").increment(1);
-                let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                d.dead_letter().await;
             }
         }
     }
@@ -136,17 +132,17 @@ async fn write_batch(engine: &Engine, batch: Vec<Delivery>, stop: &CancellationT
                     }
                 }
             }
-            for (d, refused) in deliveries.iter().zip(refused) {
+            for (d, refused) in deliveries.into_iter().zip(refused) {
                 if refused {
                     metrics::counter!("flashsale_writer_dead_lettered_total").increment(1);
-                    let _ = d.reject(BasicRejectOptions { requeue: false }).await;
+                    d.dead_letter().await;
                 } else {
-                    let _ = d.ack(BasicAckOptions::default()).await;
+                    d.ack().await;
                 }
             }
             metrics::counter!("flashsale_writer_orders_total").increment(stored);
             metrics::histogram!("flashsale_writer_batch_size").record(stored as f64);
-            engine.publish_events(&orders).await;
+            engine.notify(&orders).await;
             return;
         }
         if stop.is_cancelled() {

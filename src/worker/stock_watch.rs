@@ -26,9 +26,16 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::queue::OrderQueue;
+use crate::backend::stock::StockStore;
 use crate::domain::now_ms;
-use crate::engine::distributed::Distributed;
 use crate::engine::{Engine, SaleRuntime};
+
+/// The shared backends the watcher keeps in step.
+struct Shared {
+    stock: Arc<dyn StockStore>,
+    queue: Arc<dyn OrderQueue>,
+}
 
 /// Outbox entries older than this are relayed by any node.
 pub const RELAY_AFTER_MS: i64 = 3000;
@@ -38,10 +45,15 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 const RELEASE_WINDOW_MS: i64 = 10 * 60 * 1000;
 
 /// Starts the stock watcher, relay and reconciler of a distributed node.
-pub fn spawn_stock_watch(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
+pub fn spawn_stock_watch(
+    engine: Arc<Engine>,
+    queue: Arc<dyn OrderQueue>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(cluster) = engine.cluster().cloned() else {
-            return;
+        let cluster = Shared {
+            stock: engine.stock().clone(),
+            queue,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,15 +92,14 @@ pub fn spawn_stock_watch(engine: Arc<Engine>, stop: CancellationToken) -> JoinHa
     })
 }
 
-async fn watch(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
-    match cluster.stock.state(rt.sale.id).await {
-        Ok(Some(st)) => {
-            rt.ledger.mirror_remaining(st.remaining());
+async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
+    match cluster.stock.sync(&rt.ledger, rt.sale.id).await {
+        Ok(true) => {
             if !rt.seeded.swap(true, Ordering::AcqRel) {
                 tracing::info!(sale_id = rt.sale.id, "sale back in Redis; purchases resume");
             }
         }
-        Ok(None) => {
+        Ok(false) => {
             if rt.seeded.swap(false, Ordering::AcqRel) {
                 tracing::warn!(
                     sale_id = rt.sale.id,
@@ -103,11 +114,12 @@ async fn watch(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
 
 /// Re-seeds a sale Redis lost, once the queue has stayed empty for a
 /// second (every confirmed order is then in the database).
-async fn reseed(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
+async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     for attempt in 0..2 {
         match cluster.queue.depth().await {
-            Ok((0, _)) => {}
-            Ok((ready, _)) => {
+            Ok(d) if d.ready == 0 => {}
+            Ok(d) => {
+                let ready = d.ready;
                 tracing::info!(
                     ready,
                     "waiting for the order queue to drain before re-seeding"
@@ -144,7 +156,7 @@ async fn reseed(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
     }
 }
 
-async fn relay(cluster: &Distributed, sale_id: u64) {
+async fn relay(cluster: &Shared, sale_id: u64) {
     let due = match cluster
         .stock
         .outbox_due(sale_id, now_ms() - RELAY_AFTER_MS, 500)
@@ -155,7 +167,7 @@ async fn relay(cluster: &Distributed, sale_id: u64) {
     };
     let mut sent = Vec::with_capacity(due.len());
     for payload in due {
-        match cluster.queue.publish_order(payload.as_bytes()).await {
+        match cluster.queue.publish_orders(payload.as_bytes()).await {
             Ok(()) => sent.push(payload),
             Err(e) => {
                 tracing::debug!(error = %e, "relay cannot publish yet");
@@ -169,7 +181,7 @@ async fn relay(cluster: &Distributed, sale_id: u64) {
     }
 }
 
-async fn reconcile(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
+async fn reconcile(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     let id = rt.sale.id;
     let since = now_ms() - RELEASE_WINDOW_MS;
     let Ok(audit) = engine.store().sale_audit(id, since).await else {
@@ -180,9 +192,7 @@ async fn reconcile(engine: &Engine, cluster: &Distributed, rt: &SaleRuntime) {
         .store(audit.orders, Ordering::Relaxed);
     for order in &audit.released {
         // Once per order: a no-op unless a node died mid-release.
-        if let Ok(Some(left)) = cluster.stock.release(order).await {
-            rt.ledger.mirror_remaining(left);
-        }
+        let _ = cluster.stock.release(&rt.ledger, order).await;
     }
     let Ok(Some(st)) = cluster.stock.state(id).await else {
         return;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+use flashsale::backend::queue::OrderQueue;
 use flashsale::Settings;
 use reqwest::StatusCode;
 use serde_json::Value;

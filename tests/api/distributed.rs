@@ -409,6 +409,7 @@ async fn sold_out_rejections_make_no_redis_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing() {
     use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+    use flashsale::backend::queue::OrderQueue;
     let backends = Backends::new(Db::Postgres).await;
     let nodes = nodes(&backends, 1).await;
     let queue = AmqpQueue::connect(&AmqpSettings {
@@ -417,8 +418,8 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing(
     })
     .await
     .unwrap();
-    queue.publish_order(b"this is not an order").await.unwrap();
-    queue.publish_order(b"[{\"id\":1}]").await.unwrap();
+    queue.publish_orders(b"this is not an order").await.unwrap();
+    queue.publish_orders(b"[{\"id\":1}]").await.unwrap();
     let sale = nodes[0].open_sale(10, 1).await;
     let order = nodes[0].buy_ok(&sale, "erin", 1).await;
     let rows = backends
@@ -431,7 +432,8 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing(
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (ready, dead) = queue.depth().await.unwrap();
+        let depth = queue.depth().await.unwrap();
+        let (ready, dead) = (depth.ready, depth.dead);
         if dead == 2 {
             assert_eq!(ready, 0);
             break;

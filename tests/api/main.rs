@@ -16,4 +16,6 @@ mod intents;
 mod load;
 mod orders;
 mod purchase;
+mod queue_contract;
 mod sales;
+mod stock_contract;

@@ -1,0 +1,137 @@
+//! The order-queue seam: accepted orders on their way to the order writer.
+//!
+//! [`OrderQueue`] publishes one message (an order, or a JSON array of
+//! orders) and returns only once the queue holds it durably (the broker's
+//! confirm); consumers take deliveries with an explicit acknowledgement, so
+//! a writer that dies before it stored a batch leaves it to be redelivered.
+//! Implementations: RabbitMQ ([`super::amqp::AmqpQueue`]) and the in-process
+//! queue ([`super::memory::InProcessQueue`]) that engine tests and the
+//! contract suite run against.
+
+use async_trait::async_trait;
+
+/// Failure to reach the queue or a refused publish.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("order queue: {0}")]
+pub struct QueueError(String);
+
+impl QueueError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Messages waiting on the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Ready for a consumer.
+    pub ready: u32,
+    /// Delivered to a consumer and not yet acknowledged (`None` when the
+    /// queue cannot tell).
+    pub unacked: Option<u32>,
+    /// On the dead-letter queue.
+    pub dead: u32,
+}
+
+/// How a consumer settles one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Done with it: the queue forgets it.
+    async fn ack(self: Box<Self>);
+    /// It is not an order (or the store refused it for good): it goes to the
+    /// dead-letter queue for a person, never redelivered.
+    async fn dead_letter(self: Box<Self>);
+}
+
+/// One message taken from the queue.
+pub struct Delivery {
+    /// The message body.
+    pub body: Vec<u8>,
+    acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`.
+    pub fn new(body: Vec<u8>, acker: Box<dyn Acker>) -> Self {
+        Self { body, acker }
+    }
+
+    /// Acknowledges it.
+    pub async fn ack(self) {
+        self.acker.ack().await;
+    }
+
+    /// Sends it to the dead-letter queue.
+    pub async fn dead_letter(self) {
+        self.acker.dead_letter().await;
+    }
+}
+
+/// A consumer of the orders queue. Deliveries not settled when it is closed
+/// or dropped go back to the queue for another consumer.
+#[async_trait]
+pub trait OrderConsumer: Send {
+    /// The next delivery; `None` once the consumer is cut off (reconnect).
+    async fn next(&mut self) -> Option<Delivery>;
+    /// Closes it, within a bounded time.
+    async fn close(self: Box<Self>);
+}
+
+/// The durable queue of accepted orders, plus best-effort order events.
+#[async_trait]
+pub trait OrderQueue: Send + Sync + std::fmt::Debug {
+    /// Puts one message on the orders queue; `Ok` only once the queue holds
+    /// it durably.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue is unreachable or did not confirm.
+    async fn publish_orders(&self, body: &[u8]) -> Result<(), QueueError>;
+
+    /// Publishes an order event (`order.accepted`, `order.paid`, …) for the
+    /// shop's other systems; best effort.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue is unreachable.
+    async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError>;
+
+    /// Opens a consumer with at most `prefetch` unsettled deliveries.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue is unreachable.
+    async fn consume(&self, tag: &str, prefetch: u16)
+        -> Result<Box<dyn OrderConsumer>, QueueError>;
+
+    /// Messages waiting.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue is unreachable.
+    async fn depth(&self) -> Result<QueueDepth, QueueError>;
+
+    /// False while the queue is known to be unreachable: purchases are then
+    /// refused before any stock is taken.
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    /// Re-checks the queue (reconnecting when down); whether it is up.
+    async fn probe(&self) -> bool {
+        true
+    }
+
+    /// Deletes the queue's topology (tests clean up).
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue is unreachable.
+    async fn delete_topology(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}

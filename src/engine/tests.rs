@@ -1,0 +1,241 @@
+//! The one purchase path against in-process parts: the embedded stock, the
+//! in-process queue, fake hand-offs — no server, no network.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
+use super::*;
+use crate::backend::embedded::{SqliteSettings, SqliteStore};
+use crate::backend::memory::{EmbeddedStock, InProcessQueue};
+use crate::backend::queue::OrderQueue;
+
+fn open_sale(stock: u64, limit: u32) -> NewSale {
+    NewSale::parse(&serde_json::json!({
+        "item": "engine test",
+        "stock": stock,
+        "per_user_limit": limit,
+        "starts_at": crate::domain::rfc3339(now_ms() - 1000),
+    }))
+    .unwrap()
+}
+
+fn unlimited() -> EngineSettings {
+    EngineSettings {
+        user_rate_per_sec: 0,
+        user_burst: 0,
+        node_id: 1,
+    }
+}
+
+async fn engine(parts: EngineParts) -> Arc<Engine> {
+    Engine::load(parts, &unlimited(), CancellationToken::new())
+        .await
+        .unwrap()
+        .0
+}
+
+fn store(dir: &tempfile::TempDir) -> Arc<dyn OrderStore> {
+    Arc::new(SqliteStore::open(dir.path(), &SqliteSettings::default()).unwrap())
+}
+
+async fn flood(
+    engine: &Arc<Engine>,
+    sale_id: u64,
+    buyers: usize,
+    tries: usize,
+) -> Vec<PurchaseOutcome> {
+    let tasks: Vec<_> = (0..tries)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .purchase(sale_id, format!("buyer-{}", i % buyers), 1, None)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+async fn stored(store: &Arc<dyn OrderStore>, sale_id: u64) -> u64 {
+    let snapshot = store.load().await.unwrap();
+    snapshot
+        .persisted
+        .iter()
+        .find(|(s, _)| *s == sale_id)
+        .map_or(0, |(_, n)| *n)
+}
+
+fn accepted(outcomes: &[PurchaseOutcome]) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o, PurchaseOutcome::Accepted { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_hand_off_sells_exactly_the_stock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let engine = engine(EngineParts {
+        store: store.clone(),
+        stock: Arc::new(EmbeddedStock),
+        handoff: Arc::new(StoreHandoff::new(store.clone())),
+        notifier: Arc::new(events::NoEvents),
+    })
+    .await;
+    let sale = engine.create_sale(open_sale(50, 1)).await.unwrap();
+    let outcomes = flood(&engine, sale.sale.id, 300, 600).await;
+    assert_eq!(accepted(&outcomes), 50);
+    assert_eq!(sale.ledger.remaining(), 0);
+    assert_eq!(stored(&store, sale.sale.id).await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_hand_off_runs_the_same_path_and_the_writer_stores_every_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let queue = InProcessQueue::new();
+    let stock: Arc<dyn crate::backend::stock::StockStore> = Arc::new(EmbeddedStock);
+    let engine = engine(EngineParts {
+        store: store.clone(),
+        stock: stock.clone(),
+        handoff: Arc::new(QueueHandoff::new(Arc::new(queue.clone()), stock)),
+        notifier: Arc::new(events::QueueEvents::new(Arc::new(queue.clone()))),
+    })
+    .await;
+    let stop = CancellationToken::new();
+    let writer = crate::worker::order_writer::spawn_order_writer(
+        engine.clone(),
+        Arc::new(queue.clone()),
+        stop.clone(),
+    );
+    let sale = engine.create_sale(open_sale(40, 2)).await.unwrap();
+    let outcomes = flood(&engine, sale.sale.id, 100, 400).await;
+    assert_eq!(accepted(&outcomes), 40);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stored(&store, sale.sale.id).await < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "the writer stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queue.depth().await.unwrap().ready, 0);
+    // The writer announced what it stored.
+    assert!(queue.events().iter().any(|(k, _)| k == "order.accepted"));
+    stop.cancel();
+    writer.await.unwrap();
+}
+
+/// A hand-off that always fails in the given way.
+struct Failing {
+    durable_elsewhere: bool,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl OrderHandoff for Failing {
+    async fn hand_off(&self, _r: &Reservation) -> Result<HandedOff, HandoffError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.durable_elsewhere {
+            Err(HandoffError::Unconfirmed("not confirmed"))
+        } else {
+            Err(HandoffError::NotDurable(StoreError::Backend(
+                "disk on fire".into(),
+            )))
+        }
+    }
+}
+
+async fn failing_engine(durable_elsewhere: bool) -> (Arc<Engine>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let engine = engine(EngineParts {
+        store,
+        stock: Arc::new(EmbeddedStock),
+        handoff: Arc::new(Failing {
+            durable_elsewhere,
+            calls: AtomicUsize::new(0),
+        }),
+        notifier: Arc::new(events::NoEvents),
+    })
+    .await;
+    (engine, dir)
+}
+
+#[tokio::test]
+async fn an_order_that_did_not_become_durable_gives_its_units_back() {
+    let (engine, _dir) = failing_engine(false).await;
+    let sale = engine.create_sale(open_sale(3, 1)).await.unwrap();
+    let err = engine
+        .purchase(sale.sale.id, "a".into(), 1, Some("k".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Store(_)), "{err:?}");
+    assert_eq!(sale.ledger.remaining(), 3, "the unit went back");
+    assert_eq!(sale.ledger.held_by("a"), 0);
+}
+
+#[tokio::test]
+async fn an_order_left_for_the_relay_keeps_its_units() {
+    let (engine, _dir) = failing_engine(true).await;
+    let sale = engine.create_sale(open_sale(3, 1)).await.unwrap();
+    let err = engine
+        .purchase(sale.sale.id, "a".into(), 1, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotReady(_)), "{err:?}");
+    assert_eq!(
+        sale.ledger.remaining(),
+        2,
+        "the outbox still holds the order"
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_counted_once_by_their_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let engine = engine(EngineParts {
+        store: store.clone(),
+        stock: Arc::new(EmbeddedStock),
+        handoff: Arc::new(StoreHandoff::new(store)),
+        notifier: Arc::new(events::NoEvents),
+    })
+    .await;
+    let sale = engine.create_sale(open_sale(1, 1)).await.unwrap();
+    let id = sale.sale.id;
+    assert!(matches!(
+        engine.purchase(id, "a".into(), 1, None).await.unwrap(),
+        PurchaseOutcome::Accepted { .. }
+    ));
+    // The ledger refuses the second unit of `a` … the flag every later one.
+    for user in ["a", "b", "c"] {
+        let outcome = engine.purchase(id, user.into(), 1, None).await.unwrap();
+        assert_eq!(
+            outcome,
+            PurchaseOutcome::Rejected(Rejection::SoldOut.into()),
+            "{user}"
+        );
+    }
+    assert_eq!(sale.counters.rejected(Rejection::SoldOut), 3);
+    assert_eq!(sale.counters.rejected(Rejection::LimitReached), 0);
+    assert_eq!(
+        engine.try_reject_fast(id, "d", 1),
+        Some(Rejection::SoldOut.into())
+    );
+    assert_eq!(sale.counters.rejected(Rejection::SoldOut), 4);
+    assert_eq!(
+        sale.missed.len(),
+        4,
+        "a, b, c and d were recorded as missed"
+    );
+}

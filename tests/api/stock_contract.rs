@@ -1,0 +1,262 @@
+//! The stock contract: every `StockStore` (the embedded ledger, Redis
+//! standalone, Redis Cluster) passes the same suite, with real concurrency.
+//!
+//! What a stock must do, whatever it is built on: sell exactly its units
+//! under a concurrent crowd, never sell a buyer past the per-user limit,
+//! refuse outside the sale's window, give units back once per order, keep
+//! the engine's local ledger (the sold-out flag) in step, and say whether it
+//! holds a sale. Keyed replays are a shared stock's extra (the embedded
+//! engine answers them from its cache before the stock is asked) and are
+//! checked for Redis only.
+
+use std::sync::Arc;
+
+use flashsale::backend::memory::EmbeddedStock;
+use flashsale::backend::redis::{RedisSettings, RedisStock};
+use flashsale::backend::stock::{Decision, Reservation, StockStore};
+use flashsale::domain::{now_ms, Ledger, Order, OrderStatus, Rejection, Sale};
+
+use crate::cluster::RedisServers;
+
+/// One sale on one stock, with the node's ledger beside it.
+struct Fixture {
+    stock: Arc<dyn StockStore>,
+    sale: Arc<Sale>,
+    ledger: Arc<Ledger>,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Fixture {
+    async fn new(stock: Arc<dyn StockStore>, units: u64, limit: u32, starts_in_ms: i64) -> Self {
+        let now = now_ms();
+        let sale = Sale {
+            id: next_id() + 1_000_000 * u64::from(rand::random::<u16>()),
+            item: "contract".into(),
+            stock: units,
+            per_user_limit: limit,
+            starts_at_ms: now + starts_in_ms,
+            ends_at_ms: Some(now + 3_600_000),
+            payment_window_secs: None,
+            created_at_ms: now,
+        };
+        stock.seed_new(&sale).await.unwrap();
+        Self {
+            ledger: Arc::new(Ledger::new(sale.stock, sale.per_user_limit)),
+            sale: Arc::new(sale),
+            stock,
+        }
+    }
+
+    fn order(&self, user: &str, quantity: u32, key: Option<&str>) -> Order {
+        let now = now_ms();
+        Order {
+            id: next_id(),
+            sale_id: self.sale.id,
+            user_id: user.to_owned(),
+            quantity,
+            status: OrderStatus::PendingPayment,
+            idempotency_key: key.map(str::to_owned),
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: None,
+        }
+    }
+
+    async fn reserve(&self, order: Order) -> Decision {
+        self.stock
+            .reserve(&self.sale, &self.ledger, Arc::new(Reservation::new(order)))
+            .await
+            .unwrap()
+    }
+
+    async fn cleanup(self) {
+        let _ = self.stock.forget(self.sale.id).await;
+    }
+}
+
+/// Runs every case of the contract against stocks made by `make`.
+async fn contract<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn StockStore>>,
+{
+    sells_exactly_its_units_to_a_concurrent_crowd(make().await).await;
+    never_sells_past_the_per_user_limit(make().await).await;
+    refuses_outside_the_window(make().await).await;
+    gives_units_back_once_per_order(make().await).await;
+    keeps_the_local_ledger_in_step(make().await).await;
+}
+
+async fn sells_exactly_its_units_to_a_concurrent_crowd(stock: Arc<dyn StockStore>) {
+    let f = Arc::new(Fixture::new(stock, 50, 1, -1000).await);
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let f = f.clone();
+            tokio::spawn(async move { f.reserve(f.order(&format!("u{}", i % 200), 1, None)).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Decision::Accepted => accepted += 1,
+            Decision::Rejected(Rejection::SoldOut | Rejection::LimitReached) => {}
+            other => panic!("unexpected decision {other:?}"),
+        }
+    }
+    assert_eq!(accepted, 50, "exactly the stock is sold");
+    assert_eq!(f.ledger.remaining(), 0, "the local sold-out flag is set");
+    assert_eq!(
+        f.reserve(f.order("late", 1, None)).await,
+        Decision::Rejected(Rejection::SoldOut)
+    );
+    Arc::into_inner(f).unwrap().cleanup().await;
+}
+
+async fn never_sells_past_the_per_user_limit(stock: Arc<dyn StockStore>) {
+    let f = Arc::new(Fixture::new(stock, 1000, 2, -1000).await);
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move { f.reserve(f.order("greedy", 1, None)).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Decision::Accepted => accepted += 1,
+            Decision::Rejected(Rejection::LimitReached) => {}
+            other => panic!("unexpected decision {other:?}"),
+        }
+    }
+    assert_eq!(accepted, 2);
+    assert_eq!(
+        f.reserve(f.order("big", 3, None)).await,
+        Decision::Rejected(Rejection::LimitReached)
+    );
+    assert_eq!(
+        f.reserve(f.order("pair", 2, None)).await,
+        Decision::Accepted
+    );
+    Arc::into_inner(f).unwrap().cleanup().await;
+}
+
+async fn refuses_outside_the_window(stock: Arc<dyn StockStore>) {
+    let f = Fixture::new(stock, 10, 1, 60_000).await;
+    assert_eq!(
+        f.reserve(f.order("early", 1, None)).await,
+        Decision::Rejected(Rejection::NotStarted)
+    );
+    let mut late = f.order("late", 1, None);
+    late.created_at_ms = f.sale.ends_at_ms.unwrap();
+    assert_eq!(f.reserve(late).await, Decision::Rejected(Rejection::Ended));
+    assert_eq!(f.ledger.remaining(), 10, "nothing was taken");
+    f.cleanup().await;
+}
+
+async fn gives_units_back_once_per_order(stock: Arc<dyn StockStore>) {
+    let f = Fixture::new(stock, 1, 1, -1000).await;
+    let order = f.order("a", 1, None);
+    assert_eq!(f.reserve(order.clone()).await, Decision::Accepted);
+    assert_eq!(
+        f.reserve(f.order("b", 1, None)).await,
+        Decision::Rejected(Rejection::SoldOut)
+    );
+    let mut released = order.clone();
+    released.status = OrderStatus::Cancelled;
+    f.stock.release(&f.ledger, &released).await.unwrap();
+    f.stock.release(&f.ledger, &released).await.unwrap();
+    assert_eq!(f.ledger.remaining(), 1, "the unit came back once");
+    assert_eq!(f.reserve(f.order("b", 1, None)).await, Decision::Accepted);
+    assert_eq!(
+        f.reserve(f.order("c", 1, None)).await,
+        Decision::Rejected(Rejection::SoldOut),
+        "a second release of the same order gave nothing back"
+    );
+    f.cleanup().await;
+}
+
+async fn keeps_the_local_ledger_in_step(stock: Arc<dyn StockStore>) {
+    let f = Fixture::new(stock.clone(), 5, 5, -1000).await;
+    for _ in 0..3 {
+        assert_eq!(f.reserve(f.order("a", 1, None)).await, Decision::Accepted);
+    }
+    assert_eq!(f.ledger.remaining(), 2);
+    assert!(
+        stock.sync(&f.ledger, f.sale.id).await.unwrap(),
+        "a stock that holds the sale says so"
+    );
+    assert_eq!(f.ledger.remaining(), 2);
+    if stock.is_shared() {
+        // Another node's ledger catches up from the shared stock.
+        let other = Ledger::new(f.sale.stock, f.sale.per_user_limit);
+        assert!(stock.sync(&other, f.sale.id).await.unwrap());
+        assert_eq!(other.remaining(), 2);
+        assert!(
+            !stock.sync(&other, f.sale.id + 77_777).await.unwrap(),
+            "a sale the stock does not hold is reported as such"
+        );
+    }
+    f.cleanup().await;
+}
+
+/// A shared stock replays a keyed purchase any node accepted.
+async fn replays_a_keyed_purchase(stock: Arc<dyn StockStore>) {
+    let f = Fixture::new(stock, 10, 5, -1000).await;
+    let first = f.order("k", 1, Some("key-1"));
+    assert_eq!(f.reserve(first.clone()).await, Decision::Accepted);
+    match f.reserve(f.order("k", 1, Some("key-1"))).await {
+        Decision::Replay(o) => assert_eq!(o.id, first.id),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    assert_eq!(f.ledger.remaining(), 9, "the replay took nothing");
+    f.cleanup().await;
+}
+
+fn prefix() -> String {
+    format!("fs_stock_{:08x}", rand::random::<u32>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_stock_keeps_the_contract() {
+    contract(|| async { Arc::new(EmbeddedStock) as Arc<dyn StockStore> }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_standalone_keeps_the_contract() {
+    let url =
+        std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| crate::cluster::REDIS.to_owned());
+    let make = || async {
+        RedisStock::connect(&RedisSettings {
+            urls: vec![url.clone()],
+            cluster: false,
+            prefix: prefix(),
+        })
+        .await
+        .expect("the local Redis on 6379") as Arc<dyn StockStore>
+    };
+    contract(make).await;
+    replays_a_keyed_purchase(make().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_the_contract() {
+    let servers = RedisServers::cluster().await;
+    let urls = servers.urls();
+    let make = || async {
+        RedisStock::connect(&RedisSettings {
+            urls: urls.clone(),
+            cluster: true,
+            prefix: prefix(),
+        })
+        .await
+        .expect("the private Redis Cluster") as Arc<dyn StockStore>
+    };
+    contract(make).await;
+    replays_a_keyed_purchase(make().await).await;
+    drop(servers);
+}
