@@ -105,8 +105,9 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
     fn is_shared(&self) -> bool;
 
     /// Decides one purchase of `reservation.order` of `sale` against
-    /// `ledger` (the sale's local ledger), atomically: the window (at the
-    /// order's `created_at_ms`), stock and the per-user limit. A shared
+    /// `ledger` (the sale's local ledger), atomically: the window by the
+    /// stock's clock (the embedded stock: the order's `created_at_ms`, this
+    /// node's clock), stock and the per-user limit. A shared
     /// stock also replays a keyed purchase any node already accepted.
     ///
     /// # Errors

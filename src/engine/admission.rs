@@ -225,12 +225,16 @@ mod tests {
         let now = crate::domain::now_ms();
         let new = NewSale::parse(&serde_json::json!({
             "item": "x",
-            "stock": stock,
+            "stock": stock.max(1),
             "per_user_limit": 1,
             "starts_at": crate::domain::rfc3339(now + starts_in_ms),
         }))
         .unwrap();
-        SaleRuntime::new(Sale::from_new(1, new, now))
+        let rt = SaleRuntime::new(Sale::from_new(1, new, now));
+        if stock == 0 {
+            rt.ledger.try_reserve("someone", 1).unwrap();
+        }
+        rt
     }
 
     fn attempt(rt: &SaleRuntime) -> Attempt<'_> {

@@ -3,7 +3,7 @@
 //!
 //! What a stock must do, whatever it is built on: sell exactly its units
 //! under a concurrent crowd, never sell a buyer past the per-user limit,
-//! refuse outside the sale's window, give units back once per order, keep
+//! refuse outside the sale's window (by the stock's clock), give units back once per order, keep
 //! the engine's local ledger (the sold-out flag) in step, and say whether it
 //! holds a sale. Keyed replays are a shared stock's extra (the embedded
 //! engine answers them from its cache before the stock is asked) and are
@@ -33,6 +33,16 @@ fn next_id() -> u64 {
 
 impl Fixture {
     async fn new(stock: Arc<dyn StockStore>, units: u64, limit: u32, starts_in_ms: i64) -> Self {
+        Self::with_window(stock, units, limit, starts_in_ms, 3_600_000).await
+    }
+
+    async fn with_window(
+        stock: Arc<dyn StockStore>,
+        units: u64,
+        limit: u32,
+        starts_in_ms: i64,
+        ends_in_ms: i64,
+    ) -> Self {
         let now = now_ms();
         let sale = Sale {
             id: next_id() + 1_000_000 * u64::from(rand::random::<u16>()),
@@ -40,7 +50,7 @@ impl Fixture {
             stock: units,
             per_user_limit: limit,
             starts_at_ms: now + starts_in_ms,
-            ends_at_ms: Some(now + 3_600_000),
+            ends_at_ms: Some(now + ends_in_ms),
             payment_window_secs: None,
             created_at_ms: now,
         };
@@ -145,15 +155,21 @@ async fn never_sells_past_the_per_user_limit(stock: Arc<dyn StockStore>) {
     Arc::into_inner(f).unwrap().cleanup().await;
 }
 
+/// By the stock's own clock: both sales are far from their window's edges.
 async fn refuses_outside_the_window(stock: Arc<dyn StockStore>) {
+    let stock_again = stock.clone();
     let f = Fixture::new(stock, 10, 1, 60_000).await;
     assert_eq!(
         f.reserve(f.order("early", 1, None)).await,
         Decision::Rejected(Rejection::NotStarted)
     );
-    let mut late = f.order("late", 1, None);
-    late.created_at_ms = f.sale.ends_at_ms.unwrap();
-    assert_eq!(f.reserve(late).await, Decision::Rejected(Rejection::Ended));
+    assert_eq!(f.ledger.remaining(), 10, "nothing was taken");
+    f.cleanup().await;
+    let f = Fixture::with_window(stock_again, 10, 1, -7_200_000, -3_600_000).await;
+    assert_eq!(
+        f.reserve(f.order("late", 1, None)).await,
+        Decision::Rejected(Rejection::Ended)
+    );
     assert_eq!(f.ledger.remaining(), 10, "nothing was taken");
     f.cleanup().await;
 }
