@@ -303,7 +303,11 @@ impl OrderQueue for AmqpQueue {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok(Box::new(AmqpConsumer { conn, consumer }) as Box<dyn OrderConsumer>)
+            Ok(Box::new(AmqpConsumer {
+                conn,
+                channel: ch,
+                consumer,
+            }) as Box<dyn OrderConsumer>)
         })
         .await
         .unwrap_or_else(|_| Err(QueueError::new("opening the consumer timed out")))
@@ -363,6 +367,7 @@ impl OrderQueue for AmqpQueue {
 /// A consumer on its own connection.
 struct AmqpConsumer {
     conn: Connection,
+    channel: Channel,
     consumer: Consumer,
 }
 
@@ -374,10 +379,17 @@ impl OrderConsumer for AmqpConsumer {
     }
 
     async fn close(self: Box<Self>) {
-        // A connection the broker already dropped may never answer the
-        // close: don't let it hold up a graceful stop.
-        let closing = self.conn.close(200, "consumer closing".into());
-        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+        // A synchronous round trip first: the broker answers it only after
+        // processing every ack sent before it on this channel, so an acked
+        // delivery is never requeued by the close (lapin sends close frames
+        // ahead of queued ones). A connection the broker already dropped
+        // may never answer: don't let it hold up a graceful stop.
+        let closing = async {
+            let _ = self.channel.basic_qos(1, BasicQosOptions::default()).await;
+            let _ = self.channel.close(200, "consumer closing".into()).await;
+            let _ = self.conn.close(200, "consumer closing".into()).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
     }
 }
 

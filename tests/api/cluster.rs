@@ -205,6 +205,27 @@ impl Backends {
         }
     }
 
+    /// Waits until the database holds every order `flood` was answered
+    /// `201` for (a count is not enough when orders no buyer heard of — a
+    /// dead node's outbox, relayed — are stored too); returns the rows.
+    pub async fn wait_for_accepted(
+        &self,
+        sale_id: &str,
+        flood: &Flood,
+        within: Duration,
+    ) -> Vec<Row_> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let rows = self.orders(sale_id).await;
+            let stored: HashSet<u64> = rows.iter().map(|r| r.order_id).collect();
+            let all = flood.accepted.iter().all(|(id, _)| stored.contains(id));
+            if all || tokio::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A connection to the Redis these backends use.
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis[0].as_str())

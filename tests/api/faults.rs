@@ -98,7 +98,7 @@ fn count(timeline: &[(u64, u16)], seconds: std::ops::Range<u64>, status: u16) ->
 
 async fn settle(backends: &Backends, sale: &str, flood: &Flood, stock: u64) {
     let rows = backends
-        .wait_for_orders(sale, flood.accepted.len(), Duration::from_secs(60))
+        .wait_for_accepted(sale, flood, Duration::from_secs(60))
         .await;
     check_invariants(&rows, flood, stock, 1, false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
