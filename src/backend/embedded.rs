@@ -506,24 +506,26 @@ fn insert_intents(tx: &Connection, intents: &[Intent]) -> Result<(), StoreError>
     Ok(())
 }
 
+const SALE_COLUMNS: &str = "SELECT sale_id, item, stock, per_user_limit, starts_at, ends_at, \
+     payment_window_secs, created_at FROM sales";
+
+fn sale_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
+    Ok(Sale {
+        id: r.get::<_, i64>(0)? as u64,
+        item: r.get(1)?,
+        stock: r.get::<_, i64>(2)? as u64,
+        per_user_limit: r.get(3)?,
+        starts_at_ms: r.get(4)?,
+        ends_at_ms: r.get(5)?,
+        payment_window_secs: r.get::<_, Option<i64>>(6)?.map(|w| w as u64),
+        created_at_ms: r.get(7)?,
+    })
+}
+
 fn load_snapshot(conn: &Connection) -> Result<Snapshot, StoreError> {
     let sales = conn
-        .prepare(
-            "SELECT sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-             payment_window_secs, created_at FROM sales ORDER BY sale_id",
-        )?
-        .query_map([], |r| {
-            Ok(Sale {
-                id: r.get::<_, i64>(0)? as u64,
-                item: r.get(1)?,
-                stock: r.get::<_, i64>(2)? as u64,
-                per_user_limit: r.get(3)?,
-                starts_at_ms: r.get(4)?,
-                ends_at_ms: r.get(5)?,
-                payment_window_secs: r.get::<_, Option<i64>>(6)?.map(|w| w as u64),
-                created_at_ms: r.get(7)?,
-            })
-        })?
+        .prepare(&format!("{SALE_COLUMNS} ORDER BY sale_id"))?
+        .query_map([], sale_row)?
         .collect::<Result<Vec<_>, _>>()?;
     let holdings = conn
         .prepare(
@@ -583,6 +585,20 @@ impl OrderStore for SqliteStore {
 
     async fn get_order(&self, order_id: u64) -> Result<Option<Order>, StoreError> {
         self.read(move |c| select_order(c, order_id)).await
+    }
+
+    /// One indexed read: an unknown sale id costs a primary-key lookup, not
+    /// a snapshot.
+    async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
+        let Ok(id) = i64::try_from(sale_id) else {
+            return Ok(None);
+        };
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!("{SALE_COLUMNS} WHERE sale_id = ?1"))?
+                .query_row([id], sale_row)
+                .optional()?)
+        })
+        .await
     }
 
     async fn transition(
