@@ -244,7 +244,7 @@ return 1
 /// # Errors
 /// When Redis or RabbitMQ cannot be reached.
 pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
-    use crate::backend::amqp::{AmqpQueue, AmqpSettings};
+    use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
     let prefix = format!("fs_bench_{:08x}", rand::random::<u32>());
     let client = redis::Client::open(args.redis.as_str()).context("--redis")?;
     let mut conn = client
@@ -329,10 +329,10 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
 /// # Errors
 /// When Redis or RabbitMQ cannot be reached.
 pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
-    use crate::backend::amqp::{AmqpQueue, AmqpSettings};
-    use crate::backend::redis::{Decision, RedisSettings, RedisStock, Reservation};
-    use crate::domain::{now_ms, Order, OrderStatus, Sale};
-    use crate::engine::distributed::Distributed;
+    use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+    use flashsale::backend::redis::{Decision, RedisSettings, RedisStock, Reservation};
+    use flashsale::domain::{now_ms, Order, OrderStatus, Sale};
+    use flashsale::engine::distributed::Distributed;
     let prefix = format!("fs_bench_{:08x}", rand::random::<u32>());
     let stock = RedisStock::connect(&RedisSettings {
         urls: vec![args.redis.clone()],

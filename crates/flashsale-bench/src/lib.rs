@@ -34,7 +34,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Client, RequestBuilder, StatusCode, Url};
 use serde_json::{json, Value};
 
-use crate::auth::{mint_token, Secret};
+use flashsale::auth::{mint_token, Secret};
 
 use checks::{Accepted, Evidence, Readback, Stats};
 use load::{Plan, Stop};
@@ -88,8 +88,13 @@ impl Mode {
     }
 }
 
-/// Command-line options of `flashsale bench`.
-#[derive(clap::Args, Debug, Clone)]
+/// Command-line options of `flashsale bench` (the `flashsale-bench` binary).
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "flashsale-bench",
+    version,
+    about = "Floods a running Flashsale server (or a baseline design) and verifies the sale's invariants."
+)]
 pub struct BenchArgs {
     /// Base URL of the service under test.
     #[arg(long, env = "FLASHSALE_URL", default_value = "http://127.0.0.1:8080")]
@@ -834,11 +839,11 @@ mod tests {
             .unwrap();
         let tokens = runtime.block_on(mint_tokens(&secret, "abc", 5)).unwrap();
         assert_eq!(tokens.len(), 5);
-        let auth = crate::auth::Authenticator::new(&secret, Secret::new("admin"));
+        let auth = flashsale::auth::Authenticator::new(&secret, Secret::new("admin"));
         for (n, value) in (0..).zip(&tokens) {
             assert!(value.is_sensitive());
             let header = value.to_str().unwrap();
-            let token = crate::auth::bearer(header).unwrap();
+            let token = flashsale::auth::bearer(header).unwrap();
             assert_eq!(&*auth.verify_buyer(token).unwrap(), user_name("abc", n));
         }
     }
