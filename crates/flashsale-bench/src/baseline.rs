@@ -20,29 +20,31 @@
 //! calls) then [`Distributed::publish_order`] (one confirmed message per
 //! batch), so the two designs are compared without HTTP in between.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 // Every dynamic statement below only splices in `schema`, a name this
 // module generates from hex digits; no outside input reaches SQL text.
 use sqlx::AssertSqlSafe;
 
-use super::BenchArgs;
+use crate::args::BenchArgs;
+use crate::buyers::Buyers;
+use crate::checks::Check;
+use crate::load::{self, Action, Answer, Outcome, Plan, Requests};
+use crate::report::Summary;
 
 /// Most PostgreSQL connections the `pg-row-lock` baseline opens.
 const MAX_PG_CONNECTIONS: u32 = 64;
 
-/// Runs the row-lock baseline; `Ok(true)` when the database agrees with the
-/// purchases the bench saw.
+/// Runs the row-lock baseline; the summary is `ok` when the database agrees
+/// with the purchases the bench saw.
 ///
 /// # Errors
 /// When the database cannot be reached or the schema cannot be set up.
-pub async fn pg_row_lock(args: &BenchArgs) -> anyhow::Result<bool> {
+pub async fn pg_row_lock(args: &BenchArgs) -> anyhow::Result<Summary> {
     let schema = format!("fs_bench_{:08x}", rand::random::<u32>());
     let pool = PgPoolOptions::new()
         // PostgreSQL's default `max_connections` is 100: beyond
@@ -63,7 +65,7 @@ pub async fn pg_row_lock(args: &BenchArgs) -> anyhow::Result<bool> {
     ] {
         sqlx::query(AssertSqlSafe(sql)).execute(&pool).await?;
     }
-    let result = drive(args, &pool, &schema).await;
+    let result = sell_on_pg(args, &pool, &schema).await;
     let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&pool)
         .await;
@@ -71,27 +73,33 @@ pub async fn pg_row_lock(args: &BenchArgs) -> anyhow::Result<bool> {
     result
 }
 
-async fn drive(args: &BenchArgs, pool: &sqlx::PgPool, schema: &str) -> anyhow::Result<bool> {
+async fn sell_on_pg(
+    args: &BenchArgs,
+    pool: &sqlx::PgPool,
+    schema: &str,
+) -> anyhow::Result<Summary> {
     let update = format!("UPDATE {schema}.stock SET n = n - 1 WHERE id = 1 AND n > 0");
     let insert = format!("INSERT INTO {schema}.orders (user_id) VALUES ($1)");
-    let users = u64::from(args.users.max(1));
     let pool_ = pool.clone();
-    let tally = run_workers(args, move |i| {
+    let outcome = run_baseline(args, move |job: load::Job| {
         let (pool, update, insert) = (pool_.clone(), update.clone(), insert.clone());
         async move {
-            let mut tx = pool.begin().await?;
-            let taken = sqlx::query(AssertSqlSafe(update.as_str()))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if taken == 1 {
-                sqlx::query(AssertSqlSafe(insert.as_str()))
-                    .bind(format!("user-{}", i % users))
+            let purchase = async {
+                let mut tx = pool.begin().await?;
+                let taken = sqlx::query(AssertSqlSafe(update.as_str()))
                     .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(taken == 1)
+                    .await?
+                    .rows_affected();
+                if taken == 1 {
+                    sqlx::query(AssertSqlSafe(insert.as_str()))
+                        .bind(format!("user-{}", job.user))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                anyhow::Ok(taken == 1)
+            };
+            decided(purchase.await)
         }
     })
     .await?;
@@ -106,127 +114,86 @@ async fn drive(args: &BenchArgs, pool: &sqlx::PgPool, schema: &str) -> anyhow::R
     .fetch_one(pool)
     .await?;
     let sold = args.stock.saturating_sub(u64::try_from(left).unwrap_or(0));
-    let accepted = tally.accepted;
-    let ok = sold == accepted && u64::try_from(stored).unwrap_or(0) == accepted;
-    report(
-        args,
-        "pg-row-lock",
-        tally,
-        ok,
-        &format!("database sold {sold}, holds {stored} orders, bench saw {accepted} accepted"),
+    let accepted = outcome.orders;
+    let agrees = Check::new(
+        "store_agrees",
+        sold == accepted && u64::try_from(stored).unwrap_or(0) == accepted,
+        format!("database sold {sold}, holds {stored} orders, bench saw {accepted} accepted"),
     );
-    Ok(ok)
+    Ok(summarise(args, &args.database, &outcome, agrees))
 }
 
-/// The load loop every baseline shares: `--concurrency` workers take
-/// request numbers until `--requests` (or `--duration`) is reached, run
-/// `purchase(i)` (`true` = a unit was sold) and record its latency.
-async fn run_workers<F, Fut>(args: &BenchArgs, purchase: F) -> anyhow::Result<Tally>
-where
-    F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<bool>> + Send,
-{
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let limit = args.requests;
-    let deadline = args.duration.unwrap_or(Duration::from_secs(10));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (purchase, next) = (purchase.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut accepted, mut rejected) = (0u64, 0u64);
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let done = match limit {
-                    Some(n) => i >= n,
-                    None => started.elapsed() >= deadline,
-                };
-                if done {
-                    break;
-                }
-                let sent = Instant::now();
-                let sold = purchase(i).await?;
-                latency.saturating_record(
-                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-                );
-                if sold {
-                    accepted += 1;
-                } else {
-                    rejected += 1;
-                }
+/// A baseline's purchase as an answer: a sale, a refusal, or an error
+/// (which leaves the purchase's fate unknown).
+fn decided(result: anyhow::Result<bool>) -> Answer {
+    match result {
+        Ok(true) => Answer::Decided {
+            sold: true,
+            key: "sold",
+        },
+        Ok(false) => Answer::Decided {
+            sold: false,
+            key: "refused",
+        },
+        Err(e) => Answer::Failed {
+            key: "error",
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The one load loop ([`load::drive`]) on a baseline's purchase: buyer
+/// `i % --users`, one unit each, until `--requests` or `--duration`.
+async fn run_baseline<A: Action>(args: &BenchArgs, purchase: A) -> anyhow::Result<Outcome> {
+    let plan = Plan {
+        requests: Requests::RoundRobin {
+            users: args.users.max(1),
+            quantity: 1,
+            stop: args.stop(),
+        },
+        concurrency: usize::try_from(args.concurrency)?,
+        sale_id: None,
+        buyers: Arc::new(Buyers::none()),
+        progress: !args.json,
+        watch: None,
+    };
+    load::drive(plan, purchase).await
+}
+
+/// The report of a baseline run against `url`: its agreement check, and
+/// one that every purchase got a decision.
+fn summarise(args: &BenchArgs, url: &str, outcome: &Outcome, agrees: Check) -> Summary {
+    let decided = Check::new(
+        "every_purchase_decided",
+        outcome.failures.count == 0,
+        if outcome.failures.count == 0 {
+            format!("{} purchases, each sold or refused", outcome.requests)
+        } else {
+            format!(
+                "{} purchases failed: {}",
+                outcome.failures.count,
+                outcome.failures.first.join("; ")
+            )
+        },
+    );
+    let mut summary = Summary::new(args, "", outcome, vec![agrees, decided]);
+    summary.url = without_password(url);
+    summary.stock = Some(args.stock);
+    summary.per_user_limit = Some(args.per_user_limit);
+    summary
+}
+
+/// `url` with its password removed, for the report.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Only a URL that cannot have a password refuses this.
+                let _ = parsed.set_password(Some("***"));
             }
-            anyhow::Ok((latency, accepted, rejected))
-        }));
-    }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut accepted, mut rejected) = (0u64, 0u64);
-    for task in tasks {
-        let (l, a, r) = task.await??;
-        latency.add(&l)?;
-        accepted += a;
-        rejected += r;
-    }
-    Ok(Tally {
-        latency,
-        accepted,
-        rejected,
-        elapsed: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// What a baseline run counted.
-struct Tally {
-    latency: Histogram<u64>,
-    accepted: u64,
-    rejected: u64,
-    elapsed: f64,
-}
-
-/// Prints a baseline's result: one JSON line with `--json`, else a report.
-fn report(args: &BenchArgs, mode: &str, t: Tally, ok: bool, check: &str) {
-    let Tally {
-        latency,
-        accepted,
-        rejected,
-        elapsed,
-    } = t;
-    let total = accepted + rejected;
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "mode": mode,
-                "concurrency": args.concurrency,
-                "stock": args.stock,
-                "requests": total,
-                "elapsed_secs": elapsed,
-                "throughput_rps": total as f64 / elapsed,
-                "accepted": accepted,
-                "accepted_per_sec": accepted as f64 / elapsed,
-                "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": latency.max() as f64 / 1000.0},
-                "ok": ok,
-            })
-        );
-    } else {
-        println!(
-            "flashsale bench: {mode} baseline, {} connections",
-            args.concurrency
-        );
-        println!(
-            "purchases {total} in {elapsed:.2} s = {:.1}/s; accepted {accepted} ({:.1} orders/s), refused {rejected}",
-            total as f64 / elapsed,
-            accepted as f64 / elapsed
-        );
-        println!(
-            "latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            latency.max() as f64 / 1000.0
-        );
-        println!("{}: {check}", if ok { "PASS" } else { "FAIL" });
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
     }
 }
 
@@ -238,12 +205,12 @@ redis.call('DECR', KEYS[1])
 return 1
 ";
 
-/// Runs the Redis + RabbitMQ baseline; `Ok(true)` when Redis sold exactly
-/// what the queue received.
+/// Runs the Redis + RabbitMQ baseline; the summary is `ok` when Redis sold
+/// exactly what the queue received.
 ///
 /// # Errors
 /// When Redis or RabbitMQ cannot be reached.
-pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
+pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<Summary> {
     use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
     let prefix = format!("fs_bench_{:08x}", rand::random::<u32>());
     let client = redis::Client::open(args.redis.as_str()).context("--redis")?;
@@ -270,28 +237,30 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
         .await
         .context("connecting to --queue for the redis-evalsha baseline")?,
     );
-    let users = u64::from(args.users.max(1));
-    let tally = {
+    let outcome = {
         let (conn, queue, sha) = (conn.clone(), queue.clone(), sha.clone());
         let (stock_key, buyers_key) = (stock_key.clone(), buyers_key.clone());
-        run_workers(args, move |i| {
+        run_baseline(args, move |job: load::Job| {
             let (mut conn, queue, sha) = (conn.clone(), queue.clone(), sha.clone());
             let (stock_key, buyers_key) = (stock_key.clone(), buyers_key.clone());
             async move {
-                let user = format!("user-{}", i % users);
-                let taken: i64 = redis::cmd("EVALSHA")
-                    .arg(&sha)
-                    .arg(2)
-                    .arg(&stock_key)
-                    .arg(&buyers_key)
-                    .arg(&user)
-                    .query_async(&mut conn)
-                    .await?;
-                if taken == 1 {
-                    let order = json!({"order": i, "user": user}).to_string();
-                    queue.publish_order(order.as_bytes()).await?;
-                }
-                Ok(taken == 1)
+                let purchase = async {
+                    let user = format!("user-{}", job.user);
+                    let taken: i64 = redis::cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(2)
+                        .arg(&stock_key)
+                        .arg(&buyers_key)
+                        .arg(&user)
+                        .query_async(&mut conn)
+                        .await?;
+                    if taken == 1 {
+                        let order = json!({"order": job.index, "user": user}).to_string();
+                        queue.publish_order(order.as_bytes()).await?;
+                    }
+                    anyhow::Ok(taken == 1)
+                };
+                decided(purchase.await)
             }
         })
         .await?
@@ -302,33 +271,30 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<bool> {
         .await?;
     let (queued, _) = queue.depth().await?;
     let sold = args.stock.saturating_sub(u64::try_from(left).unwrap_or(0));
-    let accepted = tally.accepted;
-    let ok = sold == accepted && u64::from(queued) == accepted;
+    let accepted = outcome.orders;
+    let agrees = Check::new(
+        "store_agrees",
+        sold == accepted && u64::from(queued) == accepted,
+        format!(
+            "Redis sold {sold}, the queue holds {queued} orders, bench saw {accepted} accepted"
+        ),
+    );
     let _ = queue.delete_topology().await;
     let _: Result<i64, _> = redis::cmd("DEL")
         .arg(&stock_key)
         .arg(&buyers_key)
         .query_async(&mut conn)
         .await;
-    report(
-        args,
-        "redis-evalsha",
-        tally,
-        ok,
-        &format!(
-            "Redis sold {sold}, the queue holds {queued} orders, bench saw {accepted} accepted"
-        ),
-    );
-    Ok(ok)
+    Ok(summarise(args, &args.redis, &outcome, agrees))
 }
 
 /// Runs Flashsale's coalesced decision + publish on the `redis-evalsha`
-/// loop; `Ok(true)` when Redis sold exactly what was accepted and the
-/// outbox emptied.
+/// loop; the summary is `ok` when Redis sold exactly what was accepted and
+/// the outbox emptied.
 ///
 /// # Errors
 /// When Redis or RabbitMQ cannot be reached.
-pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
+pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<Summary> {
     use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
     use flashsale::backend::redis::{Decision, RedisSettings, RedisStock, Reservation};
     use flashsale::domain::{now_ms, Order, OrderStatus, Sale};
@@ -361,38 +327,40 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
     };
     stock.seed_new(&sale).await?;
     let cluster = Distributed::new(stock.clone(), queue.clone());
-    let users = u64::from(args.users.max(1));
-    let tally = {
+    let outcome = {
         let cluster = cluster.clone();
-        run_workers(args, move |i| {
+        run_baseline(args, move |job: load::Job| {
             let cluster = cluster.clone();
             async move {
-                let now = now_ms();
-                let order = Order {
-                    id: i + 1,
-                    sale_id: 1,
-                    user_id: format!("user-{}", i % users),
-                    quantity: 1,
-                    status: OrderStatus::PendingPayment,
-                    idempotency_key: None,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    expires_at_ms: None,
+                let purchase = async {
+                    let now = now_ms();
+                    let order = Order {
+                        id: job.index + 1,
+                        sale_id: 1,
+                        user_id: format!("user-{}", job.user),
+                        quantity: 1,
+                        status: OrderStatus::PendingPayment,
+                        idempotency_key: None,
+                        created_at_ms: now,
+                        updated_at_ms: now,
+                        expires_at_ms: None,
+                    };
+                    let payload = order.to_wire();
+                    let decision = cluster
+                        .stock
+                        .reserve(Reservation {
+                            order: order.clone(),
+                            payload: payload.clone(),
+                        })
+                        .await?;
+                    let accepted = matches!(decision, Decision::Accepted { .. });
+                    if accepted {
+                        cluster.publish_order(payload.clone()).await?;
+                        cluster.confirmed(&order, payload);
+                    }
+                    anyhow::Ok(accepted)
                 };
-                let payload = order.to_wire();
-                let decision = cluster
-                    .stock
-                    .reserve(Reservation {
-                        order: order.clone(),
-                        payload: payload.clone(),
-                    })
-                    .await?;
-                let accepted = matches!(decision, Decision::Accepted { .. });
-                if accepted {
-                    cluster.publish_order(payload.clone()).await?;
-                    cluster.confirmed(&order, payload);
-                }
-                Ok(accepted)
+                decided(purchase.await)
             }
         })
         .await?
@@ -407,19 +375,50 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<bool> {
         state = stock.state(1).await?;
     }
     let state = state.context("the sale vanished from Redis")?;
-    let accepted = tally.accepted;
-    let ok = state.sold == accepted && state.outbox == 0;
-    let _ = queue.delete_topology().await;
-    let _ = stock.forget(1).await;
-    report(
-        args,
-        "redis-coalesced",
-        tally,
-        ok,
-        &format!(
+    let accepted = outcome.orders;
+    let agrees = Check::new(
+        "store_agrees",
+        state.sold == accepted && state.outbox == 0,
+        format!(
             "Redis sold {}, outbox {}, bench saw {accepted} accepted",
             state.sold, state.outbox
         ),
     );
-    Ok(ok)
+    let _ = queue.delete_topology().await;
+    let _ = stock.forget(1).await;
+    Ok(summarise(args, &args.redis, &outcome, agrees))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_the_report() {
+        assert_eq!(
+            without_password("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            without_password("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        assert_eq!(without_password("not a url"), "<unparsable URL>");
+    }
+
+    #[test]
+    fn answers_of_a_baseline_purchase() {
+        assert!(matches!(
+            decided(Ok(true)),
+            Answer::Decided { sold: true, .. }
+        ));
+        assert!(matches!(
+            decided(Ok(false)),
+            Answer::Decided { sold: false, .. }
+        ));
+        assert!(matches!(
+            decided(Err(anyhow::anyhow!("down"))),
+            Answer::Failed { key: "error", error } if error == "down"
+        ));
+    }
 }

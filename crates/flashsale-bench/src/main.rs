@@ -1,5 +1,6 @@
-//! `flashsale-bench`: parse the flags, run the load, exit non-zero when an
-//! invariant broke. `flashsale bench …` runs this binary.
+//! `flashsale-bench`: parse the flags, run the load, print the report (or
+//! the JSON summary with `--json`), exit non-zero when an invariant broke.
+//! `flashsale bench …` runs this binary.
 
 use std::process::ExitCode;
 
@@ -14,12 +15,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = BenchArgs::parse();
-    match flashsale_bench::run(args).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+    let summary = match flashsale_bench::run(&args).await {
+        Ok(summary) => summary,
         Err(e) => {
             eprintln!("flashsale bench: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    if args.json {
+        match serde_json::to_string(&summary) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("flashsale bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", summary.render());
+    }
+    if summary.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
