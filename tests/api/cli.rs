@@ -8,7 +8,7 @@ use flashsale::auth::{mint_token, Secret};
 use reqwest::StatusCode;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::helpers::{
+use crate::kit::{
     assert_error, free_port, json_status, open_sale_body, serve_command, serving, sigterm,
     spawn_app, unique_admin_token, TestApp, ADMIN_TOKEN, JWT_SECRET,
 };
@@ -90,7 +90,7 @@ async fn unset_secrets_are_generated_and_printed_never_open() {
     let resp = app.purchase(&sale_id, &buyer, None, None).await;
     json_status(resp, StatusCode::CREATED).await;
     let resp = app
-        .purchase(&sale_id, &crate::helpers::token("bob"), None, None)
+        .purchase(&sale_id, &crate::kit::token("bob"), None, None)
         .await;
     assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }

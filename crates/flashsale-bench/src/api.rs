@@ -143,8 +143,15 @@ impl Api {
                 .map(|i| &accepted[i])
                 .collect()
         };
-        let results: Vec<Result<(), String>> = futures::stream::iter(picked.iter().copied())
-            .map(|order| self.read_one(sale_id, outcome, order, attempts.max(1)))
+        let attempts = attempts.max(1);
+        // The reads are made before they run, so the stream holds no
+        // closure: a caller may run this inside a spawned task, and the
+        // compiler cannot prove a stream of borrowing closures `Send`.
+        let reads: Vec<_> = picked
+            .iter()
+            .map(|&order| self.read_one(sale_id, outcome, order, attempts))
+            .collect();
+        let results: Vec<Result<(), String>> = futures::stream::iter(reads)
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
