@@ -448,9 +448,9 @@ impl Outcome {
     fn record(&mut self, plan: &Plan, job: Job, answer: &Answer, at: Duration) -> (String, bool) {
         let (key, sold) = match answer {
             Answer::Http { status, body } => {
-                let key = outcome_key(*status, body);
+                let (key, well_formed) = classify(*status, body);
                 let mut sold = false;
-                if !(200..300).contains(status) && !is_error_envelope(body) {
+                if !well_formed {
                     let shown = String::from_utf8_lossy(&body[..body.len().min(200)]);
                     self.malformed.push(format!("{status}: {shown:?}"));
                 }
@@ -645,28 +645,34 @@ struct ErrorDetail {
 /// (`201`), the status and the contract's error code otherwise
 /// (`409 sold_out`), or the status alone when the body has no code.
 pub fn outcome_key(status: u16, body: &[u8]) -> String {
-    if (200..300).contains(&status) {
-        return status.to_string();
-    }
-    match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(envelope) if !envelope.error.code.is_empty() => {
-            format!("{status} {}", envelope.error.code)
-        }
-        _ => status.to_string(),
-    }
+    classify(status, body).0
 }
 
 /// True when `body` is the contract's error body:
 /// `{"error": {"code": snake_case, "message": non-empty}}`.
 pub fn is_error_envelope(body: &[u8]) -> bool {
-    serde_json::from_slice::<ErrorEnvelope>(body).is_ok_and(|e| {
-        let code = &e.error.code;
-        !code.is_empty()
-            && code
+    classify(400, body).1
+}
+
+/// The outcome key of an answer, and whether it is well formed: a success
+/// always is; an error when it has the contract's error body. The body is
+/// parsed once: in a sold-out flood every answer is an error, and the load
+/// tool shares the machine with the server.
+fn classify(status: u16, body: &[u8]) -> (String, bool) {
+    if (200..300).contains(&status) {
+        return (status.to_string(), true);
+    }
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(envelope) if !envelope.error.code.is_empty() => {
+            let code = &envelope.error.code;
+            let well_formed = code
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && e.error.message.is_some_and(|m| !m.is_empty())
-    })
+                && envelope.error.message.is_some_and(|m| !m.is_empty());
+            (format!("{status} {code}"), well_formed)
+        }
+        _ => (status.to_string(), false),
+    }
 }
 
 /// True when a purchase answered `status` may still have bought: server
