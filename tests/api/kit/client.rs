@@ -3,10 +3,9 @@
 //! intents), buyer tokens, and the assertions every test uses on answers
 //! (status, JSON body, the contract's error body).
 
+use flashsale::auth::{mint_token, Secret};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
-
-use flashsale::auth::{mint_token, Secret};
 
 use super::app::{TestApp, JWT_SECRET};
 
