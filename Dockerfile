@@ -8,11 +8,14 @@
 # ---- build ------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
 WORKDIR /src
-# The context is trimmed by .dockerignore to the manifest, lock file and
-# sources (src/, and tests/ so every target Cargo.toml names resolves).
+# The context is trimmed by .dockerignore to the manifests, lock file and
+# sources (src/, crates/ for the workspace's load tool, and tests/ and
+# benches/ so every target Cargo.toml names resolves).
 COPY . .
 # Cache mounts keep the registry and the build directory between builds; the
 # binary is copied out because the target mount is not part of the image.
+# Only the server is built: the load tool (`flashsale bench`, the
+# `flashsale-bench` binary) drives a server from outside and is not shipped.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin flashsale \

@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
-BIN=target/release/flashsale
+# `flashsale bench` runs the load tool `flashsale-bench` next to the server
+# binary; `cargo build --release` at the root builds both.
+BIN="${CARGO_TARGET_DIR:-target}/release/flashsale"
 export FLASHSALE_ADMIN_TOKEN=bench-admin FLASHSALE_JWT_SECRET=bench-secret
 ./scripts/services.sh check postgres redis rabbitmq
 cargo build --release --quiet

@@ -5,7 +5,8 @@
 #
 #   ./scripts/bench.sh [seconds per flood, default 10]
 #
-# Runs, against fresh servers built with `cargo build --release`:
+# Runs, against fresh servers built with `cargo build --release` (the server
+# and the load tool, crates/flashsale-bench):
 #   1. GET /healthz flood                         (flashsale bench --mode healthz, and wrk)
 #   2. sold-out purchase flood                    (flashsale bench, and wrk + scripts/wrk/*.lua)
 #      (1, 2 and 3 alternate $ROUNDS times, default 3; medians are compared)
@@ -16,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
 CONC="${CONC:-64}"
-BIN=target/release/flashsale
+# `flashsale bench` runs the load tool `flashsale-bench` next to the server
+# binary; `cargo build --release` at the root builds both.
+BIN="${CARGO_TARGET_DIR:-target}/release/flashsale"
 export FLASHSALE_ADMIN_TOKEN=bench-admin FLASHSALE_JWT_SECRET=bench-secret
 cargo build --release --quiet
 WORK=$(mktemp -d)

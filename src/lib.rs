@@ -8,12 +8,12 @@
 //! (wiring and lifecycle), [`http`] (the contract's routes), [`domain`]
 //! (validated types and allocation rules), [`engine`] (live sale state and
 //! the purchase decision), [`backend`] (storage seam), [`worker`]
-//! (background jobs), [`bench`] (the load tool).
+//! (background jobs). The load tool is the `flashsale-bench` crate
+//! (`crates/flashsale-bench`), which `flashsale bench` runs.
 
 pub mod app;
 pub mod auth;
 pub mod backend;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;

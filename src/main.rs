@@ -15,17 +15,20 @@ use flashsale::{telemetry, Application};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Idle blocking threads exit after a second: with mimalloc, memory a
-        // blocking thread allocated (the start-up snapshot of a million
-        // holdings, say) is only handed back to the OS once that thread
-        // allocates again or exits.
-        .thread_keep_alive(std::time::Duration::from_secs(1))
-        .build()
-        .context("starting the async runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
+    let result = match Cli::parse().command {
+        // The load tool is a binary of its own: hand over before any runtime.
+        Command::Bench { args } => flashsale::cli::run_bench(args),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            // Idle blocking threads exit after a second: with mimalloc, memory a
+            // blocking thread allocated (the start-up snapshot of a million
+            // holdings, say) is only handed back to the OS once that thread
+            // allocates again or exits.
+            .thread_keep_alive(std::time::Duration::from_secs(1))
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run(command))),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -35,8 +38,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve(args) => {
             telemetry::init_tracing();
             let settings = args.into_settings();
@@ -74,13 +77,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(args) => {
-            let ok = flashsale::bench::run(args).await?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Bench { args } => flashsale::cli::run_bench(args),
     }
 }

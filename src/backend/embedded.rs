@@ -594,9 +594,11 @@ impl OrderStore for SqliteStore {
             return Ok(None);
         };
         self.read(move |c| {
-            Ok(c.prepare_cached(&format!("{SALE_COLUMNS} WHERE sale_id = ?1"))?
-                .query_row([id], sale_row)
-                .optional()?)
+            Ok(
+                c.prepare_cached(&format!("{SALE_COLUMNS} WHERE sale_id = ?1"))?
+                    .query_row([id], sale_row)
+                    .optional()?,
+            )
         })
         .await
     }

@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{
+use crate::kit::{
     assert_error, eventually, open_sale_body, spawn_app, token, TestApp, ADMIN_TOKEN, JWT_SECRET,
 };
 

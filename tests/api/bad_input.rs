@@ -6,7 +6,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::StatusCode;
 use serde_json::{json, Map, Value};
 
-use crate::helpers::{
+use crate::kit::{
     assert_error, assert_error_shape, json_status, num, parse_raw_answer, raw_http, spawn_app,
     time_in, token, TestApp,
 };

@@ -1,16 +1,16 @@
 //! Several stateless nodes over the real Redis, RabbitMQ and PostgreSQL or
 //! MariaDB of this machine, each test in its own namespace (see
-//! [`crate::cluster`]). Invariants are checked in the database.
+//! [`crate::kit::backends`]). Invariants are checked in the database.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::cluster::{check_invariants, flood, redis_sold, Backends, Db, RedisServers};
-use crate::helpers::{
-    free_port, json_status, open_sale_body, serve_command, serving, spawn_app_with, token,
-    unique_admin_token, TestApp,
+use crate::kit::{
+    accepted_orders, check_stored, flood_nodes, free_port, json_status, no_answer, open_sale_body,
+    redis_sold, serve_command, serving, spawn_app_with, token, unique_admin_token, Backends, Db,
+    RedisServers, TestApp,
 };
 
 async fn nodes(backends: &Backends, n: usize) -> Vec<TestApp> {
@@ -54,19 +54,14 @@ async fn three_nodes_sell_exactly_the_stock(db: Db) {
     let stock = 300;
     let sale = nodes[0].open_sale(stock, 2).await;
     // 2,400 purchases by 400 users (limit 2 each) over three nodes at once.
-    let result = flood(&nodes, &sale, 400, 2400).await;
-    assert_eq!(
-        result.accepted.len() as u64,
-        stock,
-        "statuses: {:?}",
-        result.statuses
-    );
-    let only_expected = result.statuses.keys().all(|s| [201, 409].contains(s));
-    assert!(only_expected, "unexpected answers: {:?}", result.statuses);
+    let result = flood_nodes(&nodes, &sale, 400, 2400).await;
+    assert_eq!(result.orders, stock, "outcomes: {:?}", result.outcomes);
+    let only_expected = result.status_count(201) + result.status_count(409) == result.requests;
+    assert!(only_expected, "unexpected answers: {:?}", result.outcomes);
     let rows = backends
         .wait_for_orders(&sale, stock as usize, Duration::from_secs(30))
         .await;
-    check_invariants(&rows, &result, stock, 2, true);
+    check_stored(&rows, &accepted_orders(&result), stock, 2, true);
     // Every node now refuses from its local flag.
     for node in &nodes {
         let resp = node.buy(&sale, "late-buyer").await;
@@ -165,8 +160,8 @@ async fn unpaid_orders_expire_once_across_nodes_and_their_units_return() {
         .as_str()
         .unwrap()
         .to_owned();
-    let result = flood(&nodes, &sale, 20, 20).await;
-    assert_eq!(result.accepted.len(), 20);
+    let result = flood_nodes(&nodes, &sale, 20, 20).await;
+    assert_eq!(result.orders, 20);
     // Three sweepers race; every order expires exactly once and Redis gets
     // each unit back exactly once: 20 units again, not 40 or 60.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -183,8 +178,8 @@ async fn unpaid_orders_expire_once_across_nodes_and_their_units_return() {
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(nodes[2].sale(&sale).await["remaining"], 20);
-    let again = flood(&nodes, &sale, 40, 40).await;
-    assert_eq!(again.accepted.len(), 20, "{:?}", again.statuses);
+    let again = flood_nodes(&nodes, &sale, 40, 40).await;
+    assert_eq!(again.orders, 20, "{:?}", again.outcomes);
     stop_all(nodes).await;
     backends.cleanup().await;
 }
@@ -213,12 +208,12 @@ async fn three_nodes_over_a_three_master_redis_cluster_sell_exactly_the_stock() 
     // different masters; each script still touches one slot.
     for stock in [50u64, 80, 120] {
         let sale = nodes[(stock % 3) as usize].open_sale(stock, 1).await;
-        let result = flood(&nodes, &sale, 400, 600).await;
-        assert_eq!(result.accepted.len() as u64, stock, "{:?}", result.statuses);
+        let result = flood_nodes(&nodes, &sale, 400, 600).await;
+        assert_eq!(result.orders, stock, "{:?}", result.outcomes);
         let rows = backends
             .wait_for_orders(&sale, stock as usize, Duration::from_secs(30))
             .await;
-        check_invariants(&rows, &result, stock, 1, true);
+        check_stored(&rows, &accepted_orders(&result), stock, 1, true);
     }
     stop_all(nodes).await;
     backends.cleanup().await;
@@ -233,8 +228,8 @@ async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exact
     let nodes = nodes(&backends, 2).await;
     let stock = 200;
     let sale = nodes[0].open_sale(stock, 1).await;
-    let mut first = flood(&nodes, &sale, 120, 120).await;
-    assert_eq!(first.accepted.len(), 120);
+    let first = flood_nodes(&nodes, &sale, 120, 120).await;
+    assert_eq!(first.orders, 120);
     backends
         .wait_for_orders(&sale, 120, Duration::from_secs(30))
         .await;
@@ -255,16 +250,17 @@ async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exact
     assert_eq!(redis_sold(&backends, &sale).await, Some(120));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The first 120 buyers are still at their limit; 400 others compete.
-    let second = flood(&nodes, &sale, 520, 1040).await;
-    assert_eq!(second.accepted.len(), 80, "{:?}", second.statuses);
-    for (id, user) in second.accepted {
+    let second = flood_nodes(&nodes, &sale, 520, 1040).await;
+    assert_eq!(second.orders, 80, "{:?}", second.outcomes);
+    let mut accepted = accepted_orders(&first);
+    for (id, user) in accepted_orders(&second) {
         assert!(user != "right-after-restart");
-        first.accepted.insert(id, user);
+        accepted.push((id, user));
     }
     let rows = backends
         .wait_for_orders(&sale, 200, Duration::from_secs(30))
         .await;
-    check_invariants(&rows, &first, stock, 1, true);
+    check_stored(&rows, &accepted, stock, 1, true);
     stop_all(nodes).await;
     backends.cleanup().await;
 }
@@ -318,20 +314,20 @@ async fn kill_9_of_a_node_mid_flood_loses_no_accepted_order_and_oversells_nothin
         victim.start_kill().expect("kill -9");
         let _ = victim.wait().await;
     });
-    let result = flood(&apps, &sale, 3000, 3000).await;
+    let result = flood_nodes(&apps, &sale, 3000, 3000).await;
     killer.await.unwrap();
-    let dropped = result.statuses.get(&0).copied().unwrap_or(0);
+    let dropped = no_answer(&result);
     assert!(
         dropped > 0,
         "the kill landed after the flood: {:?}",
-        result.statuses
+        result.outcomes
     );
     // The survivors' writers take over the victim's unacked messages and
     // their relays deliver its outbox: every 201 ends up stored.
     let rows = backends
-        .wait_for_accepted(&sale, &result, Duration::from_secs(40))
+        .wait_for_accepted(&sale, &accepted_orders(&result), Duration::from_secs(40))
         .await;
-    check_invariants(&rows, &result, stock, 1, false);
+    check_stored(&rows, &accepted_orders(&result), stock, 1, false);
     // Redis and the database agree once the pipeline settled.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -381,20 +377,15 @@ async fn sold_out_rejections_make_no_redis_calls() {
     servers.use_for(&mut backends);
     let nodes = nodes(&backends, 2).await;
     let sale = nodes[0].open_sale(5, 1).await;
-    let sold = flood(&nodes, &sale, 50, 50).await;
-    assert_eq!(sold.accepted.len(), 5);
+    let sold = flood_nodes(&nodes, &sale, 50, 50).await;
+    assert_eq!(sold.orders, 5);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = evalsha_calls(&backends).await;
     let started = tokio::time::Instant::now();
-    let rejected = flood(&nodes, &sale, 3000, 3000).await;
+    let rejected = flood_nodes(&nodes, &sale, 3000, 3000).await;
     let elapsed = started.elapsed();
     let calls = evalsha_calls(&backends).await - before;
-    assert_eq!(
-        rejected.statuses.get(&409),
-        Some(&3000),
-        "{:?}",
-        rejected.statuses
-    );
+    assert_eq!(rejected.status_count(409), 3000, "{:?}", rejected.outcomes);
     // Only the stock watchers' reads (each node, every 250 ms, plus the
     // relay and reconciler) — none per request.
     let watcher_budget = 2 * (elapsed.as_millis() as u64 / 250 + 2) * 3;
@@ -413,7 +404,7 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing(
     let backends = Backends::new(Db::Postgres).await;
     let nodes = nodes(&backends, 1).await;
     let queue = AmqpQueue::connect(&AmqpSettings {
-        url: crate::cluster::AMQP.to_owned(),
+        url: crate::kit::AMQP.to_owned(),
         prefix: backends.namespace.clone(),
     })
     .await

@@ -9,10 +9,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::helpers::{
-    assert_error, check_flood, check_orders_readable, eventually, flood, flood_with, json_ok,
-    json_status, num, sigterm, spawn_app, spawn_app_on, spawn_app_on_with, start_binary, time_in,
-    token, Attempt, SlowPurchase, TestApp,
+use crate::kit::{
+    assert_error, assert_only, check_flood, check_orders_readable, eventually, flood, flood_with,
+    json_ok, json_status, no_answer, num, sigterm, spawn_app, spawn_app_on, spawn_app_on_with,
+    start_binary, time_in, token, SlowPurchase, TestApp, NO_ANSWER,
 };
 
 /// `n` one-unit purchases by users `prefix-0`, `prefix-1`, …
@@ -98,10 +98,10 @@ async fn a_restart_keeps_every_order_limit_and_key() {
     // New orders get new ids.
     let fresh = app.buy_ok(&roomy, "newcomer", 1).await;
     let old_ids: HashSet<&str> = answers_a
+        .accepted
         .iter()
-        .chain(&answers_b)
-        .filter(|a| a.accepted())
-        .map(Attempt::order_id)
+        .chain(&answers_b.accepted)
+        .map(|a| a.order_id.as_str())
         .chain([keyed["order_id"].as_str().unwrap()])
         .collect();
     assert!(!old_ids.contains(fresh["order_id"].as_str().unwrap()));
@@ -178,7 +178,7 @@ async fn sigterm_mid_flood_exits_cleanly_with_exactly_the_accepted_orders() {
     let mut accepted = 0;
     let mut signalled = false;
     let answers = flood_with(&client, &base, &sale_id, one_each("crowd", 3000), 64, |a| {
-        accepted += usize::from(a.accepted());
+        accepted += usize::from(a.accepted);
         if accepted >= 200 && !signalled {
             sigterm(&child);
             signalled = true;
@@ -191,13 +191,9 @@ async fn sigterm_mid_flood_exits_cleanly_with_exactly_the_accepted_orders() {
         .expect("no exit within 20 s of SIGTERM")
         .unwrap();
     assert!(status.success(), "SIGTERM did not stop cleanly: {status}");
-    for a in &answers {
-        assert!(
-            a.status.is_none() || a.accepted(),
-            "only 201s or refused connections expected: {a:?}"
-        );
-    }
-    let n = answers.iter().filter(|a| a.accepted()).count() as u64;
+    // Only 201s or refused connections.
+    assert_only(&answers, &["201", NO_ANSWER[0], NO_ANSWER[1]]);
+    let n = answers.orders;
     eprintln!("SIGTERM after {n} of 3000 purchases were accepted");
 
     let (_child, app) = start_binary(dir.path()).await;
@@ -224,7 +220,7 @@ async fn kill_9_mid_flood_loses_no_accepted_order() {
         one_each("crowd", 6000),
         128,
         |a| {
-            accepted += usize::from(a.accepted());
+            accepted += usize::from(a.accepted);
             if accepted >= 300 && !killed {
                 child.start_kill().expect("sending SIGKILL");
                 killed = true;
@@ -235,30 +231,25 @@ async fn kill_9_mid_flood_loses_no_accepted_order() {
     assert!(killed, "the flood ended before 300 orders were accepted");
     let status = child.wait().await.unwrap();
     assert_eq!(status.signal(), Some(9), "{status}");
-    for a in &answers {
-        assert!(
-            a.status.is_none() || a.accepted(),
-            "only 201s or broken connections expected: {a:?}"
-        );
-    }
-    let first: Vec<&Attempt> = answers.iter().filter(|a| a.accepted()).collect();
-    let first_ids: HashSet<&str> = first.iter().map(|a| a.order_id()).collect();
-    assert_eq!(first_ids.len(), first.len(), "duplicate order ids");
+    // Only 201s or broken connections.
+    assert_only(&answers, &["201", NO_ANSWER[0], NO_ANSWER[1]]);
+    let first = answers.orders;
+    let first_ids: HashSet<&str> = answers
+        .accepted
+        .iter()
+        .map(|a| a.order_id.as_str())
+        .collect();
+    assert_eq!(first_ids.len() as u64, first, "duplicate order ids");
 
     let (_child, app) = start_binary(dir.path()).await;
     check_orders_readable(&app, &sale_id, &answers).await;
     let (sold, remaining, persisted) = accounting(&app, &sale_id).await;
     eprintln!(
-        "killed after {} answers ({} accepted); {sold} units on disk",
-        answers.iter().filter(|a| a.status.is_some()).count(),
-        first.len()
+        "killed after {} answers ({first} accepted); {sold} units on disk",
+        answers.requests - no_answer(&answers),
     );
     assert!(sold <= STOCK, "oversold after the crash: {sold}");
-    assert!(
-        sold >= first.len() as u64,
-        "{sold} sold < {} accepted",
-        first.len()
-    );
+    assert!(sold >= first, "{sold} sold < {first} accepted");
     // Every stored order holds one unit: the ledger was rebuilt from them.
     assert_eq!(sold, persisted);
     assert_eq!(remaining, STOCK - sold);
@@ -273,9 +264,11 @@ async fn kill_9_mid_flood_loses_no_accepted_order() {
     )
     .await;
     check_flood(&answers, 2);
-    let late: Vec<&Attempt> = answers.iter().filter(|a| a.accepted()).collect();
-    assert_eq!(late.len() as u64, remaining);
-    assert!(late.iter().all(|a| !first_ids.contains(a.order_id())));
+    assert_eq!(answers.orders, remaining);
+    assert!(answers
+        .accepted
+        .iter()
+        .all(|a| !first_ids.contains(a.order_id.as_str())));
     check_orders_readable(&app, &sale_id, &answers).await;
     assert_eq!(accounting(&app, &sale_id).await, (STOCK, 0, STOCK));
 }
@@ -332,7 +325,7 @@ async fn a_stop_mid_flood_keeps_exactly_the_accepted_orders() {
     let mut accepted = 0;
     let mut server = None;
     let answers = flood_with(&client, &base, &sale_id, one_each("crowd", 3000), 64, |a| {
-        accepted += usize::from(a.accepted());
+        accepted += usize::from(a.accepted);
         if accepted >= 200 && server.is_none() {
             server = Some(app.begin_stop());
         }
@@ -344,13 +337,9 @@ async fn a_stop_mid_flood_keeps_exactly_the_accepted_orders() {
         .expect("the stop did not finish")
         .unwrap()
         .unwrap();
-    for a in &answers {
-        assert!(
-            a.status.is_none() || a.accepted(),
-            "only 201s or refused connections expected: {a:?}"
-        );
-    }
-    let n = answers.iter().filter(|a| a.accepted()).count() as u64;
+    // Only 201s or refused connections.
+    assert_only(&answers, &["201", NO_ANSWER[0], NO_ANSWER[1]]);
+    let n = answers.orders;
     eprintln!("stopped after {n} of 3000 purchases were accepted");
     assert!(n < 3000, "the stop did not stop anything");
 

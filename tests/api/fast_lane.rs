@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, eventually, json_status, num, spawn_app, time_in, token};
+use crate::kit::{assert_error, eventually, json_status, num, spawn_app, time_in, token};
 
 #[tokio::test]
 async fn sold_out_rejections_are_counted_and_recorded_as_intents() {

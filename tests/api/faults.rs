@@ -13,8 +13,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::cluster::{check_invariants, redis_sold, Backends, Db, Flood};
-use crate::helpers::{spawn_app_with, token, TestApp};
+use crate::kit::{check_stored, redis_sold, spawn_app_with, token, Backends, Db, TestApp};
 
 fn run(cmd: &str, args: &[&str]) -> bool {
     std::process::Command::new(cmd)
@@ -31,6 +30,15 @@ fn services(action: &str, service: &str) {
         run(script, &[action, service]),
         "services.sh {action} {service} failed"
     );
+}
+
+/// What the steady buyers were told.
+#[derive(Debug, Default)]
+struct Flood {
+    /// `(order id, buyer)` of every `201`.
+    accepted: Vec<(String, String)>,
+    /// Answers by status code.
+    statuses: HashMap<u16, usize>,
 }
 
 /// Buyers who keep trying until `stop` is set, 24 at a time, each user
@@ -74,7 +82,7 @@ async fn steady_buyers(
                 *f.statuses.entry(status.as_u16()).or_default() += 1;
                 if status == StatusCode::CREATED {
                     let id: u64 = body["order_id"].as_str().unwrap().parse().unwrap();
-                    f.accepted.insert(id, user);
+                    f.accepted.push((id.to_string(), user));
                 }
                 drop(f);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -98,9 +106,9 @@ fn count(timeline: &[(u64, u16)], seconds: std::ops::Range<u64>, status: u16) ->
 
 async fn settle(backends: &Backends, sale: &str, flood: &Flood, stock: u64) {
     let rows = backends
-        .wait_for_accepted(sale, flood, Duration::from_secs(60))
+        .wait_for_accepted(sale, &flood.accepted, Duration::from_secs(60))
         .await;
-    check_invariants(&rows, flood, stock, 1, false);
+    check_stored(&rows, &flood.accepted, stock, 1, false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let rows = backends.orders(sale).await;

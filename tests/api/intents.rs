@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, eventually, json_ok, spawn_app, token, TestApp};
+use crate::kit::{assert_error, eventually, json_ok, spawn_app, token, TestApp};
 
 /// A sale of one unit, already sold to `winner`.
 async fn sold_out_sale(app: &TestApp) -> String {

@@ -1,13 +1,15 @@
 //! A flash crowd over real HTTP: thousands of concurrent purchases never
-//! oversell, never exceed the per-user limit, and every `201` is an order.
+//! oversell, never exceed the per-user limit, and every `201` is an order;
+//! the load tool (`flashsale-bench`, run in-process) proves the same of a
+//! sale it creates.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{
-    assert_error, check_flood, check_orders_readable, flood, num, spawn_app, spawn_app_with,
-    SlowPurchase,
+use crate::kit::{
+    assert_error, check_flood, check_orders_readable, flood, num, spawn_app, spawn_app_on,
+    spawn_app_with, SlowPurchase, ADMIN_TOKEN, JWT_SECRET,
 };
 
 /// Users 0..1000 send two requests back to back (every third asks for 2
@@ -37,15 +39,11 @@ async fn a_flash_crowd_buys_exactly_the_stock() {
     let answers = flood(&app, &sale_id, requests, 256).await;
 
     let held = check_flood(&answers, 2);
-    let units: u64 = held.values().map(|u| u64::from(*u)).sum();
+    let units: u64 = held.values().sum();
     assert_eq!(units, STOCK, "units in 201 answers");
-    let accepted = answers.iter().filter(|a| a.accepted()).count() as u64;
-    let limit_reached = answers
-        .iter()
-        .filter(|a| {
-            a.status == Some(StatusCode::CONFLICT) && a.body["error"]["code"] == "limit_reached"
-        })
-        .count() as u64;
+    assert_eq!(answers.requests, total);
+    let accepted = answers.orders;
+    let limit_reached = answers.count("409 limit_reached");
     assert!(limit_reached > 0, "the crowd never hit the per-user limit");
 
     let stats = app.stats(&sale_id).await;
@@ -75,13 +73,12 @@ async fn one_commit_per_order_sells_exactly_the_stock() {
     let requests = (0..300).map(|k| (format!("user-{k}"), 1)).collect();
     let answers = flood(&app, &sale_id, requests, 64).await;
     check_flood(&answers, 1);
-    let accepted = answers.iter().filter(|a| a.accepted()).count() as u64;
-    assert_eq!(accepted, STOCK);
+    assert_eq!(answers.orders, STOCK);
     let stats = app.stats(&sale_id).await;
     assert_eq!(num(&stats, "sold"), STOCK, "{stats}");
     assert_eq!(num(&stats, "orders_persisted"), STOCK, "{stats}");
     let dir = app.stop().await;
-    let app = crate::helpers::spawn_app_on(dir).await;
+    let app = spawn_app_on(dir).await;
     check_orders_readable(&app, &sale_id, &answers).await;
 }
 
@@ -124,4 +121,88 @@ async fn a_request_over_the_timeout_is_503_and_buys_nothing() {
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
     assert_eq!(num(&app.stats(&sale_id).await, "sold"), 0);
     app.buy_ok(&sale_id, "slowpoke", 1).await;
+}
+
+/// The load tool's purchase mode against a real server: it creates the
+/// sale, floods it past the stock, and every invariant check holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tool_proves_the_invariants_of_a_sale_it_creates() {
+    use clap::Parser as _;
+    let app = spawn_app().await;
+    let args = flashsale_bench::BenchArgs::try_parse_from([
+        "flashsale-bench",
+        "--url",
+        &app.address,
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--jwt-secret",
+        JWT_SECRET,
+        "--stock",
+        "150",
+        "--per-user-limit",
+        "2",
+        "--quantity",
+        "2",
+        "--users",
+        "100",
+        "--requests",
+        "300",
+        "--concurrency",
+        "16",
+        "--json",
+    ])
+    .unwrap();
+    let summary = flashsale_bench::run(&args).await.expect("the bench runs");
+    let failures = flashsale_bench::checks::failures(&summary.checks);
+    assert!(summary.ok, "{failures}");
+    let names: Vec<&str> = summary.checks.iter().map(|c| c.name).collect();
+    for name in [
+        "no_oversell",
+        "stock_exhausted",
+        "per_user_limit",
+        "unique_orders",
+        "answers_well_formed",
+        "errors_well_formed",
+        "orders_readable",
+        "stats_sold_matches",
+        "stats_orders_persisted",
+    ] {
+        assert!(names.contains(&name), "no {name} check: {names:?}");
+    }
+    // 150 units in twos: 75 orders; each of 100 buyers may take one.
+    assert_eq!((summary.accepted, summary.accepted_units), (75, 150));
+    assert_eq!(summary.requests, 300);
+    assert_eq!(
+        summary.outcomes.get("201"),
+        Some(&75),
+        "{:?}",
+        summary.outcomes
+    );
+    let sale_id = summary.sale_id.clone().expect("the sale it created");
+    let stats = app.stats(&sale_id).await;
+    assert_eq!(num(&stats, "sold"), 150, "{stats}");
+    assert_eq!(num(&stats, "orders_persisted"), 75, "{stats}");
+
+    // The server's floor, no credentials: every answer a 200.
+    let args = flashsale_bench::BenchArgs::try_parse_from([
+        "flashsale-bench",
+        "--url",
+        &app.address,
+        "--mode",
+        "healthz",
+        "--requests",
+        "200",
+        "--concurrency",
+        "4",
+        "--json",
+    ])
+    .unwrap();
+    let summary = flashsale_bench::run(&args).await.expect("the bench runs");
+    assert!(summary.ok && summary.checks.is_empty(), "{summary:?}");
+    assert_eq!(
+        summary.outcomes.get("200"),
+        Some(&200),
+        "{:?}",
+        summary.outcomes
+    );
 }

@@ -1,21 +1,24 @@
 //! Black-box tests of the HTTP contract (`shared/CONTRACT.md`), compiled as
-//! one binary. Each test starts its own server (see [`helpers`]) on a free
-//! port with its own data directory; `durability` and `cli` also drive the
-//! real binary (SIGKILL and SIGTERM mid-flood, generated secrets).
+//! one binary. Each test starts its own server with the shared test kit
+//! ([`kit`]: app harness, typed client, floods and checks, raw HTTP, child
+//! processes, the distributed backends) on a free port with its own data
+//! directory; `durability` and `cli` also drive the real binary (SIGKILL
+//! and SIGTERM mid-flood, generated secrets). `store_contract` runs the
+//! `OrderStore` contract against every order store.
 
 mod auth;
 mod bad_input;
 mod cli;
-mod cluster;
 mod distributed;
 mod durability;
 mod fast_lane;
 mod faults;
-mod helpers;
 mod intents;
+mod kit;
 mod load;
 mod orders;
 mod purchase;
 mod queue_contract;
 mod sales;
 mod stock_contract;
+mod store_contract;

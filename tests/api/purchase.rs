@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, eventually, json_status, num, spawn_app, time_in, token};
+use crate::kit::{assert_error, eventually, json_status, num, spawn_app, time_in, token};
 
 #[tokio::test]
 async fn an_accepted_purchase_is_201_with_the_order() {

@@ -138,8 +138,7 @@ async fn the_in_process_queue_keeps_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_keeps_the_contract() {
-    let url =
-        std::env::var("FLASHSALE_TEST_AMQP").unwrap_or_else(|_| crate::cluster::AMQP.to_owned());
+    let url = std::env::var("FLASHSALE_TEST_AMQP").unwrap_or_else(|_| crate::kit::AMQP.to_owned());
     let queue = Arc::new(
         AmqpQueue::connect(&AmqpSettings {
             url,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{
+use crate::kit::{
     assert_error, eventually, json_ok, json_status, num, spawn_app, spawn_app_with, time_in, token,
 };
 

@@ -16,7 +16,7 @@ use flashsale::backend::redis::{RedisSettings, RedisStock};
 use flashsale::backend::stock::{Decision, Reservation, StockStore};
 use flashsale::domain::{now_ms, Ledger, Order, OrderStatus, Rejection, Sale};
 
-use crate::cluster::RedisServers;
+use crate::kit::RedisServers;
 
 /// One sale on one stock, with the node's ledger beside it.
 struct Fixture {
@@ -244,8 +244,8 @@ async fn the_embedded_stock_keeps_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_standalone_keeps_the_contract() {
-    let url =
-        std::env::var("FLASHSALE_TEST_REDIS").unwrap_or_else(|_| crate::cluster::REDIS.to_owned());
+    let url = std::env::var("FLASHSALE_TEST_REDIS")
+        .unwrap_or_else(|_| crate::kit::backends::REDIS.to_owned());
     let make = || async {
         RedisStock::connect(&RedisSettings {
             urls: vec![url.clone()],

@@ -1,25 +1,29 @@
-//! The contract's invariants, judged as pure functions over what the bench
-//! collected, so that each rule can be tested without a server.
+//! The contract's invariants, judged as pure functions over evidence, so
+//! each rule is tested without a server and the bench and the integration
+//! tests judge with the same code:
+//!
+//! - **no oversell**: units sold never exceed the stock;
+//! - **per-user limit**: no buyer holds more than the sale allows;
+//! - **every `201` is one order**: order ids are unique, every accepted
+//!   order reads back as its buyer's (or is stored), and the answers
+//!   themselves describe what was asked for.
+//!
+//! [`evaluate`] applies them all to a bench run; the single rules
+//! ([`no_oversell`], [`per_user_limit`], [`unique_orders`], [`orders_stored`],
+//! …) take plain figures, so a test can feed them what a database holds.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::hash::Hash;
 
 use serde::Serialize;
 use serde_json::Value;
 
-/// An accepted order: a `201` answer that named its order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Accepted {
-    /// The order id from the answer.
-    pub order_id: String,
-    /// The buyer's number (`bench-<run id>-<user>`).
-    pub user: u32,
-    /// Units in the order.
-    pub quantity: u64,
-}
+use crate::load::{describe_outcomes, json_id, Accepted, Outcome};
 
 /// The figures of `GET /api/v1/sales/{id}/stats` the checks use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Stats {
+pub struct Stats {
     /// The sale's stock.
     pub stock: u64,
     /// Units in accepted orders that are not expired or cancelled.
@@ -35,7 +39,7 @@ impl Stats {
     ///
     /// # Errors
     /// Names the first required field that is missing or not a count.
-    pub(crate) fn from_json(value: &Value) -> Result<Self, String> {
+    pub fn from_json(value: &Value) -> Result<Self, String> {
         let count = |name: &str| {
             value
                 .get(name)
@@ -53,7 +57,7 @@ impl Stats {
 
 /// How reading accepted orders back went.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Readback {
+pub struct Readback {
     /// Orders read back.
     pub checked: usize,
     /// Orders accepted (the sample was drawn from these).
@@ -64,7 +68,7 @@ pub(crate) struct Readback {
     pub samples: Vec<String>,
 }
 
-/// One verdict of the verification.
+/// One verdict.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Check {
     /// Stable identifier, e.g. `no_oversell`.
@@ -76,7 +80,8 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &'static str, ok: bool, detail: impl Into<String>) -> Self {
+    /// A verdict named `name`.
+    pub fn new(name: &'static str, ok: bool, detail: impl Into<String>) -> Self {
         Self {
             name,
             ok,
@@ -85,8 +90,19 @@ impl Check {
     }
 }
 
-/// Everything the invariants are judged on.
-pub(crate) struct Evidence<'a> {
+/// The failed checks of `checks`, one per line (empty when all held).
+pub fn failures(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("FAIL {}: {}", c.name, c.detail))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Everything a bench run's invariants are judged on.
+#[derive(Debug)]
+pub struct Evidence<'a> {
     /// Units the bench could buy: the stock less what was sold before.
     pub available: u64,
     /// The sale's stock.
@@ -95,20 +111,8 @@ pub(crate) struct Evidence<'a> {
     pub per_user_limit: u64,
     /// Units each purchase asked for.
     pub quantity: u64,
-    /// Accepted orders that named their order id.
-    pub accepted: &'a [Accepted],
-    /// `201` answers without an order id.
-    pub unparsed_orders: u64,
-    /// Units in those.
-    pub unparsed_units: u64,
-    /// `201` answers that disagreed with their request.
-    pub anomalies: u64,
-    /// The first few of those.
-    pub anomaly_samples: &'a [String],
-    /// Whether any purchase was answered `409 sold_out`.
-    pub sold_out_seen: bool,
-    /// Purchases whose fate is unknown (transport errors, server errors).
-    pub ambiguous: u64,
+    /// What the load saw.
+    pub outcome: &'a Outcome,
     /// The bench reused an existing sale (others may have bought in it).
     pub reused: bool,
     /// Stats before the load (`None`: a fresh sale, nothing sold).
@@ -119,62 +123,47 @@ pub(crate) struct Evidence<'a> {
     pub readback: Readback,
 }
 
-/// Judges every invariant; the run passed when all checks are `ok`.
-pub(crate) fn evaluate(e: &Evidence<'_>) -> Vec<Check> {
-    let orders = u64::try_from(e.accepted.len())
-        .unwrap_or(u64::MAX)
-        .saturating_add(e.unparsed_orders);
-    let units = e
-        .accepted
-        .iter()
-        .map(|a| a.quantity)
-        .fold(e.unparsed_units, u64::saturating_add);
+/// Judges every invariant of a bench run; it passed when all are `ok`.
+pub fn evaluate(e: &Evidence<'_>) -> Vec<Check> {
+    let o = e.outcome;
     // Purchases with no definite answer may have bought up to this much more.
-    let slack = e.ambiguous.saturating_mul(e.quantity);
-    let unknown = if slack > 0 {
-        format!(
-            ", plus up to {slack} units in {} unanswered purchases",
-            e.ambiguous
-        )
-    } else {
-        String::new()
-    };
-
+    let slack = o.ambiguous.saturating_mul(e.quantity);
     let mut checks = vec![
-        Check::new(
-            "no_oversell",
-            units <= e.available,
-            format!(
-                "{units} units accepted in {orders} orders, {} available",
-                e.available
-            ),
-        ),
-        exhaustion(e, units, slack, &unknown),
-        per_user(e),
-        unique_orders(e.accepted),
-        Check::new(
-            "answers_well_formed",
-            e.anomalies == 0,
-            if e.anomalies == 0 {
-                format!("{orders} accepted answers named their order, buyer, sale and quantity")
-            } else {
-                format!(
-                    "{} accepted answers disagreed: {}",
-                    e.anomalies,
-                    e.anomaly_samples.join("; ")
-                )
-            },
-        ),
-        readback(&e.readback, e.unparsed_orders),
+        no_oversell(o.units, o.orders, e.available),
+        exhaustion(e, slack),
     ];
-    checks.extend(stats(e, orders, units, slack));
+    checks.extend(answers(o, e.per_user_limit));
+    checks.push(readback(&e.readback, o.unnamed_orders()));
+    checks.extend(stats(e, slack));
     checks
+}
+
+/// What the answers alone prove: nobody over the limit, one order per
+/// order id, `201`s that describe what was asked for, and the contract's
+/// body on every error.
+pub fn answers(outcome: &Outcome, per_user_limit: u64) -> Vec<Check> {
+    vec![
+        per_user_limit_of(outcome, per_user_limit),
+        unique_orders(outcome.accepted.iter().map(|a| a.order_id.as_str())),
+        answers_well_formed(outcome),
+        errors_well_formed(outcome),
+    ]
+}
+
+/// `units` in `orders` orders never exceed the `available` stock.
+pub fn no_oversell(units: u64, orders: u64, available: u64) -> Check {
+    Check::new(
+        "no_oversell",
+        units <= available,
+        format!("{units} units in {orders} orders, {available} available"),
+    )
 }
 
 /// Once a `sold_out` was seen, everything available must have been bought
 /// (less than one purchase's worth may be left).
-fn exhaustion(e: &Evidence<'_>, units: u64, slack: u64, unknown: &str) -> Check {
-    if !e.sold_out_seen {
+fn exhaustion(e: &Evidence<'_>, slack: u64) -> Check {
+    let units = e.outcome.units;
+    if !e.outcome.sold_out_seen() {
         return Check::new(
             "stock_exhausted",
             true,
@@ -189,9 +178,15 @@ fn exhaustion(e: &Evidence<'_>, units: u64, slack: u64, unknown: &str) -> Check 
     let bought_at_most = units.saturating_add(slack);
     let ok = e.available < bought_at_most.saturating_add(e.quantity);
     let mut detail = format!(
-        "sold_out seen; {units} of {} available units accepted{unknown}",
+        "sold_out seen; {units} of {} available units accepted",
         e.available
     );
+    if slack > 0 {
+        detail.push_str(&format!(
+            ", plus up to {slack} units in {} unanswered purchases",
+            e.outcome.ambiguous
+        ));
+    }
     if !ok {
         detail.push_str(&format!(
             "; {} units unsold",
@@ -201,64 +196,71 @@ fn exhaustion(e: &Evidence<'_>, units: u64, slack: u64, unknown: &str) -> Check 
     Check::new("stock_exhausted", ok, detail)
 }
 
-/// Nobody holds more than the per-user limit, counting the `201` answers.
-fn per_user(e: &Evidence<'_>) -> Check {
-    let mut held: HashMap<u32, u64> = HashMap::new();
-    for order in e.accepted {
-        let units = held.entry(order.user).or_insert(0);
-        *units = units.saturating_add(order.quantity);
+fn per_user_limit_of(outcome: &Outcome, limit: u64) -> Check {
+    per_user_limit(
+        outcome
+            .accepted
+            .iter()
+            .map(|a| (outcome.owner(a), a.quantity)),
+        limit,
+    )
+}
+
+/// No buyer holds more than `limit` units, over `orders` as
+/// `(buyer, units)`.
+pub fn per_user_limit<K>(orders: impl IntoIterator<Item = (K, u64)>, limit: u64) -> Check
+where
+    K: Eq + Hash + Ord + Display,
+{
+    let mut held: HashMap<K, u64> = HashMap::new();
+    for (user, units) in orders {
+        let total = held.entry(user).or_insert(0);
+        *total = total.saturating_add(units);
     }
-    let mut over: Vec<(u32, u64)> = held
+    let most = held.values().copied().max().unwrap_or(0);
+    let mut over: Vec<(&K, u64)> = held
         .iter()
-        .filter(|&(_, &units)| units > e.per_user_limit)
-        .map(|(&user, &units)| (user, units))
+        .filter(|&(_, &units)| units > limit)
+        .map(|(user, &units)| (user, units))
         .collect();
     over.sort_unstable();
-    let most = held.values().copied().max().unwrap_or(0);
     if over.is_empty() {
-        Check::new(
+        return Check::new(
             "per_user_limit",
             true,
             format!(
-                "{} buyers, at most {most} units each (limit {})",
-                held.len(),
-                e.per_user_limit
+                "{} buyers, at most {most} units each (limit {limit})",
+                held.len()
             ),
-        )
-    } else {
-        let examples: Vec<String> = over
-            .iter()
-            .take(5)
-            .map(|(user, units)| format!("user {user} holds {units}"))
-            .collect();
-        Check::new(
-            "per_user_limit",
-            false,
-            format!(
-                "{} buyers over the limit of {}: {}",
-                over.len(),
-                e.per_user_limit,
-                examples.join(", ")
-            ),
-        )
+        );
     }
+    let examples: Vec<String> = over
+        .iter()
+        .take(5)
+        .map(|(user, units)| format!("{user} holds {units}"))
+        .collect();
+    Check::new(
+        "per_user_limit",
+        false,
+        format!(
+            "{} buyers over the limit of {limit}: {}",
+            over.len(),
+            examples.join(", ")
+        ),
+    )
 }
 
-/// No order id was handed out twice.
-fn unique_orders(accepted: &[Accepted]) -> Check {
-    let mut seen = HashSet::with_capacity(accepted.len());
-    let mut duplicates: Vec<&str> = accepted
-        .iter()
-        .map(|a| a.order_id.as_str())
-        .filter(|id| !seen.insert(*id))
-        .collect();
+/// No order id appears twice.
+pub fn unique_orders<'a>(ids: impl IntoIterator<Item = &'a str>) -> Check {
+    let mut seen = HashSet::new();
+    let mut duplicates: Vec<&str> = ids.into_iter().filter(|id| !seen.insert(*id)).collect();
     duplicates.sort_unstable();
     duplicates.dedup();
     if duplicates.is_empty() {
         Check::new(
             "unique_orders",
             true,
-            format!("{} distinct order ids", accepted.len()),
+            format!("{} distinct order ids", seen.len()),
         )
     } else {
         let examples: Vec<&str> = duplicates.iter().copied().take(5).collect();
@@ -266,7 +268,7 @@ fn unique_orders(accepted: &[Accepted]) -> Check {
             "unique_orders",
             false,
             format!(
-                "{} order ids answered more than once: {}",
+                "{} order ids appear more than once: {}",
                 duplicates.len(),
                 examples.join(", ")
             ),
@@ -274,8 +276,70 @@ fn unique_orders(accepted: &[Accepted]) -> Check {
     }
 }
 
-/// Every accepted order (or the sample) reads back as its owner's.
-fn readback(r: &Readback, unparsed_orders: u64) -> Check {
+/// Every `201` named its order, buyer, sale and quantity as asked.
+pub fn answers_well_formed(outcome: &Outcome) -> Check {
+    let a = &outcome.anomalies;
+    Check::new(
+        "answers_well_formed",
+        a.count == 0,
+        if a.count == 0 {
+            format!(
+                "{} accepted answers named their order, buyer, sale and quantity",
+                outcome.orders
+            )
+        } else {
+            format!(
+                "{} accepted answers disagreed: {}",
+                a.count,
+                a.first.join("; ")
+            )
+        },
+    )
+}
+
+/// Every non-2xx answer carried `{"error": {"code", "message"}}`.
+pub fn errors_well_formed(outcome: &Outcome) -> Check {
+    let m = &outcome.malformed;
+    Check::new(
+        "errors_well_formed",
+        m.count == 0,
+        if m.count == 0 {
+            "every error answer had the contract's JSON body".to_owned()
+        } else {
+            format!(
+                "{} error answers without the JSON error body: {}",
+                m.count,
+                m.first.join("; ")
+            )
+        },
+    )
+}
+
+/// Every request got one of the `allowed` outcomes (`201`, `409 sold_out`,
+/// `transport_error`, …).
+pub fn expected_outcomes(outcome: &Outcome, allowed: &[&str]) -> Check {
+    let unexpected: Vec<&str> = outcome
+        .outcomes
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !allowed.contains(key))
+        .collect();
+    let mut detail = format!(
+        "outcomes {}, allowed {allowed:?}",
+        describe_outcomes(&outcome.outcomes)
+    );
+    if !outcome.failures.first.is_empty() {
+        detail.push_str(&format!(
+            "; failures: {}",
+            outcome.failures.first.join("; ")
+        ));
+    }
+    Check::new("expected_outcomes", unexpected.is_empty(), detail)
+}
+
+/// Every accepted order (or the sample) read back as its owner's; orders
+/// whose answer named no id cannot be, and fail the check.
+pub fn readback(r: &Readback, unnamed_orders: u64) -> Check {
     let scope = if r.checked < r.total {
         format!(
             "a random sample of {} of {} accepted orders",
@@ -294,24 +358,67 @@ fn readback(r: &Readback, unparsed_orders: u64) -> Check {
             r.samples.join("; ")
         )
     };
-    if unparsed_orders > 0 {
+    if unnamed_orders > 0 {
         detail.push_str(&format!(
-            "; {unparsed_orders} accepted orders had no id to read back"
+            "; {unnamed_orders} accepted orders had no id to read back"
         ));
     }
     Check::new(
         "orders_readable",
-        r.failed == 0 && unparsed_orders == 0,
+        r.failed == 0 && unnamed_orders == 0,
         detail,
     )
 }
 
+/// Every accepted order, as `(order id, buyer)`, is among the `stored` ids.
+pub fn orders_stored<'a>(
+    accepted: impl IntoIterator<Item = (&'a str, &'a str)>,
+    stored: &HashSet<&str>,
+) -> Check {
+    let mut total = 0usize;
+    let mut missing = Vec::new();
+    for (id, buyer) in accepted {
+        total += 1;
+        if !stored.contains(id) {
+            missing.push(format!("order {id} of {buyer}"));
+        }
+    }
+    if missing.is_empty() {
+        Check::new(
+            "orders_stored",
+            true,
+            format!("all {total} accepted orders are stored"),
+        )
+    } else {
+        Check::new(
+            "orders_stored",
+            false,
+            format!(
+                "{} of {total} orders answered 201 are not stored: {}",
+                missing.len(),
+                missing[..missing.len().min(5)].join(", ")
+            ),
+        )
+    }
+}
+
+/// The store holds no order that no buyer was told about: `stored` orders,
+/// `accepted` answers.
+pub fn no_untold_orders(stored: usize, accepted: usize) -> Check {
+    Check::new(
+        "no_untold_orders",
+        stored == accepted,
+        format!("{stored} orders stored, {accepted} answered 201"),
+    )
+}
+
 /// The service's own stats agree with what the bench saw.
-fn stats(e: &Evidence<'_>, orders: u64, units: u64, slack: u64) -> Vec<Check> {
+fn stats(e: &Evidence<'_>, slack: u64) -> Vec<Check> {
     let after = match &e.after {
         Ok(after) => after,
         Err(why) => return vec![Check::new("stats_readable", false, why.clone())],
     };
+    let (units, orders) = (e.outcome.units, e.outcome.orders);
     let (sold_before, persisted_before) = e
         .before
         .as_ref()
@@ -368,7 +475,7 @@ fn stats(e: &Evidence<'_>, orders: u64, units: u64, slack: u64) -> Vec<Check> {
 ///
 /// # Errors
 /// What disagrees.
-pub(crate) fn compare_order(
+pub fn compare_order(
     value: &Value,
     order: &Accepted,
     owner: &str,
@@ -391,6 +498,10 @@ pub(crate) fn compare_order(
         Some(q) if q == order.quantity => {}
         other => problems.push(format!("quantity {other:?}, expected {}", order.quantity)),
     }
+    match value.get("status").and_then(Value::as_str) {
+        Some(status) if !status.is_empty() => {}
+        other => problems.push(format!("status {other:?}")),
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -398,18 +509,13 @@ pub(crate) fn compare_order(
     }
 }
 
-/// An id as text, whether the service sends it as a string or a number.
-pub(crate) fn json_id(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::buyers::Buyers;
+    use crate::load::SOLD_OUT;
     use serde_json::json;
 
     fn order(id: &str, user: u32, quantity: u64) -> Accepted {
@@ -429,31 +535,47 @@ mod tests {
         }
     }
 
+    fn buyers() -> Arc<Buyers> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let names = (0..10).map(|i| format!("user {i}")).collect();
+        Arc::new(
+            runtime
+                .block_on(Buyers::mint(&flashsale::auth::Secret::new("s"), names))
+                .unwrap(),
+        )
+    }
+
+    /// What the load saw: these accepted orders, and a sold_out answer.
+    fn outcome(accepted: Vec<Accepted>) -> Outcome {
+        let mut o = Outcome::new(buyers());
+        o.orders = u64::try_from(accepted.len()).unwrap();
+        o.units = accepted.iter().map(|a| a.quantity).sum();
+        o.accepted = accepted;
+        o.outcomes.insert(SOLD_OUT.to_owned(), 1);
+        o
+    }
+
     /// A clean sell-out of `n` single units to `n` different buyers.
     fn orders(n: u32) -> Vec<Accepted> {
         (0..n).map(|i| order(&format!("o{i}"), i, 1)).collect()
     }
 
-    fn evidence(accepted: &[Accepted]) -> Evidence<'_> {
-        let n = u64::try_from(accepted.len()).unwrap();
+    fn evidence(outcome: &Outcome) -> Evidence<'_> {
+        let n = outcome.orders;
         Evidence {
             available: 3,
             stock: 3,
             per_user_limit: 1,
             quantity: 1,
-            accepted,
-            unparsed_orders: 0,
-            unparsed_units: 0,
-            anomalies: 0,
-            anomaly_samples: &[],
-            sold_out_seen: true,
-            ambiguous: 0,
+            outcome,
             reused: false,
             before: None,
             after: Ok(stats(3, n, n)),
             readback: Readback {
-                checked: accepted.len(),
-                total: accepted.len(),
+                checked: outcome.accepted.len(),
+                total: outcome.accepted.len(),
                 failed: 0,
                 samples: Vec::new(),
             },
@@ -470,16 +592,17 @@ mod tests {
 
     #[test]
     fn clean_sell_out_passes() {
-        let accepted = orders(3);
-        let checks = evaluate(&evidence(&accepted));
+        let o = outcome(orders(3));
+        let checks = evaluate(&evidence(&o));
         assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
-        assert_eq!(checks.len(), 10);
+        assert_eq!(checks.len(), 11);
+        assert_eq!(failures(&checks), "");
     }
 
     #[test]
     fn oversell_is_caught() {
-        let accepted = orders(4);
-        let mut e = evidence(&accepted);
+        let o = outcome(orders(4));
+        let mut e = evidence(&o);
         e.after = Ok(Stats {
             stock: 3,
             sold: 4,
@@ -491,12 +614,13 @@ mod tests {
             failed(&checks),
             ["no_oversell", "stats_sold_within_stock", "stats_remaining"]
         );
+        assert!(failures(&checks).starts_with("FAIL no_oversell: 4 units in 4 orders"));
     }
 
     #[test]
     fn unsold_stock_after_sold_out_is_caught() {
-        let accepted = orders(2);
-        let checks = evaluate(&evidence(&accepted));
+        let o = outcome(orders(2));
+        let checks = evaluate(&evidence(&o));
         assert_eq!(failed(&checks), ["stock_exhausted"]);
         assert!(find(&checks, "stock_exhausted")
             .detail
@@ -505,9 +629,9 @@ mod tests {
 
     #[test]
     fn unexhausted_stock_is_only_a_note() {
-        let accepted = orders(2);
-        let mut e = evidence(&accepted);
-        e.sold_out_seen = false;
+        let mut o = outcome(orders(2));
+        o.outcomes.clear();
+        let mut e = evidence(&o);
         e.after = Ok(stats(3, 2, 2));
         let checks = evaluate(&e);
         assert!(failed(&checks).is_empty(), "{checks:#?}");
@@ -517,11 +641,13 @@ mod tests {
     #[test]
     fn unanswered_purchases_give_slack() {
         // Two of three units seen; one purchase timed out and may have bought.
-        let accepted = orders(2);
-        let mut e = evidence(&accepted);
-        e.ambiguous = 1;
-        assert!(failed(&evaluate(&e)).is_empty());
-        e.ambiguous = 0;
+        let mut o = outcome(orders(2));
+        o.ambiguous = 1;
+        let mut e = evidence(&o);
+        e.after = Ok(stats(3, 3, 2));
+        assert!(failed(&evaluate(&e)).is_empty(), "{:#?}", evaluate(&e));
+        let o = outcome(orders(2));
+        let mut e = evidence(&o);
         e.after = Ok(stats(3, 2, 2));
         assert_eq!(failed(&evaluate(&e)), ["stock_exhausted"]);
     }
@@ -529,8 +655,8 @@ mod tests {
     #[test]
     fn leftover_smaller_than_a_purchase_is_exhausted() {
         // Stock 3 in purchases of 2: one purchase fits, one unit stays.
-        let accepted = [order("o0", 0, 2)];
-        let mut e = evidence(&accepted);
+        let o = outcome(vec![order("o0", 0, 2)]);
+        let mut e = evidence(&o);
         e.quantity = 2;
         e.per_user_limit = 2;
         e.after = Ok(stats(3, 2, 1));
@@ -539,8 +665,8 @@ mod tests {
 
     #[test]
     fn over_the_limit_is_caught() {
-        let accepted = [order("a", 7, 1), order("b", 7, 1), order("c", 1, 1)];
-        let checks = evaluate(&evidence(&accepted));
+        let o = outcome(vec![order("a", 7, 1), order("b", 7, 1), order("c", 1, 1)]);
+        let checks = evaluate(&evidence(&o));
         assert_eq!(failed(&checks), ["per_user_limit"]);
         assert!(find(&checks, "per_user_limit")
             .detail
@@ -548,29 +674,61 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_rule_sums_any_kind_of_buyer() {
+        let check = per_user_limit([("ann", 1), ("bob", 2), ("ann", 1)], 2);
+        assert!(check.ok, "{check:?}");
+        assert!(check.detail.contains("2 buyers, at most 2"), "{check:?}");
+        let check = per_user_limit([(3u32, 2), (3, 1), (4, 5)], 2);
+        assert!(!check.ok);
+        assert!(check.detail.contains("3 holds 3, 4 holds 5"), "{check:?}");
+    }
+
+    #[test]
     fn duplicate_order_ids_are_caught() {
-        let accepted = [order("a", 0, 1), order("b", 1, 1), order("a", 2, 1)];
-        let checks = evaluate(&evidence(&accepted));
+        let o = outcome(vec![order("a", 0, 1), order("b", 1, 1), order("a", 2, 1)]);
+        let checks = evaluate(&evidence(&o));
         assert_eq!(failed(&checks), ["unique_orders"]);
         assert!(find(&checks, "unique_orders").detail.ends_with(": a"));
     }
 
     #[test]
     fn unreadable_orders_and_bad_answers_fail() {
-        let accepted = orders(3);
-        let mut e = evidence(&accepted);
+        let mut o = outcome(orders(3));
+        o.anomalies.push("201 to bench-x-1: no order_id".to_owned());
+        o.malformed.push("502: \"Bad Gateway\"".to_owned());
+        let mut e = evidence(&o);
         e.readback.failed = 1;
         e.readback
             .samples
             .push("order o1: 404 not_found".to_owned());
-        let samples = ["201 to bench-x-1: no order_id".to_owned()];
-        e.anomalies = 1;
-        e.anomaly_samples = &samples;
         let checks = evaluate(&e);
-        assert_eq!(failed(&checks), ["answers_well_formed", "orders_readable"]);
+        assert_eq!(
+            failed(&checks),
+            [
+                "answers_well_formed",
+                "errors_well_formed",
+                "orders_readable"
+            ]
+        );
         assert!(find(&checks, "orders_readable")
             .detail
             .contains("404 not_found"));
+        assert!(find(&checks, "errors_well_formed")
+            .detail
+            .contains("Bad Gateway"));
+    }
+
+    #[test]
+    fn orders_without_an_id_cannot_be_read_back() {
+        let mut o = outcome(orders(2));
+        o.orders = 3;
+        o.units = 3;
+        let check = find(&evaluate(&evidence(&o)), "orders_readable").clone();
+        assert!(!check.ok);
+        assert!(
+            check.detail.contains("1 accepted orders had no id"),
+            "{check:?}"
+        );
     }
 
     #[test]
@@ -588,8 +746,8 @@ mod tests {
 
     #[test]
     fn stats_lagging_or_missing_fail() {
-        let accepted = orders(3);
-        let mut e = evidence(&accepted);
+        let o = outcome(orders(3));
+        let mut e = evidence(&o);
         e.after = Ok(stats(3, 3, 2));
         assert_eq!(failed(&evaluate(&e)), ["stats_orders_persisted"]);
         e.after = Err("connection refused".to_owned());
@@ -598,14 +756,38 @@ mod tests {
 
     #[test]
     fn reused_sale_counts_from_its_earlier_state() {
-        let accepted = orders(3);
-        let mut e = evidence(&accepted);
+        let o = outcome(orders(3));
+        let mut e = evidence(&o);
         e.stock = 10;
         e.available = 3;
         e.reused = true;
         e.before = Some(stats(10, 7, 7));
         e.after = Ok(stats(10, 10, 10));
         assert!(failed(&evaluate(&e)).is_empty(), "{:#?}", evaluate(&e));
+    }
+
+    #[test]
+    fn stored_orders_are_matched_to_answers() {
+        let stored: HashSet<&str> = ["1", "2", "3"].into();
+        assert!(orders_stored([("1", "ann"), ("3", "bob")], &stored).ok);
+        let check = orders_stored([("1", "ann"), ("4", "bob")], &stored);
+        assert!(!check.ok);
+        assert!(check.detail.contains("order 4 of bob"), "{check:?}");
+        assert!(no_untold_orders(3, 3).ok);
+        assert!(!no_untold_orders(3, 2).ok);
+    }
+
+    #[test]
+    fn only_the_allowed_outcomes() {
+        let mut o = outcome(orders(1));
+        o.outcomes.insert("201".to_owned(), 1);
+        assert!(expected_outcomes(&o, &["201", SOLD_OUT]).ok);
+        o.outcomes.insert("500 internal".to_owned(), 2);
+        o.failures.push("connection reset".to_owned());
+        let check = expected_outcomes(&o, &["201", SOLD_OUT]);
+        assert!(!check.ok);
+        assert!(check.detail.contains("500 internal: 2"), "{check:?}");
+        assert!(check.detail.contains("connection reset"), "{check:?}");
     }
 
     #[test]
@@ -624,16 +806,8 @@ mod tests {
         assert_eq!(compare_order(&good, &accepted, "bench-r-3", "s"), Ok(()));
         let bad = json!({"order_id": "o1", "sale_id": "t", "user_id": "x", "quantity": 1});
         let problem = compare_order(&bad, &accepted, "bench-r-3", "s").unwrap_err();
-        for part in ["sale_id", "user_id", "quantity"] {
+        for part in ["sale_id", "user_id", "quantity", "status"] {
             assert!(problem.contains(part), "{problem}");
         }
-    }
-
-    #[test]
-    fn ids_as_text() {
-        assert_eq!(json_id(&json!("abc")), Some("abc".to_owned()));
-        assert_eq!(json_id(&json!(42)), Some("42".to_owned()));
-        assert_eq!(json_id(&json!("")), None);
-        assert_eq!(json_id(&json!(null)), None);
     }
 }

@@ -1,25 +1,26 @@
-//! Harness of the distributed tests: a private namespace on the machine's
-//! shared Redis and RabbitMQ, and a private PostgreSQL schema or MariaDB
-//! database, so parallel tests (and CI) never see each other's keys, queues
-//! or rows. [`Backends::cleanup`] removes all of it.
+//! The backends of the distributed tests: a private namespace on the
+//! machine's shared Redis and RabbitMQ, and a private PostgreSQL schema or
+//! MariaDB database ([`Backends`]), so parallel tests (and CI) never see each
+//! other's keys, queues or rows; [`Backends::cleanup`] removes all of it.
+//! [`RedisServers`] starts private `redis-server`s (standalone or a
+//! cluster) for the tests that restart Redis or count its commands.
 //!
-//! Invariants are checked **in the database itself** ([`Backends::orders`]).
+//! Orders are read **from the database itself** ([`Backends::orders`]), so
+//! [`super::flood::check_stored`] judges what is stored, not what a node
+//! says.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
 use flashsale::backend::queue::OrderQueue;
 use flashsale::Settings;
-use reqwest::StatusCode;
-use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::Semaphore;
 
-use crate::helpers::{token, TestApp};
+use super::process::free_port;
 
+/// The shared Redis (`FLASHSALE_TEST_REDIS` overrides it).
 pub const REDIS: &str = "redis://127.0.0.1:6379";
+/// The shared RabbitMQ (`FLASHSALE_TEST_AMQP` overrides it).
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -31,7 +32,9 @@ fn env_or(name: &str, default: &str) -> String {
 /// Which SQL server holds the orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
+    /// PostgreSQL, one schema per test.
     Postgres,
+    /// MariaDB/MySQL, one database per test.
     MySql,
 }
 
@@ -42,18 +45,26 @@ enum Admin {
 
 /// One order row as the database holds it.
 #[derive(Debug, Clone)]
-pub struct Row_ {
+pub struct StoredOrder {
+    /// The order's id.
     pub order_id: u64,
+    /// The buyer.
     pub user_id: String,
+    /// Units.
     pub quantity: u64,
+    /// `pending_payment`, `paid`, `expired` or `cancelled`.
     pub status: String,
 }
 
 /// The shared servers, isolated for one test.
 pub struct Backends {
+    /// Prefix of this test's Redis keys and RabbitMQ names.
     pub namespace: String,
+    /// URL of this test's schema or database.
     pub db_url: String,
+    /// Redis URLs (several: cluster seeds).
     pub redis: Vec<String>,
+    /// Treat `redis` as a Redis Cluster.
     pub redis_cluster: bool,
     admin: Admin,
 }
@@ -67,6 +78,7 @@ fn unique(prefix: &str) -> String {
 }
 
 impl Backends {
+    /// A fresh namespace and schema (or database) on `db`.
     pub async fn new(db: Db) -> Self {
         let namespace = unique("fst_");
         let name = unique("fs_test_");
@@ -142,7 +154,7 @@ impl Backends {
 
     /// Every order of `sale_id` in the database (retried for a while: the
     /// fault tests read right after restarting the server).
-    pub async fn orders(&self, sale_id: &str) -> Vec<Row_> {
+    pub async fn orders(&self, sale_id: &str) -> Vec<StoredOrder> {
         let mut last = None;
         for _ in 0..40 {
             match self.try_orders(sale_id).await {
@@ -154,7 +166,7 @@ impl Backends {
         panic!("reading orders: {last:?}");
     }
 
-    async fn try_orders(&self, sale_id: &str) -> Result<Vec<Row_>, sqlx::Error> {
+    async fn try_orders(&self, sale_id: &str) -> Result<Vec<StoredOrder>, sqlx::Error> {
         let id: i64 = sale_id.parse().unwrap();
         let q = "SELECT order_id, user_id, quantity, status FROM orders WHERE sale_id = ";
         let rows = match &self.admin {
@@ -166,7 +178,7 @@ impl Backends {
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|r| Row_ {
+            .map(|r| StoredOrder {
                 order_id: r.get::<i64, _>(0) as u64,
                 user_id: r.get(1),
                 quantity: r.get::<i64, _>(2) as u64,
@@ -181,7 +193,7 @@ impl Backends {
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|r| Row_ {
+            .map(|r| StoredOrder {
                 order_id: r.get::<i64, _>(0) as u64,
                 user_id: String::from_utf8(r.get::<Vec<u8>, _>(1)).unwrap(),
                 quantity: r.get::<i64, _>(2) as u64,
@@ -194,7 +206,12 @@ impl Backends {
 
     /// Waits until the database holds `n` orders of `sale_id` (the writers
     /// caught up); returns them.
-    pub async fn wait_for_orders(&self, sale_id: &str, n: usize, within: Duration) -> Vec<Row_> {
+    pub async fn wait_for_orders(
+        &self,
+        sale_id: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<StoredOrder> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let rows = self.orders(sale_id).await;
@@ -205,20 +222,21 @@ impl Backends {
         }
     }
 
-    /// Waits until the database holds every order `flood` was answered
-    /// `201` for (a count is not enough when orders no buyer heard of — a
-    /// dead node's outbox, relayed — are stored too); returns the rows.
+    /// Waits until the database holds every order in `accepted` (order id,
+    /// buyer: the orders answered `201`). A count is not enough when orders
+    /// no buyer heard of — a dead node's outbox, relayed — are stored too.
     pub async fn wait_for_accepted(
         &self,
         sale_id: &str,
-        flood: &Flood,
+        accepted: &[(String, String)],
         within: Duration,
-    ) -> Vec<Row_> {
+    ) -> Vec<StoredOrder> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let rows = self.orders(sale_id).await;
-            let stored: HashSet<u64> = rows.iter().map(|r| r.order_id).collect();
-            let all = flood.accepted.iter().all(|(id, _)| stored.contains(id));
+            let stored: std::collections::HashSet<String> =
+                rows.iter().map(|r| r.order_id.to_string()).collect();
+            let all = accepted.iter().all(|(id, _)| stored.contains(id));
             if all || tokio::time::Instant::now() > deadline {
                 return rows;
             }
@@ -273,99 +291,10 @@ impl Backends {
     }
 }
 
-/// What a flood got back.
-#[derive(Debug, Default)]
-pub struct Flood {
-    /// `order_id` → user of every `201`.
-    pub accepted: HashMap<u64, String>,
-    /// Count per status code.
-    pub statuses: HashMap<u16, usize>,
-}
-
-/// Sends `requests` one-unit purchases for users `u0..u{users}`, spread
-/// round-robin over `nodes`, 64 at a time.
-pub async fn flood(nodes: &[TestApp], sale_id: &str, users: usize, requests: usize) -> Flood {
-    let gate = Arc::new(Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(requests);
-    for i in 0..requests {
-        let node = &nodes[i % nodes.len()];
-        let (client, url) = (
-            node.client.clone(),
-            node.url(&format!("/api/v1/sales/{sale_id}/purchase")),
-        );
-        let user = format!("u{}", i % users);
-        let gate = gate.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.unwrap();
-            match client.post(url).bearer_auth(token(&user)).send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body: Value = resp.json().await.unwrap_or(Value::Null);
-                    (Some(status), body, user)
-                }
-                // A node killed mid-request: the buyer heard nothing.
-                Err(_) => (None, Value::Null, user),
-            }
-        }));
-    }
-    let mut out = Flood::default();
-    for t in tasks {
-        let (status, body, user) = t.await.unwrap();
-        let Some(status) = status else {
-            *out.statuses.entry(0).or_default() += 1;
-            continue;
-        };
-        *out.statuses.entry(status.as_u16()).or_default() += 1;
-        if status == StatusCode::CREATED {
-            let id: u64 = body["order_id"].as_str().unwrap().parse().unwrap();
-            assert_eq!(body["user_id"], user.as_str());
-            assert!(
-                out.accepted.insert(id, user).is_none(),
-                "order id {id} answered twice"
-            );
-        }
-    }
-    out
-}
-
-/// The contract's invariants, checked in the database: units held never
-/// exceed `stock`, no user holds more than `limit`, every `201` is stored
-/// exactly once (the primary key makes "once" hold), and — when `exact` —
-/// nothing is stored that no buyer was told about.
-pub fn check_invariants(rows: &[Row_], flood: &Flood, stock: u64, limit: u64, exact: bool) {
-    let holding: Vec<&Row_> = rows
-        .iter()
-        .filter(|r| r.status == "pending_payment" || r.status == "paid")
-        .collect();
-    let sold: u64 = holding.iter().map(|r| r.quantity).sum();
-    assert!(sold <= stock, "oversold: {sold} units held of {stock}");
-    let mut per_user: HashMap<&str, u64> = HashMap::new();
-    for r in &holding {
-        *per_user.entry(&r.user_id).or_default() += r.quantity;
-    }
-    for (user, units) in &per_user {
-        assert!(*units <= limit, "{user} holds {units} > limit {limit}");
-    }
-    let stored: HashSet<u64> = rows.iter().map(|r| r.order_id).collect();
-    assert_eq!(stored.len(), rows.len(), "an order is stored twice");
-    for (id, user) in &flood.accepted {
-        assert!(
-            stored.contains(id),
-            "order {id} of {user} was answered 201 but is not stored"
-        );
-    }
-    if exact {
-        assert_eq!(
-            rows.len(),
-            flood.accepted.len(),
-            "orders stored that no buyer was told about"
-        );
-    }
-}
-
 /// A private `redis-server` (or several, as a cluster) on free ports, for
 /// the tests that restart Redis or need a Redis Cluster; killed on drop.
 pub struct RedisServers {
+    /// Their ports.
     pub ports: Vec<u16>,
     children: Vec<std::process::Child>,
     dirs: Vec<tempfile::TempDir>,
@@ -413,7 +342,7 @@ async fn wait_for_redis(port: u16) {
 impl RedisServers {
     /// One standalone server.
     pub async fn standalone() -> Self {
-        let port = crate::helpers::free_port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = spawn_redis(port, dir.path(), false);
         wait_for_redis(port).await;
@@ -434,7 +363,7 @@ impl RedisServers {
             cluster: true,
         };
         for _ in 0..3 {
-            let port = crate::helpers::free_port();
+            let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             servers.children.push(spawn_redis(port, dir.path(), true));
             servers.ports.push(port);

@@ -12,15 +12,15 @@
 //! or database and drops it at the end, even when the case fails. An
 //! unreachable server fails the test; nothing is skipped.
 //!
-//! The last tests start the whole application on a SQL database, sell over
-//! HTTP, restart it and check the state came back from the database.
+//! The last tests start the whole application on a SQL database (with the
+//! shared harness, [`crate::kit`]), sell over HTTP, restart it and check the
+//! state came back from the database.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flashsale::auth::{mint_token, Secret};
 use flashsale::backend::embedded::{SqliteSettings, SqliteStore};
 use flashsale::backend::mysql::MySqlOrderStore;
 use flashsale::backend::postgres::PgOrderStore;
@@ -31,9 +31,13 @@ use flashsale::domain::{Order, OrderStatus, Sale};
 use flashsale::{Application, Settings};
 use futures::future::join_all;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool};
 use tempfile::TempDir;
+
+use crate::kit::{
+    assert_only, check_orders_readable, flood, json_status, spawn_app_on_with, spawn_app_with,
+    token,
+};
 
 const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -918,155 +922,36 @@ async fn shutdown_flushes_then_refuses(fx: Arc<Fixture>) {
 }
 
 // ---------------------------------------------------------------------------
-// The application on a SQL database.
-
-const ADMIN_TOKEN: &str = "contract-admin-token";
-const JWT_SECRET: &str = "contract-jwt-secret";
-
-struct RunningApp {
-    address: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningApp {
-    async fn start(database: &str, data_dir: &TempDir) -> Self {
-        let mut settings = Settings::with_data_dir(data_dir.path());
-        settings.listen = "127.0.0.1:0".parse().unwrap();
-        settings.admin_token = Some(Secret::new(ADMIN_TOKEN));
-        settings.jwt_secret = Some(Secret::new(JWT_SECRET));
-        settings.engine.user_rate_per_sec = 0;
-        settings.database = Some(database.to_owned());
-        let app = Application::build(settings)
-            .await
-            .expect("building the application on the SQL store");
-        let address = format!("http://{}", app.local_addr());
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async move {
-            let _ = rx.await;
-        }));
-        Self {
-            address,
-            stop,
-            server,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.server)
-            .await
-            .expect("the server did not stop within 30 s")
-            .expect("the server task panicked")
-            .expect("the server stopped with an error");
-    }
-}
-
-fn buyer(user: &str) -> String {
-    mint_token(&Secret::new(JWT_SECRET), user, 3600).expect("minting a token")
-}
-
-async fn json_of(resp: reqwest::Response, want: StatusCode) -> Value {
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert_eq!(status, want, "{text}");
-    serde_json::from_str(&text).unwrap()
-}
+// The application on a SQL database, through the shared harness.
 
 async fn app_sells_stock_once_and_restarts(fx: Arc<Fixture>) {
     let url = fx.url.clone().expect("a SQL fixture");
-    let data_dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let on_sql = |s: &mut Settings| s.database = Some(url.clone());
 
-    let app = RunningApp::start(&url, &data_dir).await;
-    let starts_at = (chrono::Utc::now() - chrono::Duration::seconds(60))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let created = client
-        .post(format!("{}/api/v1/sales", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"item": "phone", "stock": 50, "per_user_limit": 1, "starts_at": starts_at}))
-        .send()
-        .await
-        .unwrap();
-    let sale_id = json_of(created, StatusCode::CREATED).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let purchases = (0..200).map(|n| {
-        let (client, address, sale_id) = (client.clone(), app.address.clone(), sale_id.clone());
-        tokio::spawn(async move {
-            let user = format!("buyer-{n:03}");
-            let resp = client
-                .post(format!("{address}/api/v1/sales/{sale_id}/purchase"))
-                .bearer_auth(buyer(&user))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            (user, status, resp.json::<Value>().await.unwrap())
-        })
-    });
-    let mut orders = Vec::new();
-    for (user, status, body) in join_all(purchases).await.into_iter().map(Result::unwrap) {
-        match status {
-            StatusCode::CREATED => {
-                let order_id = body["order_id"].as_str().expect("order_id in a 201 body");
-                orders.push((user, order_id.to_owned()));
-            }
-            StatusCode::CONFLICT => assert_eq!(body["error"]["code"], "sold_out", "{body}"),
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert_eq!(orders.len(), 50, "exactly the stock is sold");
-    app.stop().await;
+    let app = spawn_app_with(on_sql).await;
+    let sale_id = app.open_sale(50, 1).await;
+    let crowd = (0..200).map(|n| (format!("buyer-{n:03}"), 1)).collect();
+    let answers = flood(&app, &sale_id, crowd, 200).await;
+    assert_only(&answers, &["201", "409 sold_out"]);
+    assert_eq!(answers.orders, 50, "exactly the stock is sold");
+    let dir = app.stop().await;
 
     // A new process on the same database rebuilds its state from it.
-    let app = RunningApp::start(&url, &data_dir).await;
-    let sale = json_of(
-        client
-            .get(format!("{}/api/v1/sales/{sale_id}", app.address))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let app = spawn_app_on_with(dir, on_sql).await;
+    let sale = app.sale(&sale_id).await;
     assert_eq!(sale["remaining"], 0, "{sale}");
     assert_eq!(sale["status"], "sold_out", "{sale}");
-    let stats = json_of(
-        client
-            .get(format!("{}/api/v1/sales/{sale_id}/stats", app.address))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let stats = app.stats(&sale_id).await;
     assert_eq!(stats["orders_persisted"], 50, "{stats}");
-    for (user, order_id) in &orders {
-        let order = json_of(
-            client
-                .get(format!("{}/api/v1/orders/{order_id}", app.address))
-                .bearer_auth(buyer(user))
-                .send()
-                .await
-                .unwrap(),
-            StatusCode::OK,
-        )
-        .await;
+    check_orders_readable(&app, &sale_id, &answers).await;
+    for order in &answers.accepted {
+        let resp = app
+            .get_order(&order.order_id, &token(answers.owner(order)))
+            .await;
+        let order = json_status(resp, StatusCode::OK).await;
         assert_eq!(order["status"], "pending_payment", "{order}");
     }
-    let late = client
-        .post(format!("{}/api/v1/sales/{sale_id}/purchase", app.address))
-        .bearer_auth(buyer("late-buyer"))
-        .send()
-        .await
-        .unwrap();
+    let late = app.buy(&sale_id, "late-buyer").await;
     assert_eq!(late.status(), StatusCode::CONFLICT);
     app.stop().await;
 }

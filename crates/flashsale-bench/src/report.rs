@@ -1,5 +1,6 @@
-//! The run's summary: one serializable value, printed either as a report
-//! for people or as a single JSON object for machines.
+//! The one report of every mode: a serializable summary of the run,
+//! printed either for people or as a single JSON object for machines
+//! (`--json`, what `scripts/bench*.sh` read).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,24 +8,30 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::checks::Check;
-use super::load::{per_sec, Outcome};
-use super::{BenchArgs, Mode};
+use crate::args::{BenchArgs, Mode};
+use crate::checks::Check;
+use crate::load::{per_sec, Outcome};
 
 /// Latency percentiles in milliseconds, rounded to two decimals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub(crate) struct Latency {
+pub struct Latency {
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
     pub p999: f64,
+    /// Slowest.
     pub max: f64,
+    /// Mean.
     pub mean: f64,
 }
 
 impl Latency {
     /// Reads a histogram of microseconds; all zero when it is empty.
-    pub(crate) fn from_micros(histogram: &Histogram<u64>) -> Self {
+    pub fn from_micros(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return Self::default();
         }
@@ -42,67 +49,83 @@ impl Latency {
 
 /// The JSON summary of a run (`--json`), also rendered as the report.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Summary {
+pub struct Summary {
+    /// `purchase`, `healthz`, … (see [`Mode`]).
     pub mode: &'static str,
+    /// The server under test, or the database or Redis of a baseline
+    /// (without its password).
     pub url: String,
+    /// The sale under load.
     pub sale_id: Option<String>,
+    /// Names this run's buyers: `bench-<run id>-N`.
     pub run_id: String,
+    /// Requests in flight at once.
     pub concurrency: u32,
+    /// Simulated buyers.
     pub users: u32,
+    /// The sale's stock.
     pub stock: Option<u64>,
+    /// Units one buyer may hold.
     pub per_user_limit: Option<u64>,
+    /// Units per purchase.
     pub quantity: u64,
+    /// Requests sent.
     pub requests: u64,
+    /// Seconds from the first request to the last answer.
     pub elapsed_secs: f64,
+    /// Requests per second.
     pub throughput_rps: f64,
+    /// Orders accepted.
     pub accepted: u64,
+    /// Units in them.
     pub accepted_units: u64,
+    /// Orders accepted per second.
     pub accepted_per_sec: f64,
     /// Seconds from the start to the last accepted order.
     pub last_accept_secs: Option<f64>,
+    /// Latency percentiles, milliseconds.
     pub latency_ms: Latency,
+    /// Requests by outcome key (`201`, `409 sold_out`, …).
     pub outcomes: BTreeMap<String, u64>,
+    /// The first requests that got no answer, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// Every verdict.
     pub checks: Vec<Check>,
     /// True when every check held (always true without checks).
     pub ok: bool,
 }
 
 impl Summary {
-    /// Gathers the figures of a run; `sale` is `(id, stock, per_user_limit)`.
-    pub(crate) fn new(
-        args: &BenchArgs,
-        sale: Option<(&str, u64, u64)>,
-        run_id: &str,
-        outcome: &Outcome,
-        checks: Vec<Check>,
-    ) -> Self {
-        let accepted = outcome.accepted_orders();
+    /// Gathers the figures of a run of `args`; the sale fields start empty.
+    pub fn new(args: &BenchArgs, run_id: &str, outcome: &Outcome, checks: Vec<Check>) -> Self {
         Self {
             mode: args.mode.as_str(),
             url: args.url.to_string(),
-            sale_id: sale.map(|(id, _, _)| id.to_owned()),
+            sale_id: None,
             run_id: run_id.to_owned(),
             concurrency: args.concurrency,
             users: args.users,
-            stock: sale.map(|(_, stock, _)| stock),
-            per_user_limit: sale.map(|(_, _, limit)| limit),
+            stock: None,
+            per_user_limit: None,
             quantity: args.quantity,
             requests: outcome.requests,
             elapsed_secs: round3(outcome.elapsed.as_secs_f64()),
             throughput_rps: round2(per_sec(outcome.requests, outcome.elapsed)),
-            accepted,
-            accepted_units: outcome.accepted_units(),
-            accepted_per_sec: round2(per_sec(accepted, outcome.elapsed)),
+            accepted: outcome.orders,
+            accepted_units: outcome.units,
+            accepted_per_sec: round2(per_sec(outcome.orders, outcome.elapsed)),
             last_accept_secs: outcome.last_accept.map(|d| round3(d.as_secs_f64())),
             latency_ms: Latency::from_micros(&outcome.latency),
             outcomes: outcome.outcomes.clone(),
+            failures: outcome.failures.first.clone(),
             ok: checks.iter().all(|c| c.ok),
             checks,
         }
     }
 
     /// The report for people.
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail; the results are ignored.
         let _ = writeln!(out, "\nflashsale bench: {} against {}", self.mode, self.url);
@@ -125,7 +148,7 @@ impl Summary {
             "requests     {} in {:.2} s = {:.1} req/s",
             self.requests, self.elapsed_secs, self.throughput_rps
         );
-        if self.mode == Mode::Purchase.as_str() {
+        if self.mode != Mode::Healthz.as_str() && self.mode != Mode::SalePage.as_str() {
             let _ = write!(
                 out,
                 "accepted     {} orders, {} units ({:.1} orders/s",
@@ -163,6 +186,13 @@ impl Summary {
                 100.0 * count as f64 / self.requests as f64
             };
             let _ = writeln!(out, "{key:<width$}  {count:>12}  {share:>6.2}%");
+        }
+
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\nfirst requests without an answer");
+            for failure in &self.failures {
+                let _ = writeln!(out, "  {failure}");
+            }
         }
 
         if self.checks.is_empty() {
@@ -222,6 +252,7 @@ mod tests {
             last_accept_secs: Some(0.5),
             latency_ms: Latency::default(),
             outcomes: BTreeMap::from([("201".to_owned(), 10), ("409 sold_out".to_owned(), 190)]),
+            failures: Vec::new(),
             ok: checks.iter().all(|c| c.ok),
             checks,
         }
@@ -270,6 +301,33 @@ mod tests {
         assert!(text.contains("FAIL: 1 of 2 checks failed"), "{text}");
         // The most frequent outcome comes first.
         assert!(text.find("409 sold_out") < text.find("201 "), "{text}");
+    }
+
+    #[test]
+    fn a_baseline_report_shows_its_sales_and_failures() {
+        let mut s = summary(vec![Check {
+            name: "store_agrees",
+            ok: true,
+            detail: "database sold 10".to_owned(),
+        }]);
+        s.mode = "pg-row-lock";
+        s.sale_id = None;
+        s.failures = vec!["connection refused".to_owned()];
+        let text = s.render();
+        assert!(
+            text.contains("flashsale bench: pg-row-lock against"),
+            "{text}"
+        );
+        assert!(text.contains("accepted     10 orders"), "{text}");
+        assert!(!text.contains("buyers (bench-"), "{text}");
+        assert!(
+            text.contains("first requests without an answer\n  connection refused"),
+            "{text}"
+        );
+        let value = serde_json::to_value(&s).unwrap();
+        assert_eq!(value["failures"][0], "connection refused");
+        let quiet = serde_json::to_value(summary(Vec::new())).unwrap();
+        assert!(quiet.get("failures").is_none(), "{quiet}");
     }
 
     #[test]

@@ -1,0 +1,279 @@
+//! The command line of `flashsale-bench` (`flashsale bench`): what to load,
+//! how hard, for how long, and how to verify it.
+
+use std::time::Duration;
+
+use flashsale::auth::Secret;
+use reqwest::Url;
+
+use crate::load::Stop;
+
+/// What each simulated request does.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `POST /api/v1/sales/{id}/purchase` with a buyer token; invariants are
+    /// checked afterwards.
+    Purchase,
+    /// `GET /healthz`: the server's floor, as a baseline; needs no sale and no
+    /// credentials.
+    Healthz,
+    /// `GET /api/v1/sales/{id}`: the public, cacheable sale page.
+    SalePage,
+    /// Baseline without Flashsale: one PostgreSQL transaction per purchase
+    /// that row-locks the stock row and inserts the order (`--database`).
+    PgRowLock,
+    /// Baseline without Flashsale: the usual Redis seckill — one `EVALSHA`
+    /// per purchase (stock and buyer check, decrement) and one confirmed
+    /// publish of the order to RabbitMQ (`--redis`, `--queue`).
+    RedisEvalsha,
+    /// Flashsale's distributed decision step without HTTP, on the same
+    /// servers as `redis-evalsha`: concurrent purchases coalesced into one
+    /// purchase-script call (with outbox, limits, idempotency) and one
+    /// confirmed publish per batch.
+    RedisCoalesced,
+}
+
+impl Mode {
+    /// The name used on the command line and in the JSON summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Purchase => "purchase",
+            Self::Healthz => "healthz",
+            Self::SalePage => "sale-page",
+            Self::PgRowLock => "pg-row-lock",
+            Self::RedisEvalsha => "redis-evalsha",
+            Self::RedisCoalesced => "redis-coalesced",
+        }
+    }
+}
+
+/// Command-line options of `flashsale bench` (the `flashsale-bench` binary).
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "flashsale-bench",
+    version,
+    about = "Floods a running Flashsale server (or a baseline design) and verifies the sale's invariants."
+)]
+pub struct BenchArgs {
+    /// Base URL of the service under test.
+    #[arg(long, env = "FLASHSALE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: Url,
+
+    /// PostgreSQL for `--mode pg-row-lock` (a schema of its own is created
+    /// and dropped).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_DATABASE",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub database: String,
+
+    /// Redis for `--mode redis-evalsha` (keys of its own, deleted after).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_REDIS",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis: String,
+
+    /// RabbitMQ for `--mode redis-evalsha` (a queue of its own, deleted after).
+    #[arg(
+        long,
+        env = "FLASHSALE_BENCH_QUEUE",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub queue: String,
+
+    /// Admin bearer token: needed to create the sale and to read its stats
+    /// (every mode but `healthz`; `sale-page` with `--sale-id` does without).
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub admin_token: Option<Secret>,
+
+    /// HS256 secret the service verifies buyer tokens with (`purchase` mode).
+    #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Units for sale in the sale the bench creates.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub stock: u64,
+
+    /// Units one buyer may hold in the sale the bench creates.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub per_user_limit: u64,
+
+    /// Distinct simulated buyers, served round-robin.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub users: u32,
+
+    /// Units asked for by each purchase.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quantity: u64,
+
+    /// Connections (and worker tasks) sending requests at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+
+    /// How long to send requests, e.g. `10s`, `500ms`, `2m` (default 10s
+    /// unless `--requests` is given).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+
+    /// Total requests to send instead of a duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+
+    /// Reuse this sale instead of creating one; its stock and per-user limit
+    /// are read from the service.
+    #[arg(long)]
+    pub sale_id: Option<String>,
+
+    /// Let the created sale start this many milliseconds after the bench
+    /// starts (requests before then are answered `403 not_started`).
+    #[arg(long, default_value_t = 0)]
+    pub starts_in_ms: u64,
+
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = Mode::Purchase)]
+    pub mode: Mode,
+
+    /// Print one JSON summary on stdout instead of the report (no progress
+    /// bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read back only this many randomly chosen accepted orders (default:
+    /// all of them).
+    #[arg(long)]
+    pub verify_sample: Option<u64>,
+
+    /// Skip the invariant checks.
+    #[arg(long)]
+    pub no_verify: bool,
+
+    /// Give up on a single request after this long (counted as `timeout`).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+}
+
+impl BenchArgs {
+    /// When the load stops: after `--requests`, else after `--duration`
+    /// (10 s by default).
+    pub fn stop(&self) -> Stop {
+        match (self.requests, self.duration) {
+            (Some(n), _) => Stop::Requests(n),
+            (None, Some(d)) => Stop::Deadline(d),
+            (None, None) => Stop::Deadline(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Clap parser for credentials: any non-empty string.
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    if value.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(Secret::new(value))
+    }
+}
+
+/// Parses `10s`, `250ms`, `2m` or `1h`; a bare number means seconds.
+///
+/// # Errors
+/// A message for clap when the text is not a positive whole number followed
+/// by one of those units.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 10s, 500ms or 2m"))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(value),
+        "" | "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if duration.is_zero() {
+        return Err("the duration must be positive".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration(" 3 s "), Ok(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
+        for text in ["", "s", "0s", "-1s", "1.5s", "10x", "ten seconds", "5sm"] {
+            assert!(parse_duration(text).is_err(), "{text:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn defaults_and_conflicts() {
+        let cli =
+            Cli::try_parse_from(["bench", "--admin-token", "a", "--jwt-secret", "s"]).unwrap();
+        let args = cli.bench;
+        assert_eq!(args.url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(
+            (args.stock, args.per_user_limit, args.users, args.quantity),
+            (1000, 1, 10_000, 1)
+        );
+        assert_eq!(args.concurrency, 64);
+        assert_eq!(args.mode, Mode::Purchase);
+        assert_eq!(args.timeout, Duration::from_secs(10));
+        assert!(args.duration.is_none() && args.requests.is_none());
+        // The secrets stay out of Debug output.
+        assert!(!format!("{args:?}").contains("\"s\""));
+
+        assert!(Cli::try_parse_from(["bench", "--duration", "1s", "--requests", "5"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--users", "0"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--users", "1000001"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--admin-token", ""]).is_err());
+        let cli =
+            Cli::try_parse_from(["bench", "--mode", "sale-page", "--duration", "500ms"]).unwrap();
+        assert_eq!(cli.bench.mode, Mode::SalePage);
+        assert_eq!(cli.bench.duration, Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn the_stop_follows_requests_then_duration() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bench"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().bench.stop()
+        };
+        assert_eq!(parse(&[]), Stop::Deadline(Duration::from_secs(10)));
+        assert_eq!(
+            parse(&["--duration", "2s"]),
+            Stop::Deadline(Duration::from_secs(2))
+        );
+        assert_eq!(parse(&["--requests", "7"]), Stop::Requests(7));
+    }
+}

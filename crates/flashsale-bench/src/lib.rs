@@ -1,0 +1,308 @@
+//! `flashsale bench`: the load tool of Flashsale, a crate of its own so the
+//! server does not link it. It floods a running server with purchases (or
+//! other requests) and proves the sale's invariants held once the load
+//! stopped; the integration tests use the same loop and checks.
+//!
+//! A run goes through five steps:
+//! 1. create a sale (or reuse one given by `--sale-id`);
+//! 2. mint one buyer token per simulated user (`bench-<run id>-<n>`,
+//!    [`buyers`]);
+//! 3. drive `--concurrency` keep-alive connections, all pulling request
+//!    numbers from one shared counter, until `--duration` has passed or
+//!    `--requests` have been sent; buyers are served round-robin ([`load`]);
+//! 4. in `purchase` mode, check the contract's invariants: no oversell,
+//!    nobody over the per-user limit, every accepted order unique and
+//!    readable, and the server's own stats in agreement ([`checks`], with
+//!    [`api`] for the reads);
+//! 5. summarise throughput, latency percentiles and every outcome seen,
+//!    keyed by status and error code (`201`, `409 sold_out`, …), as a report
+//!    or one JSON object ([`report`]).
+//!
+//! The baselines (`pg-row-lock`, `redis-evalsha`, `redis-coalesced`) run the
+//! same loop and report on a database or Redis directly, without HTTP.
+
+pub mod api;
+pub mod args;
+mod baseline;
+pub mod buyers;
+pub mod checks;
+pub mod load;
+pub mod report;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context as _};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+pub use args::{BenchArgs, Mode};
+pub use report::Summary;
+
+use api::Api;
+use buyers::{bearer, Buyers};
+use checks::{Evidence, Stats};
+use load::{json_id, Body, Http, Outcome, Plan, Requests};
+
+/// Reads of an accepted order before it counts as missing (the distributed
+/// mode's writer may lag the `201` by a moment).
+const READBACK_ATTEMPTS: u32 = 3;
+
+/// Runs the load `args` describe and returns its summary; the summary's
+/// `ok` is false when an invariant broke. Progress and notes go to stderr;
+/// printing the summary is the caller's.
+///
+/// # Errors
+/// When the run cannot take place: missing credentials, an unreachable
+/// service, or a sale that cannot be created or read.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
+    match args.mode {
+        Mode::PgRowLock => return baseline::pg_row_lock(args).await,
+        Mode::RedisEvalsha => return baseline::redis_evalsha(args).await,
+        Mode::RedisCoalesced => return baseline::redis_coalesced(args).await,
+        Mode::Purchase | Mode::Healthz | Mode::SalePage => {}
+    }
+    let concurrency = usize::try_from(args.concurrency)?;
+    let admin = match &args.admin_token {
+        Some(token) => Some(bearer(token.expose())?),
+        None => None,
+    };
+    let api = Api {
+        client: api::client(concurrency, args.timeout)?,
+        base: args.url.clone(),
+        admin,
+    };
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    // Refuse missing credentials before anything is created on the service.
+    let secret = match args.mode {
+        Mode::Purchase => Some(args.jwt_secret.as_ref().ok_or_else(|| {
+            anyhow!("purchase mode needs --jwt-secret (or FLASHSALE_JWT_SECRET)")
+        })?),
+        _ => None,
+    };
+    let needs_admin = match args.mode {
+        Mode::SalePage => args.sale_id.is_none(),
+        Mode::Purchase => args.sale_id.is_none() || !args.no_verify,
+        _ => false,
+    };
+    if needs_admin && api.admin.is_none() {
+        bail!(
+            "{} mode needs --admin-token (or FLASHSALE_ADMIN_TOKEN) to {}",
+            args.mode.as_str(),
+            if args.sale_id.is_none() {
+                "create the sale"
+            } else {
+                "read the sale's stats"
+            }
+        );
+    }
+
+    // 1. The sale.
+    let sale = match args.mode {
+        Mode::Purchase | Mode::SalePage => Some(prepare_sale(&api, args).await?),
+        _ => None,
+    };
+
+    // 2. Buyer tokens, one per simulated user.
+    let buyers = match secret {
+        Some(secret) => {
+            let started = Instant::now();
+            let buyers = Buyers::for_run(secret, &run_id, args.users).await?;
+            eprintln!(
+                "minted {} buyer tokens in {:.2} s",
+                buyers.len(),
+                started.elapsed().as_secs_f64()
+            );
+            buyers
+        }
+        None => Buyers::none(),
+    };
+    let buyers = Arc::new(buyers);
+
+    // 3. The load.
+    let plan = Plan {
+        requests: Requests::RoundRobin {
+            users: args.users,
+            quantity: args.quantity,
+            stop: args.stop(),
+        },
+        concurrency,
+        sale_id: None,
+        buyers: Arc::clone(&buyers),
+        progress: !args.json,
+        watch: None,
+    };
+    let outcome = match (args.mode, &sale) {
+        (Mode::Purchase, Some(sale)) => {
+            let target = api.url(&["api", "v1", "sales", &sale.id, "purchase"])?;
+            announce(args, &target, concurrency);
+            let plan = Plan {
+                sale_id: Some(sale.id.clone()),
+                ..plan
+            };
+            // One unit is the contract's default: no body then, as a buy
+            // button would send; other quantities go in the JSON body.
+            let action = Http::purchases(
+                api.client.clone(),
+                vec![target],
+                Arc::clone(&buyers),
+                Body::Auto,
+            );
+            load::drive(plan, action).await?
+        }
+        (Mode::SalePage, Some(sale)) => {
+            let target = api.url(&["api", "v1", "sales", &sale.id])?;
+            announce(args, &target, concurrency);
+            let action = Http::get(api.client.clone(), target);
+            load::drive(plan, action).await?
+        }
+        (Mode::Healthz, _) => {
+            let target = api.url(&["healthz"])?;
+            announce(args, &target, concurrency);
+            let action = Http::get(api.client.clone(), target);
+            load::drive(plan, action).await?
+        }
+        _ => bail!("no sale to send {} requests to", args.mode.as_str()),
+    };
+
+    // 4. The invariants.
+    let checks = match (&sale, args.mode, args.no_verify) {
+        (Some(sale), Mode::Purchase, false) => {
+            eprintln!("verifying invariants…");
+            verify(&api, sale, args, &outcome, concurrency).await
+        }
+        _ => Vec::new(),
+    };
+
+    // 5. The summary.
+    let mut summary = Summary::new(args, &run_id, &outcome, checks);
+    if let Some(sale) = &sale {
+        summary.sale_id = Some(sale.id.clone());
+        summary.stock = Some(sale.stock);
+        summary.per_user_limit = Some(sale.per_user_limit);
+    }
+    Ok(summary)
+}
+
+/// The start-up line of a load.
+fn announce(args: &BenchArgs, target: &reqwest::Url, concurrency: usize) {
+    eprintln!(
+        "sending {} requests to {target} over {concurrency} connections ({})",
+        args.mode.as_str(),
+        args.stop().describe()
+    );
+}
+
+/// The sale under load, as the bench knows it.
+struct Sale {
+    id: String,
+    stock: u64,
+    per_user_limit: u64,
+    /// The sale's stats before the load when the bench reuses a sale; a sale
+    /// the bench created starts from nothing sold.
+    before: Option<Stats>,
+}
+
+/// Creates the sale, or reads the one given by `--sale-id`.
+async fn prepare_sale(api: &Api, args: &BenchArgs) -> anyhow::Result<Sale> {
+    if let Some(id) = &args.sale_id {
+        let url = api.url(&["api", "v1", "sales", id])?;
+        let sale = api.expect(api.client.get(url), StatusCode::OK).await?;
+        let stock = field_u64(&sale, "stock")?;
+        let per_user_limit = field_u64(&sale, "per_user_limit")?;
+        // Only purchases change what is sold; remember where the sale stood.
+        let before = if args.mode == Mode::Purchase && !args.no_verify {
+            Some(api.stats(id).await?)
+        } else {
+            None
+        };
+        eprintln!(
+            "reusing sale {id} (stock {stock}, limit {per_user_limit} per user, status {})",
+            sale.get("status").and_then(Value::as_str).unwrap_or("?")
+        );
+        return Ok(Sale {
+            id: id.clone(),
+            stock,
+            per_user_limit,
+            before,
+        });
+    }
+
+    let offset = i64::try_from(args.starts_in_ms)
+        .ok()
+        .and_then(chrono::TimeDelta::try_milliseconds)
+        .ok_or_else(|| anyhow!("--starts-in-ms {} is too large", args.starts_in_ms))?;
+    let starts_at = chrono::Utc::now() + offset;
+    let body = json!({
+        "item": "bench",
+        "stock": args.stock,
+        "per_user_limit": args.per_user_limit,
+        "starts_at": starts_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    let url = api.url(&["api", "v1", "sales"])?;
+    let created = api
+        .expect(
+            api.admin(api.client.post(url))?.json(&body),
+            StatusCode::CREATED,
+        )
+        .await
+        .context("creating the sale")?;
+    let id = created
+        .get("id")
+        .and_then(json_id)
+        .ok_or_else(|| anyhow!("the created sale has no id: {created}"))?;
+    eprintln!(
+        "created sale {id} (stock {}, limit {} per user, starts {})",
+        args.stock,
+        args.per_user_limit,
+        starts_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    Ok(Sale {
+        id,
+        stock: args.stock,
+        per_user_limit: args.per_user_limit,
+        before: None,
+    })
+}
+
+/// Checks the invariants against what the load observed and what the
+/// service now says.
+async fn verify(
+    api: &Api,
+    sale: &Sale,
+    args: &BenchArgs,
+    outcome: &Outcome,
+    concurrency: usize,
+) -> Vec<checks::Check> {
+    let before_persisted = sale.before.as_ref().map_or(0, |s| s.orders_persisted);
+    let after = api
+        .settled_stats(&sale.id, outcome.orders, before_persisted)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let sample = args
+        .verify_sample
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let readback = api
+        .read_back(&sale.id, outcome, sample, concurrency, READBACK_ATTEMPTS)
+        .await;
+    let sold_before = sale.before.as_ref().map_or(0, |s| s.sold);
+    checks::evaluate(&Evidence {
+        available: sale.stock.saturating_sub(sold_before),
+        stock: sale.stock,
+        per_user_limit: sale.per_user_limit,
+        quantity: args.quantity,
+        outcome,
+        reused: sale.before.is_some(),
+        before: sale.before.clone(),
+        after,
+        readback,
+    })
+}
+
+/// Reads a non-negative integer field of a JSON object.
+fn field_u64(value: &Value, name: &str) -> anyhow::Result<u64> {
+    value
+        .get(name)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("missing or invalid `{name}` in {value}"))
+}
