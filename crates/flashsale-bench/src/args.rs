@@ -8,6 +8,22 @@ use reqwest::Url;
 
 use crate::load::Stop;
 
+/// The shape of a purchase request.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// No body for one unit (the contract's default); `{"quantity": n}`
+    /// otherwise.
+    Bare,
+    /// `{"quantity": n}` with `Content-Type: application/json`, what a
+    /// shop's buy button sends.
+    Json,
+    /// The JSON body and a fresh `Idempotency-Key` on every request.
+    Keyed,
+    /// The JSON body and one `Idempotency-Key` per buyer, so every request
+    /// after a buyer's first is a retry that replays the first answer.
+    Replayed,
+}
+
 /// What each simulated request does.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -135,6 +151,11 @@ pub struct BenchArgs {
     /// What each request does.
     #[arg(long, value_enum, default_value_t = Mode::Purchase)]
     pub mode: Mode,
+
+    /// The shape of each purchase request (purchase mode): what a client
+    /// really sends matters as much as how many.
+    #[arg(long, value_enum, default_value_t = Shape::Bare)]
+    pub shape: Shape,
 
     /// Print one JSON summary on stdout instead of the report (no progress
     /// bar).

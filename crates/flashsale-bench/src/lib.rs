@@ -36,7 +36,7 @@ use anyhow::{anyhow, bail, Context as _};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-pub use args::{BenchArgs, Mode};
+pub use args::{BenchArgs, Mode, Shape};
 pub use report::Summary;
 
 use api::Api;
@@ -140,15 +140,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
                 sale_id: Some(sale.id.clone()),
                 ..plan
             };
-            // One unit is the contract's default: no body then, as a buy
-            // button would send; other quantities go in the JSON body.
-            let action = Http::purchases(
-                api.client.clone(),
-                vec![target],
-                Arc::clone(&buyers),
-                Body::Auto,
-            );
-            load::drive(plan, action).await?
+            // `--shape bare`: one unit is the contract's default, no body
+            // then; other quantities go in the JSON body.
+            let body = match args.shape {
+                Shape::Bare => Body::Auto,
+                Shape::Json => Body::Json,
+                Shape::Keyed => Body::JsonFreshKey,
+                Shape::Replayed => Body::JsonBuyerKey,
+            };
+            let action =
+                Http::purchases(api.client.clone(), vec![target], Arc::clone(&buyers), body);
+            let mut outcome = load::drive(plan, action).await?;
+            if args.shape == Shape::Replayed {
+                outcome.count_replays_once();
+            }
+            outcome
         }
         (Mode::SalePage, Some(sale)) => {
             let target = api.url(&["api", "v1", "sales", &sale.id])?;

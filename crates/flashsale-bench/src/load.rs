@@ -181,6 +181,10 @@ pub enum Body {
     Auto,
     /// Always `{"quantity": n}` with `Content-Type: application/json`.
     Json,
+    /// The JSON body and a fresh `Idempotency-Key` per request.
+    JsonFreshKey,
+    /// The JSON body and one `Idempotency-Key` per buyer (retries).
+    JsonBuyerKey,
 }
 
 /// HTTP requests to a Flashsale server (or several, taken in turn).
@@ -230,6 +234,15 @@ impl Action for Http {
                     .client
                     .post(target.clone())
                     .header(AUTHORIZATION, token.clone());
+                let request = match body {
+                    Body::JsonFreshKey => {
+                        request.header("idempotency-key", format!("k{}", job.index))
+                    }
+                    Body::JsonBuyerKey => {
+                        request.header("idempotency-key", format!("b{}", job.user))
+                    }
+                    Body::Auto | Body::Json => request,
+                };
                 if *body == Body::Auto && job.quantity == 1 {
                     request
                 } else {
@@ -378,6 +391,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Counts each accepted order once: a retry with the buyer's key gets
+    /// the first `201` again (`--shape replayed`), the same order, which is
+    /// one order however often it is answered. `201`s that named no order
+    /// are kept as they are.
+    pub fn count_replays_once(&mut self) {
+        let before = self.accepted.len();
+        let mut seen = std::collections::HashSet::new();
+        let mut dropped_units = 0;
+        self.accepted.retain(|a| {
+            let first = seen.insert(a.order_id.clone());
+            if !first {
+                dropped_units += a.quantity;
+            }
+            first
+        });
+        self.orders -= (before - self.accepted.len()) as u64;
+        self.units -= dropped_units;
+    }
+
     /// Nothing seen yet, for `buyers`.
     pub fn new(buyers: Arc<Buyers>) -> Self {
         Self {
@@ -773,6 +805,23 @@ mod tests {
 
     fn err(code: &str) -> String {
         format!(r#"{{"error":{{"code":"{code}","message":"x"}}}}"#)
+    }
+
+    #[test]
+    fn a_replayed_order_counts_once() {
+        let mut o = Outcome::new(Arc::new(Buyers::none()));
+        for (id, user) in [("o1", 1), ("o2", 2), ("o1", 1), ("o1", 1)] {
+            o.accepted.push(Accepted {
+                order_id: id.into(),
+                user,
+                quantity: 2,
+            });
+            o.orders += 1;
+            o.units += 2;
+        }
+        o.count_replays_once();
+        assert_eq!(o.accepted.len(), 2);
+        assert_eq!((o.orders, o.units), (2, 4));
     }
 
     #[test]
