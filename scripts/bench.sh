@@ -8,7 +8,10 @@
 # Runs, against fresh servers built with `cargo build --release` (the server
 # and the load tool, crates/flashsale-bench):
 #   1. GET /healthz flood                         (flashsale bench --mode healthz, and wrk)
-#   2. sold-out purchase flood                    (flashsale bench, and wrk + scripts/wrk/*.lua)
+#   2. sold-out purchase flood, 5,000 buyers, each request shape a client
+#      sends: no body, {"quantity":1} with its content type, a fresh
+#      Idempotency-Key per request, a buyer's key replayed
+#                                                 (flashsale bench --shape, and wrk: scripts/bench-shapes.sh)
 #      (1, 2 and 3 alternate $ROUNDS times, default 3; medians are compared)
 #   3. accept path, group commit                  (stock = buyers = 100,000)
 #   4. accept path, one commit per order          (--commit-batch 1, 10,000 orders)
@@ -45,10 +48,14 @@ start main
 MAIN_URL=$URL
 # healthz and the sold-out flood alternate ROUNDS times; the medians are
 # compared, which keeps a burst of noise from deciding the ratio.
-HS=(); SS=(); AS=()
+HS=(); SS=(); SJ=(); SK=(); SR=(); AS=()
+sold_out() { run_bench --stock 100 --users 5000 --concurrency "$CONC" --duration "${SECS}s" "$@"; }
 for _ in $(seq "${ROUNDS:-3}"); do
     HS+=("$(run_bench --mode healthz --concurrency "$CONC" --duration "${SECS}s")")
-    SS+=("$(run_bench --stock 100 --users 10000 --concurrency "$CONC" --duration "${SECS}s")")
+    SS+=("$(sold_out --shape bare)")
+    SJ+=("$(sold_out --shape json)")
+    SK+=("$(sold_out --shape keyed)")
+    SR+=("$(sold_out --shape replayed)")
     AS+=("$(run_bench --stock 100000 --users 100000 --concurrency "$CONC" --requests 100000 --verify-sample 5000)")
 done
 median_run() { # picks the run with the median throughput from JSON lines on stdin
@@ -60,8 +67,15 @@ print(json.dumps(runs[len(runs) // 2]))'
 }
 H=$(printf '%s\n' "${HS[@]}" | median_run)
 S=$(printf '%s\n' "${SS[@]}" | median_run)
+SJM=$(printf '%s\n' "${SJ[@]}" | median_run)
+SKM=$(printf '%s\n' "${SK[@]}" | median_run)
+SRM=$(printf '%s\n' "${SR[@]}" | median_run)
 echo "healthz rounds:  $(printf '%s\n' "${HS[@]}" | python3 -c 'import json,sys; print(" ".join(str(round(json.loads(l)["throughput_rps"])) for l in sys.stdin if l.strip()))')"
-echo "sold-out rounds: $(printf '%s\n' "${SS[@]}" | python3 -c 'import json,sys; print(" ".join(str(round(json.loads(l)["throughput_rps"])) for l in sys.stdin if l.strip()))')"
+rounds() { python3 -c 'import json,sys; print(" ".join(str(round(json.loads(l)["throughput_rps"])) for l in sys.stdin if l.strip()))'; }
+echo "sold-out rounds, no body:    $(printf '%s\n' "${SS[@]}" | rounds)"
+echo "sold-out rounds, JSON body:  $(printf '%s\n' "${SJ[@]}" | rounds)"
+echo "sold-out rounds, fresh key:  $(printf '%s\n' "${SK[@]}" | rounds)"
+echo "sold-out rounds, replayed:   $(printf '%s\n' "${SR[@]}" | rounds)"
 A=$(printf '%s\n' "${AS[@]}" | median_run)
 echo "accept rounds:   $(printf '%s\n' "${AS[@]}" | python3 -c 'import json,sys; print(" ".join(str(round(json.loads(l)["accepted_per_sec"])) for l in sys.stdin if l.strip()))')"
 start per-order --commit-batch 1
@@ -75,7 +89,7 @@ s=$(echo "$S" | field 'd["throughput_rps"]')
 a=$(echo "$A" | field 'd["accepted_per_sec"]')
 p=$(echo "$P" | field 'd["accepted_per_sec"]')
 printf '\n%-44s %12s %10s %10s %s\n' "run (flashsale bench, $CONC connections)" "rate /s" "p50 ms" "p99 ms" "invariants"
-for pair in "healthz:$H" "sold-out purchase flood:$S" "accept path, group commit:$A" "accept path, commit per order:$P" "accept, PostgreSQL row lock (pg-row-lock):$G"; do
+for pair in "healthz:$H" "sold-out flood, no body:$S" "sold-out flood, JSON body:$SJM" "sold-out flood, fresh Idempotency-Key:$SKM" "sold-out flood, replayed Idempotency-Key:$SRM" "accept path, group commit:$A" "accept path, commit per order:$P" "accept, PostgreSQL row lock (pg-row-lock):$G"; do
     name=${pair%%:*}; json=${pair#*:}
     printf '%-44s %12s %10s %10s %s\n' "$name" \
         "$(echo "$json" | field 'round(d["accepted_per_sec"] if "accept" in "'"$name"'" else d["throughput_rps"])')" \
@@ -84,14 +98,20 @@ for pair in "healthz:$H" "sold-out purchase flood:$S" "accept path, group commit
         "$(echo "$json" | field '"ok" if d["ok"] else "BROKEN"')"
 done
 g=$(echo "$G" | field 'd.get("accepted_per_sec", 0)')
-python3 - "$h" "$s" "$a" "$p" "$g" <<'PY'
+sj=$(echo "$SJM" | field 'd["throughput_rps"]')
+sk=$(echo "$SKM" | field 'd["throughput_rps"]')
+sr=$(echo "$SRM" | field 'd["throughput_rps"]')
+python3 - "$h" "$s" "$a" "$p" "$g" "$sj" "$sk" "$sr" <<'PY'
 import sys
-h, s, a, p, g = map(float, sys.argv[1:])
-print(f"\nsold-out flood / healthz          = {s / h:6.1%}   (target >= 90%)")
-print(f"accepted orders/s / sold-out rate = {a / s:6.1%}   (target >= 50%)")
-print(f"group commit / commit per order   = {a / p:6.1f}x  (target >= 20x)")
+h, s, a, p, g, sj, sk, sr = map(float, sys.argv[1:])
+print(f"\nsold-out flood / healthz, no body          = {s / h:6.1%}   (target >= 90%)")
+print(f"sold-out flood / healthz, JSON body        = {sj / h:6.1%}   (target >= 90%)")
+print(f"sold-out flood / healthz, fresh key        = {sk / h:6.1%}   (target >= 90%)")
+print(f"sold-out flood / healthz, replayed key     = {sr / h:6.1%}")
+print(f"accepted orders/s / sold-out rate          = {a / s:6.1%}   (target >= 50%)")
+print(f"group commit / commit per order            = {a / p:6.1f}x  (target >= 20x)")
 if g:
-    print(f"group commit / pg-row-lock        = {a / g:6.1f}x")
+    print(f"group commit / pg-row-lock                 = {a / g:6.1f}x")
 PY
 
 if command -v wrk >/dev/null; then
