@@ -55,6 +55,17 @@ pub enum Claim {
     Retry,
 }
 
+/// What a keyed purchase would find (see [`IdempotencyCache::peek`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// The key is unused: a claim would be fresh.
+    Vacant,
+    /// The key already answered this very purchase: replay it.
+    Replay(Recorded),
+    /// In flight, or used for a different purchase: only a claim can tell.
+    Busy,
+}
+
 type Key = (Box<str>, Box<str>);
 
 /// Remembered keyed answers.
@@ -105,6 +116,46 @@ impl IdempotencyCache {
         match done {
             Some(done) => judge(&done, sale_id, quantity),
             None => Claim::Retry,
+        }
+    }
+
+    /// What [`Self::claim`] would find for this purchase, looked up without
+    /// claiming the key or waiting for a claim in flight.
+    pub fn peek(&self, user: &str, key: &str, sale_id: u64, quantity: u32) -> Peek {
+        let k: Key = (user.into(), key.into());
+        match self.slots.get(&k).as_deref() {
+            None => Peek::Vacant,
+            Some(Slot::Done(done)) => match judge(done, sale_id, quantity) {
+                Claim::Replay(answer) => Peek::Replay(answer),
+                _ => Peek::Busy,
+            },
+            Some(Slot::InFlight(_)) => Peek::Busy,
+        }
+    }
+
+    /// Records `answer` as the first answer under an unused key, as a claim
+    /// finished at once would. False (and nothing recorded) when the key is
+    /// already claimed or answered.
+    pub fn record_if_vacant(
+        &self,
+        user: &str,
+        key: &str,
+        sale_id: u64,
+        quantity: u32,
+        answer: Recorded,
+        now_ms: i64,
+    ) -> bool {
+        match self.slots.entry((user.into(), key.into())) {
+            Entry::Vacant(v) => {
+                v.insert(Slot::Done(Done {
+                    sale_id,
+                    quantity,
+                    answer,
+                    at_ms: now_ms,
+                }));
+                true
+            }
+            Entry::Occupied(_) => false,
         }
     }
 
@@ -216,6 +267,30 @@ mod tests {
         };
         drop(guard);
         assert!(matches!(cache.claim("u", "k", 1, 1).await, Claim::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn peek_and_record_agree_with_claim() {
+        let cache = IdempotencyCache::default();
+        assert_eq!(cache.peek("u", "k", 1, 1), Peek::Vacant);
+        assert!(cache.record_if_vacant("u", "k", 1, 1, Recorded::Rejected("sold_out"), 0));
+        assert!(!cache.record_if_vacant("u", "k", 1, 1, Recorded::Rejected("sold_out"), 0));
+        assert_eq!(
+            cache.peek("u", "k", 1, 1),
+            Peek::Replay(Recorded::Rejected("sold_out"))
+        );
+        assert!(matches!(
+            cache.claim("u", "k", 1, 1).await,
+            Claim::Replay(Recorded::Rejected("sold_out"))
+        ));
+        assert_eq!(cache.peek("u", "k", 1, 2), Peek::Busy);
+        let Claim::Fresh(guard) = cache.claim("u", "other", 1, 1).await else {
+            panic!("first claim must be fresh")
+        };
+        assert_eq!(cache.peek("u", "other", 1, 1), Peek::Busy);
+        assert!(!cache.record_if_vacant("u", "other", 1, 1, Recorded::Rejected("sold_out"), 0));
+        drop(guard);
+        assert_eq!(cache.peek("u", "other", 1, 1), Peek::Vacant);
     }
 
     #[tokio::test]

@@ -395,6 +395,50 @@ impl Engine {
         result.ok()
     }
 
+    /// [`Self::try_reject_fast`] for a request with an `Idempotency-Key`,
+    /// with the full path's bookkeeping: a rejection recorded under the key
+    /// is replayed; for an unused key, a closed window is answered (the key
+    /// stays unused, as on the full path) and a sold-out rejection is first
+    /// recorded under the key. `None` — take the full path — for an
+    /// acceptance to replay, a claim in flight, a key used for another
+    /// purchase, or a sale memory cannot refuse.
+    pub fn try_reject_fast_keyed(
+        &self,
+        sale_id: u64,
+        user: &str,
+        quantity: u32,
+        key: &str,
+    ) -> Option<PurchaseOutcome> {
+        let started = std::time::Instant::now();
+        let rt = self.sales.get(&sale_id)?;
+        let outcome = match self.idempotency.peek(user, key, sale_id, quantity) {
+            idempotency::Peek::Replay(recorded @ Recorded::Rejected(_)) => {
+                bump(&rt.counters.replayed);
+                PurchaseOutcome::from_recorded(recorded)
+            }
+            idempotency::Peek::Vacant => {
+                let now = now_ms();
+                let outcome = memory_rejection(&rt, quantity, now)?;
+                if outcome == PurchaseOutcome::SoldOut {
+                    let answer = Recorded::Rejected(outcome.label());
+                    if !self
+                        .idempotency
+                        .record_if_vacant(user, key, sale_id, quantity, answer, now)
+                    {
+                        // Claimed since the peek: the claim decides.
+                        return None;
+                    }
+                }
+                self.reject(&rt, user, quantity, outcome, None, now)
+            }
+            _ => return None,
+        };
+        bump(&rt.counters.attempts);
+        let result = Ok(outcome);
+        self.metrics.observe(&result, started.elapsed());
+        result.ok()
+    }
+
     async fn purchase_inner(
         self: &Arc<Self>,
         sale_id: u64,

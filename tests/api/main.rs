@@ -10,6 +10,7 @@ mod cluster;
 mod distributed;
 mod durability;
 mod fast_lane;
+mod fast_lane_equivalence;
 mod faults;
 mod helpers;
 mod intents;
