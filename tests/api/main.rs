@@ -15,6 +15,7 @@ mod faults;
 mod helpers;
 mod intents;
 mod load;
+mod malformed;
 mod orders;
 mod purchase;
 mod sales;
