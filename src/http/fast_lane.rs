@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body::{Body as _, Frame, SizeHint};
@@ -51,6 +51,10 @@ use crate::auth::bearer;
 /// Largest body the fast lane reads itself; a longer one (never a buyer's
 /// `{"quantity": n}`) goes to the router unread.
 const MAX_FAST_BODY: usize = 1024;
+
+/// The `Idempotency-Key` header, named once (a name given as a string is
+/// parsed again at every lookup).
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The fast lane wrapped around the full router.
 #[derive(Clone)]
@@ -68,11 +72,16 @@ enum Triage {
     /// Not the fast lane's: the router takes it as it is.
     Route,
     /// A purchase with a body: read what has arrived, then decide.
-    ReadBody {
-        sale_id: u64,
-        user: Arc<str>,
-        cap: usize,
-    },
+    ReadBody(Pending),
+}
+
+/// A purchase waiting for its body, its head already checked.
+struct Pending {
+    sale_id: u64,
+    user: Arc<str>,
+    /// A valid key, if the request has one.
+    key: Option<HeaderValue>,
+    cap: usize,
 }
 
 impl FastLane {
@@ -104,11 +113,7 @@ impl FastLane {
             return Triage::Route;
         };
         let headers = req.headers();
-        let Some(token) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-        else {
+        let Some(token) = headers.get(header::AUTHORIZATION).and_then(bearer_token) else {
             return Triage::Route;
         };
         // A bad token gets the full path's answer (its first extractor is
@@ -117,10 +122,14 @@ impl FastLane {
             Ok(user) => user,
             Err(e) => return Triage::Answer(ApiError::from(e).into_response()),
         };
-        let Ok(key) = key_of(headers) else {
-            return Triage::Route;
+        let key = match headers.get(&IDEMPOTENCY_KEY) {
+            None => None,
+            Some(value) if idempotency_key(value).is_some() => Some(value),
+            // The full path's 400.
+            Some(_) => return Triage::Route,
         };
         if http_body::Body::is_end_stream(req.body()) {
+            let key = key.and_then(idempotency_key);
             return match self.decide(sale_id, &user, 1, key) {
                 Some(response) => Triage::Answer(response),
                 None => Triage::Route,
@@ -137,7 +146,12 @@ impl FastLane {
         {
             return Triage::Route;
         }
-        Triage::ReadBody { sale_id, user, cap }
+        Triage::ReadBody(Pending {
+            sale_id,
+            user,
+            key: key.cloned(),
+            cap,
+        })
     }
 
     /// The memory-only rejection of a purchase of `quantity`, if any.
@@ -158,25 +172,21 @@ impl FastLane {
 
     /// Reads what has arrived of the body; answers from memory if it can,
     /// else routes the request with the body rebuilt.
-    async fn read_body_then_route(
-        mut self,
-        req: Request,
-        sale_id: u64,
-        user: Arc<str>,
-        cap: usize,
-    ) -> Response {
+    async fn read_body_then_route(mut self, req: Request, pending: Pending) -> Response {
         let (parts, mut body) = req.into_parts();
         let mut read = Bytes::new();
-        let state =
-            std::future::poll_fn(|cx| Poll::Ready(read_arrived(&mut body, &mut read, cap, cx)))
-                .await;
+        let state = std::future::poll_fn(|cx| {
+            Poll::Ready(read_arrived(&mut body, &mut read, pending.cap, cx))
+        })
+        .await;
         let body = match state {
             BodyState::Whole => {
-                // Validated by `triage`.
-                let key = key_of(&parts.headers).ok().flatten();
+                let key = pending.key.as_ref().and_then(idempotency_key);
                 let answer = quick_quantity(&read)
                     .or_else(|| body_quantity(&read).ok())
-                    .and_then(|quantity| self.decide(sale_id, &user, quantity, key));
+                    .and_then(|quantity| {
+                        self.decide(pending.sale_id, &pending.user, quantity, key)
+                    });
                 if let Some(response) = answer {
                     return response;
                 }
@@ -193,21 +203,37 @@ impl FastLane {
                 rest: body,
             }),
         };
-        let response = match self.router.call(Request::from_parts(parts, body)).await {
+        // Boxed apart, so the common case above stays a small future.
+        match self.route(Request::from_parts(parts, body)).await {
             Ok(response) => response,
             Err(never) => match never {},
-        };
-        json_errors::ensure(response).await
+        }
+    }
+
+    /// The full router, its answer passed through [`json_errors::ensure`].
+    fn route(&mut self, req: Request) -> <Self as Service<Request>>::Future {
+        let routed = self.router.call(req);
+        Box::pin(async move {
+            let response = match routed.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok(json_errors::ensure(response).await)
+        })
     }
 }
 
-/// The `Idempotency-Key` of a request: `Ok(None)` without one, `Err` for
-/// an invalid one (the full path answers that).
-fn key_of(headers: &HeaderMap) -> Result<Option<&str>, ()> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => idempotency_key(value).map(Some).ok_or(()),
+/// The bearer token of an `Authorization` value, read exactly as the full
+/// path's extractor reads it (`to_str`, then [`bearer`]). A header value
+/// holds no control byte but tab, so `to_str` succeeds exactly when every
+/// byte is ASCII, which is checked a word at a time rather than byte by
+/// byte.
+fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let bytes = value.as_bytes();
+    if !bytes.is_ascii() {
+        return None;
     }
+    std::str::from_utf8(bytes).ok().and_then(bearer)
 }
 
 /// `Some(sale_id)` for `/api/v1/sales/{decimal id}/purchase`.
@@ -250,6 +276,11 @@ fn read_arrived(body: &mut Body, read: &mut Bytes, cap: usize, cx: &mut Context<
                     if read.len() > cap {
                         return BodyState::Partial;
                     }
+                    // A body of known length is over once it is all here;
+                    // asking for its end would cost another round.
+                    if body.is_end_stream() {
+                        return BodyState::Whole;
+                    }
                 }
             }
             Poll::Ready(None) => return BodyState::Whole,
@@ -264,6 +295,10 @@ fn read_arrived(body: &mut Body, read: &mut Bytes, cap: usize, cx: &mut Context<
 /// as a plain integer; `None` for anything else, which [`body_quantity`]
 /// then reads. Where this says `Some(q)`, `body_quantity` says `Ok(q)`.
 fn quick_quantity(body: &[u8]) -> Option<u32> {
+    // What a buy button sends, checked first.
+    if body == br#"{"quantity":1}"# {
+        return Some(1);
+    }
     fn ws(b: &[u8]) -> &[u8] {
         let n = b
             .iter()
@@ -345,21 +380,10 @@ impl Service<Request<Body>> for FastLane {
     fn call(&mut self, req: Request) -> Self::Future {
         match self.triage(&req) {
             Triage::Answer(response) => Box::pin(std::future::ready(Ok(response))),
-            Triage::Route => {
-                let routed = self.router.call(req);
-                Box::pin(async move {
-                    let response = match routed.await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    };
-                    Ok(json_errors::ensure(response).await)
-                })
-            }
-            Triage::ReadBody { sale_id, user, cap } => {
+            Triage::Route => self.route(req),
+            Triage::ReadBody(pending) => {
                 let lane = self.clone();
-                Box::pin(
-                    async move { Ok(lane.read_body_then_route(req, sale_id, user, cap).await) },
-                )
+                Box::pin(async move { Ok(lane.read_body_then_route(req, pending).await) })
             }
         }
     }
@@ -381,6 +405,35 @@ mod tests {
             purchase_path("/api/v1/sales/99999999999999999999999/purchase"),
             None
         );
+    }
+
+    #[test]
+    fn bearer_token_reads_as_to_str_then_bearer() {
+        for bytes in [
+            &b"Bearer abc"[..],
+            b"bearer  abc ",
+            b"Bearer \tabc",
+            b"Basic abc",
+            b"Bearer ",
+            b"Bearer \xc3\xa9",
+            b"Bearer abc\xff",
+            b"",
+        ] {
+            let v = HeaderValue::from_bytes(bytes).unwrap();
+            assert_eq!(bearer_token(&v), v.to_str().ok().and_then(bearer), "{v:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn bearer_token_agrees_with_to_str(bytes in prop::collection::vec(
+            prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40)
+        ) {
+            let mut value = b"Bearer ".to_vec();
+            value.extend(bytes);
+            let v = HeaderValue::from_bytes(&value).unwrap();
+            prop_assert_eq!(bearer_token(&v), v.to_str().ok().and_then(bearer));
+        }
     }
 
     #[test]
