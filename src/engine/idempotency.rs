@@ -55,10 +55,11 @@ pub enum Claim {
     Retry,
 }
 
-/// What a keyed purchase would find (see [`IdempotencyCache::peek`]).
+/// What a keyed purchase would find (see [`IdempotencyCache::peek_or_record`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Peek {
-    /// The key is unused: a claim would be fresh.
+    /// The key was unused; it now holds what `on_vacant` returned, if
+    /// anything.
     Vacant,
     /// The key already answered this very purchase: replay it.
     Replay(Recorded),
@@ -119,43 +120,39 @@ impl IdempotencyCache {
         }
     }
 
-    /// What [`Self::claim`] would find for this purchase, looked up without
-    /// claiming the key or waiting for a claim in flight.
-    pub fn peek(&self, user: &str, key: &str, sale_id: u64, quantity: u32) -> Peek {
-        let k: Key = (user.into(), key.into());
-        match self.slots.get(&k).as_deref() {
-            None => Peek::Vacant,
-            Some(Slot::Done(done)) => match judge(done, sale_id, quantity) {
-                Claim::Replay(answer) => Peek::Replay(answer),
-                _ => Peek::Busy,
-            },
-            Some(Slot::InFlight(_)) => Peek::Busy,
-        }
-    }
-
-    /// Records `answer` as the first answer under an unused key, as a claim
-    /// finished at once would. False (and nothing recorded) when the key is
-    /// already claimed or answered.
-    pub fn record_if_vacant(
+    /// What [`Self::claim`] would find for this purchase, found without
+    /// claiming the key or waiting for a claim in flight. For an unused key,
+    /// `on_vacant` runs (under the key's shard lock, so it must be quick and
+    /// must not touch this cache); what it returns, if anything, is
+    /// recorded as the key's first answer, as a claim finished at once would.
+    pub fn peek_or_record(
         &self,
         user: &str,
         key: &str,
         sale_id: u64,
         quantity: u32,
-        answer: Recorded,
         now_ms: i64,
-    ) -> bool {
+        on_vacant: impl FnOnce() -> Option<Recorded>,
+    ) -> Peek {
         match self.slots.entry((user.into(), key.into())) {
             Entry::Vacant(v) => {
-                v.insert(Slot::Done(Done {
-                    sale_id,
-                    quantity,
-                    answer,
-                    at_ms: now_ms,
-                }));
-                true
+                if let Some(answer) = on_vacant() {
+                    v.insert(Slot::Done(Done {
+                        sale_id,
+                        quantity,
+                        answer,
+                        at_ms: now_ms,
+                    }));
+                }
+                Peek::Vacant
             }
-            Entry::Occupied(_) => false,
+            Entry::Occupied(o) => match o.get() {
+                Slot::Done(done) => match judge(done, sale_id, quantity) {
+                    Claim::Replay(answer) => Peek::Replay(answer),
+                    _ => Peek::Busy,
+                },
+                Slot::InFlight(_) => Peek::Busy,
+            },
         }
     }
 
@@ -272,25 +269,41 @@ mod tests {
     #[tokio::test]
     async fn peek_and_record_agree_with_claim() {
         let cache = IdempotencyCache::default();
-        assert_eq!(cache.peek("u", "k", 1, 1), Peek::Vacant);
-        assert!(cache.record_if_vacant("u", "k", 1, 1, Recorded::Rejected("sold_out"), 0));
-        assert!(!cache.record_if_vacant("u", "k", 1, 1, Recorded::Rejected("sold_out"), 0));
+        let sold_out = || Some(Recorded::Rejected("sold_out"));
         assert_eq!(
-            cache.peek("u", "k", 1, 1),
-            Peek::Replay(Recorded::Rejected("sold_out"))
+            cache.peek_or_record("u", "k", 1, 1, 0, || None),
+            Peek::Vacant
+        );
+        assert!(cache.is_empty(), "nothing to record, nothing recorded");
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 1, 0, sold_out),
+            Peek::Vacant
+        );
+        let replay = Peek::Replay(Recorded::Rejected("sold_out"));
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 1, 0, || unreachable!()),
+            replay
         );
         assert!(matches!(
             cache.claim("u", "k", 1, 1).await,
             Claim::Replay(Recorded::Rejected("sold_out"))
         ));
-        assert_eq!(cache.peek("u", "k", 1, 2), Peek::Busy);
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 2, 0, sold_out),
+            Peek::Busy
+        );
         let Claim::Fresh(guard) = cache.claim("u", "other", 1, 1).await else {
             panic!("first claim must be fresh")
         };
-        assert_eq!(cache.peek("u", "other", 1, 1), Peek::Busy);
-        assert!(!cache.record_if_vacant("u", "other", 1, 1, Recorded::Rejected("sold_out"), 0));
+        assert_eq!(
+            cache.peek_or_record("u", "other", 1, 1, 0, sold_out),
+            Peek::Busy
+        );
         drop(guard);
-        assert_eq!(cache.peek("u", "other", 1, 1), Peek::Vacant);
+        assert_eq!(
+            cache.peek_or_record("u", "other", 1, 1, 0, || None),
+            Peek::Vacant
+        );
     }
 
     #[tokio::test]

@@ -411,24 +411,25 @@ impl Engine {
     ) -> Option<PurchaseOutcome> {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
-        let outcome = match self.idempotency.peek(user, key, sale_id, quantity) {
-            idempotency::Peek::Replay(recorded @ Recorded::Rejected(_)) => {
+        let now = now_ms();
+        let mut fresh = None;
+        // For an unused key: the memory-only answer, recorded under the key
+        // when the full path would record it (sold out, not the window).
+        let peek = self
+            .idempotency
+            .peek_or_record(user, key, sale_id, quantity, now, || {
+                let outcome = memory_rejection(&rt, quantity, now)?;
+                let record = (outcome == PurchaseOutcome::SoldOut)
+                    .then(|| Recorded::Rejected(outcome.label()));
+                fresh = Some(outcome);
+                record
+            });
+        let outcome = match (peek, fresh) {
+            (idempotency::Peek::Replay(recorded @ Recorded::Rejected(_)), _) => {
                 bump(&rt.counters.replayed);
                 PurchaseOutcome::from_recorded(recorded)
             }
-            idempotency::Peek::Vacant => {
-                let now = now_ms();
-                let outcome = memory_rejection(&rt, quantity, now)?;
-                if outcome == PurchaseOutcome::SoldOut {
-                    let answer = Recorded::Rejected(outcome.label());
-                    if !self
-                        .idempotency
-                        .record_if_vacant(user, key, sale_id, quantity, answer, now)
-                    {
-                        // Claimed since the peek: the claim decides.
-                        return None;
-                    }
-                }
+            (idempotency::Peek::Vacant, Some(outcome)) => {
                 self.reject(&rt, user, quantity, outcome, None, now)
             }
             _ => return None,
