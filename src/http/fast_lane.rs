@@ -213,13 +213,13 @@ impl FastLane {
     /// The full router, its answer passed through [`json_errors::ensure`].
     fn route(&mut self, req: Request) -> <Self as Service<Request>>::Future {
         let routed = self.router.call(req);
-        Box::pin(async move {
+        LaneFuture::Pending(Box::pin(async move {
             let response = match routed.await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
             Ok(json_errors::ensure(response).await)
-        })
+        }))
     }
 }
 
@@ -368,10 +368,33 @@ impl http_body::Body for Resumed {
     }
 }
 
+/// The future of a [`FastLane`] answer: ready at once (no allocation) or
+/// on its way through the body read or the router.
+pub enum LaneFuture {
+    /// Answered from memory.
+    Ready(Option<Response>),
+    /// Reading the body, or routed.
+    Pending(Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>),
+}
+
+impl Future for LaneFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("LaneFuture polled after it answered"),
+            },
+            Self::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl Service<Request<Body>> for FastLane {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = LaneFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         <Router as Service<Request>>::poll_ready(&mut self.router, cx)
@@ -379,11 +402,13 @@ impl Service<Request<Body>> for FastLane {
 
     fn call(&mut self, req: Request) -> Self::Future {
         match self.triage(&req) {
-            Triage::Answer(response) => Box::pin(std::future::ready(Ok(response))),
+            Triage::Answer(response) => LaneFuture::Ready(Some(response)),
             Triage::Route => self.route(req),
             Triage::ReadBody(pending) => {
                 let lane = self.clone();
-                Box::pin(async move { Ok(lane.read_body_then_route(req, pending).await) })
+                LaneFuture::Pending(Box::pin(async move {
+                    Ok(lane.read_body_then_route(req, pending).await)
+                }))
             }
         }
     }
