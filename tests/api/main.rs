@@ -11,6 +11,7 @@ mod distributed;
 mod durability;
 mod fast_lane;
 mod fast_lane_equivalence;
+mod fast_lane_shapes;
 mod faults;
 mod helpers;
 mod intents;
