@@ -94,7 +94,7 @@ impl Application {
             .merge(with_layers(http::api_router(), &settings))
             .method_not_allowed_fallback(http::method_not_allowed)
             .with_state(state.clone());
-        let service = FastLane::new(router, state);
+        let service = FastLane::new(router, state).with_body_limit(settings.body_limit);
         let mut tasks = vec![
             intent_task,
             worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),

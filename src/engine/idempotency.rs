@@ -50,6 +50,18 @@ pub enum Claim {
     Retry,
 }
 
+/// What a keyed purchase would find (see [`IdempotencyCache::peek_or_record`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peek {
+    /// The key was unused; it now holds what `on_vacant` returned, if
+    /// anything.
+    Vacant,
+    /// The key already answered this very purchase: replay it.
+    Replay(Recorded),
+    /// In flight, or used for a different purchase: only a claim can tell.
+    Busy,
+}
+
 type Key = (Box<str>, Box<str>);
 
 /// Remembered keyed answers.
@@ -100,6 +112,42 @@ impl IdempotencyCache {
         match done {
             Some(done) => judge(&done, sale_id, quantity),
             None => Claim::Retry,
+        }
+    }
+
+    /// What [`Self::claim`] would find for this purchase, found without
+    /// claiming the key or waiting for a claim in flight. For an unused key,
+    /// `on_vacant` runs (under the key's shard lock, so it must be quick and
+    /// must not touch this cache); what it returns, if anything, is
+    /// recorded as the key's first answer, as a claim finished at once would.
+    pub fn peek_or_record(
+        &self,
+        user: &str,
+        key: &str,
+        sale_id: u64,
+        quantity: u32,
+        now_ms: i64,
+        on_vacant: impl FnOnce() -> Option<Recorded>,
+    ) -> Peek {
+        match self.slots.entry((user.into(), key.into())) {
+            Entry::Vacant(v) => {
+                if let Some(answer) = on_vacant() {
+                    v.insert(Slot::Done(Done {
+                        sale_id,
+                        quantity,
+                        answer,
+                        at_ms: now_ms,
+                    }));
+                }
+                Peek::Vacant
+            }
+            Entry::Occupied(o) => match o.get() {
+                Slot::Done(done) => match judge(done, sale_id, quantity) {
+                    Claim::Replay(answer) => Peek::Replay(answer),
+                    _ => Peek::Busy,
+                },
+                Slot::InFlight(_) => Peek::Busy,
+            },
         }
     }
 
@@ -209,6 +257,46 @@ mod tests {
         };
         drop(guard);
         assert!(matches!(cache.claim("u", "k", 1, 1).await, Claim::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn peek_and_record_agree_with_claim() {
+        let cache = IdempotencyCache::default();
+        let sold_out = || Some(Err(Rejection::SoldOut));
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 1, 0, || None),
+            Peek::Vacant
+        );
+        assert!(cache.is_empty(), "nothing to record, nothing recorded");
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 1, 0, sold_out),
+            Peek::Vacant
+        );
+        let replay = Peek::Replay(Err(Rejection::SoldOut));
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 1, 0, || unreachable!()),
+            replay
+        );
+        assert!(matches!(
+            cache.claim("u", "k", 1, 1).await,
+            Claim::Replay(Err(Rejection::SoldOut))
+        ));
+        assert_eq!(
+            cache.peek_or_record("u", "k", 1, 2, 0, sold_out),
+            Peek::Busy
+        );
+        let Claim::Fresh(guard) = cache.claim("u", "other", 1, 1).await else {
+            panic!("first claim must be fresh")
+        };
+        assert_eq!(
+            cache.peek_or_record("u", "other", 1, 1, 0, sold_out),
+            Peek::Busy
+        );
+        drop(guard);
+        assert_eq!(
+            cache.peek_or_record("u", "other", 1, 1, 0, || None),
+            Peek::Vacant
+        );
     }
 
     #[tokio::test]

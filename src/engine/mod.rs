@@ -393,6 +393,62 @@ impl Engine {
         Some(refusal)
     }
 
+    /// [`Self::try_reject_fast`] for a request with an `Idempotency-Key`,
+    /// with the full path's bookkeeping: a rejection recorded under the key
+    /// is replayed; for an unused key, a closed window is answered (the key
+    /// stays unused, as on the full path) and a sold-out rejection is first
+    /// recorded under the key. `None` — take the full path — for an
+    /// acceptance to replay, a claim in flight, a key used for another
+    /// purchase, or a sale memory cannot refuse.
+    pub fn try_reject_fast_keyed(
+        &self,
+        sale_id: u64,
+        user: &str,
+        quantity: u32,
+        key: &str,
+    ) -> Option<Refusal> {
+        let started = std::time::Instant::now();
+        let rt = self.sales.get(&sale_id)?;
+        let now = now_ms();
+        let attempt = Attempt {
+            sale: &rt,
+            user,
+            quantity,
+            now_ms: now,
+        };
+        let mut fresh = None;
+        // For an unused key: the early answer, recorded under the key when
+        // the full path would record it (see `Spec::recorded`).
+        let peek = self
+            .idempotency
+            .peek_or_record(user, key, sale_id, quantity, now, || {
+                let refusal = self.admission.refuse_early(&attempt)?;
+                fresh = Some(refusal);
+                refusal
+                    .reason
+                    .spec()
+                    .recorded
+                    .then_some(Err(refusal.reason))
+            });
+        let refusal = match (peek, fresh) {
+            (idempotency::Peek::Replay(Err(reason)), _) => {
+                bump(&rt.counters.replayed);
+                Refusal::from(reason)
+            }
+            (idempotency::Peek::Vacant, Some(refusal)) => {
+                // Counted as the full path counts it; the key was recorded
+                // above, so no guard is needed.
+                self.reject(&rt, user, quantity, refusal, None, now);
+                refusal
+            }
+            _ => return None,
+        };
+        bump(&rt.counters.attempts);
+        let outcome = PurchaseOutcome::Rejected(refusal);
+        self.metrics.observe(&Ok(outcome), started.elapsed());
+        Some(refusal)
+    }
+
     async fn purchase_inner(
         self: &Arc<Self>,
         sale_id: u64,

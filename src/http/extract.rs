@@ -1,9 +1,16 @@
-//! Extractors: who is calling (buyer or admin) and the JSON body.
+//! Extractors: who is calling (buyer or admin), the path and query, and
+//! the JSON body.
+//!
+//! Every extractor here rejects with [`ApiError`], so a malformed request
+//! gets the contract's JSON error body, never axum's text rejections.
+//! Handlers use [`Path`] and [`Query`] from this module, not axum's.
 
 use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
@@ -72,13 +79,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                     },
                     message: rejection.body_text(),
                 })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self(None));
-        }
-        serde_json::from_slice(&bytes)
-            .map(|v| Self(Some(v)))
-            .map_err(|e| ApiError::invalid(format!("body: malformed JSON ({e})")))
+        json_body(&bytes).map(Self)
     }
+}
+
+/// A collected body read as [`JsonBody`] reads it: blank is `None`.
+///
+/// # Errors
+/// `400 invalid_request` for malformed JSON.
+pub(super) fn json_body(bytes: &[u8]) -> Result<Option<Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(format!("body: malformed JSON ({e})")))
 }
 
 /// The optional `Idempotency-Key` header (1..=128 visible ASCII characters).
@@ -88,16 +103,72 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get("idempotency-key") else {
-            return Ok(Self(None));
-        };
-        match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => {
-                Ok(Self(Some(key.to_owned())))
-            }
-            _ => Err(ApiError::invalid(
-                "Idempotency-Key: must be 1..128 visible ASCII characters",
-            )),
+        match parts.headers.get("idempotency-key") {
+            None => Ok(Self(None)),
+            Some(value) => idempotency_key(value)
+                .map(|key| Self(Some(key.to_owned())))
+                .ok_or_else(|| {
+                    ApiError::invalid("Idempotency-Key: must be 1..128 visible ASCII characters")
+                }),
         }
+    }
+}
+
+/// The key in an `Idempotency-Key` header value, if it is a valid one.
+pub(super) fn idempotency_key(value: &HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .filter(|key| !key.is_empty() && key.len() <= MAX_KEY_LEN)
+}
+
+/// axum's `Path`, rejecting with [`ApiError`]: a segment that does not
+/// decode (bad percent-encoding, invalid UTF-8) is `400 invalid_request`.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(ApiError::from)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // Our routes' parameters are all strings, so the only failure a
+        // client can cause is a segment that is not UTF-8 once decoded.
+        Self::invalid(format!("path: {}", rejection.body_text()))
+    }
+}
+
+/// axum's `Query`, rejecting with [`ApiError`] (`400 invalid_request`).
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(ApiError::from)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid(format!("query: {}", rejection.body_text()))
     }
 }

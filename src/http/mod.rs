@@ -5,6 +5,7 @@
 pub mod error;
 pub mod extract;
 pub mod fast_lane;
+mod json_errors;
 mod ops;
 mod orders;
 mod sales;

@@ -1,11 +1,11 @@
 //! `/api/v1/orders`: a buyer's own orders, payment and cancellation.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::extract::Buyer;
+use super::extract::{Buyer, Path};
 use super::{parse_id, ApiError, AppState};
 use crate::domain::order::Transition;
 use crate::domain::{Order, OrderStatus};

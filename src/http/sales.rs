@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::extract::{Admin, Buyer, IdempotencyKey, JsonBody};
+use super::extract::{Admin, Buyer, IdempotencyKey, JsonBody, Path, Query};
 use super::orders::OrderBody;
 use super::{parse_id, ApiError, AppState};
 use crate::backend::Intent;
@@ -22,7 +22,7 @@ use crate::domain::{now_ms, NewSale, Rejection, SaleStatus};
 use crate::engine::{PurchaseOutcome, SaleRuntime};
 
 /// Most units one purchase may ask for.
-const MAX_QUANTITY: u64 = 1_000_000_000;
+pub(super) const MAX_QUANTITY: u64 = 1_000_000_000;
 /// Largest page of intents.
 const MAX_PAGE: usize = 1_000;
 
@@ -113,6 +113,15 @@ async fn get_sale(
         Json(SaleBody::of(&rt)),
     )
         .into_response())
+}
+
+/// The quantity a collected purchase body asks for, exactly as the
+/// purchase handler reads it ([`JsonBody`], then [`parse_quantity`]).
+///
+/// # Errors
+/// `400 invalid_request` for malformed JSON or a bad quantity.
+pub(super) fn body_quantity(bytes: &[u8]) -> Result<u32, ApiError> {
+    parse_quantity(super::extract::json_body(bytes)?)
 }
 
 fn parse_quantity(body: Option<Value>) -> Result<u32, ApiError> {
