@@ -64,13 +64,38 @@ pub enum Peek {
 
 type Key = (Box<str>, Box<str>);
 
-/// Remembered keyed answers.
-#[derive(Default)]
+/// Most rejections remembered under their keys (about 250 bytes each). A
+/// flood with a fresh key per request must not grow memory without bound:
+/// past this, the least recently used rejections are forgotten, and a retry
+/// with a forgotten key simply runs again — a rejection bought nothing, so
+/// running it again can never buy twice. Accepted keys are never evicted.
+pub const MAX_REMEMBERED_REJECTIONS: usize = 200_000;
+
+type Rejected = quick_cache::sync::Cache<Key, Done>;
+
+/// Remembered keyed answers: claims in flight and accepted orders in one
+/// map (kept until restart, then rebuilt from the stored orders), rejections
+/// in a bounded cache beside it.
 pub struct IdempotencyCache {
     slots: Arc<DashMap<Key, Slot>>,
+    rejected: Arc<Rejected>,
+}
+
+impl Default for IdempotencyCache {
+    fn default() -> Self {
+        Self::with_capacity(MAX_REMEMBERED_REJECTIONS)
+    }
 }
 
 impl IdempotencyCache {
+    /// A cache remembering at most `rejections` rejected keys.
+    pub fn with_capacity(rejections: usize) -> Self {
+        Self {
+            slots: Arc::default(),
+            rejected: Arc::new(Rejected::new(rejections.max(1))),
+        }
+    }
+
     /// Restores an accepted order's key after a restart.
     pub fn restore(&self, order: &Order) {
         if let Some(key) = &order.idempotency_key {
@@ -91,10 +116,17 @@ impl IdempotencyCache {
         let k: Key = (user.into(), key.into());
         let mut rx = match self.slots.entry(k.clone()) {
             Entry::Vacant(v) => {
+                // A finished rejection moves here before its slot goes (see
+                // `Guard::finish`), so a vacant slot with no rejection is
+                // really unused.
+                if let Some(done) = self.rejected.get(&k) {
+                    return judge(&done, sale_id, quantity);
+                }
                 let (tx, rx) = watch::channel(None);
                 v.insert(Slot::InFlight(rx));
                 return Claim::Fresh(Guard {
                     slots: self.slots.clone(),
+                    rejected: self.rejected.clone(),
                     key: Some(k),
                     tx,
                     sale_id,
@@ -129,15 +161,27 @@ impl IdempotencyCache {
         now_ms: i64,
         on_vacant: impl FnOnce() -> Option<Recorded>,
     ) -> Peek {
-        match self.slots.entry((user.into(), key.into())) {
+        let k: Key = (user.into(), key.into());
+        match self.slots.entry(k.clone()) {
             Entry::Vacant(v) => {
+                if let Some(done) = self.rejected.get(&k) {
+                    return match judge(&done, sale_id, quantity) {
+                        Claim::Replay(answer) => Peek::Replay(answer),
+                        _ => Peek::Busy,
+                    };
+                }
                 if let Some(answer) = on_vacant() {
-                    v.insert(Slot::Done(Done {
+                    let done = Done {
                         sale_id,
                         quantity,
                         answer,
                         at_ms: now_ms,
-                    }));
+                    };
+                    if done.answer.is_ok() {
+                        v.insert(Slot::Done(done));
+                    } else {
+                        self.rejected.insert(k, done);
+                    }
                 }
                 Peek::Vacant
             }
@@ -151,22 +195,21 @@ impl IdempotencyCache {
         }
     }
 
-    /// Forgets rejections older than the TTL (accepted keys are kept).
+    /// Forgets rejections older than the TTL (accepted keys are kept). Walks
+    /// the bounded rejection cache only, never the map of accepted keys.
     pub fn evict_expired(&self, now_ms: i64) {
-        self.slots.retain(|_, slot| match slot {
-            Slot::Done(d) => d.answer.is_ok() || now_ms - d.at_ms < REJECTION_TTL_MS,
-            Slot::InFlight(_) => true,
-        });
+        self.rejected
+            .retain(|_, d| now_ms - d.at_ms < REJECTION_TTL_MS);
     }
 
     /// Keys remembered.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.len() + self.rejected.len()
     }
 
     /// True when no key is remembered.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
     }
 }
 
@@ -181,6 +224,7 @@ fn judge(done: &Done, sale_id: u64, quantity: u32) -> Claim {
 /// Holds a claimed key until the purchase's answer is known.
 pub struct Guard {
     slots: Arc<DashMap<Key, Slot>>,
+    rejected: Arc<Rejected>,
     key: Option<Key>,
     tx: watch::Sender<Option<Done>>,
     sale_id: u64,
@@ -197,7 +241,14 @@ impl Guard {
             at_ms: now_ms,
         };
         if let Some(key) = self.key.take() {
-            self.slots.insert(key, Slot::Done(done.clone()));
+            if done.answer.is_ok() {
+                self.slots.insert(key, Slot::Done(done.clone()));
+            } else {
+                // Into the bounded cache first, then out of the map: a claim
+                // that finds the slot vacant finds the rejection.
+                self.rejected.insert(key.clone(), done.clone());
+                self.slots.remove(&key);
+            }
         }
         self.tx.send_replace(Some(done));
     }
@@ -307,5 +358,54 @@ mod tests {
         }
         cache.evict_expired(REJECTION_TTL_MS + 1);
         assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn rejections_are_bounded_and_accepted_keys_are_not() {
+        let cache = IdempotencyCache::with_capacity(100);
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            let Claim::Fresh(g) = cache.claim("u", &key, 1, 1).await else {
+                panic!("fresh key {key}")
+            };
+            g.finish(Err(Rejection::SoldOut), 0);
+        }
+        assert!(cache.len() <= 110, "rejections kept: {}", cache.len());
+        // A forgotten rejection runs again (it bought nothing); a kept one
+        // is replayed.
+        let mut replayed = 0;
+        for i in 0..1000 {
+            match cache.claim("u", &format!("k{i}"), 1, 1).await {
+                Claim::Replay(Err(Rejection::SoldOut)) => replayed += 1,
+                Claim::Fresh(g) => drop(g),
+                _ => panic!("unexpected claim"),
+            }
+        }
+        assert!((1..=110).contains(&replayed), "replayed {replayed}");
+        // Accepted keys stay, however many rejections come.
+        let Claim::Fresh(g) = cache.claim("u", "bought", 1, 1).await else {
+            panic!("fresh")
+        };
+        let order = Order {
+            id: 9,
+            sale_id: 1,
+            user_id: "u".into(),
+            quantity: 1,
+            status: crate::domain::OrderStatus::PendingPayment,
+            idempotency_key: Some("bought".into()),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            expires_at_ms: None,
+        };
+        g.finish(Ok(order.clone()), 0);
+        for i in 1000..2000 {
+            if let Claim::Fresh(g) = cache.claim("u", &format!("k{i}"), 1, 1).await {
+                g.finish(Err(Rejection::SoldOut), 0);
+            }
+        }
+        assert!(matches!(
+            cache.claim("u", "bought", 1, 1).await,
+            Claim::Replay(Ok(o)) if o == order
+        ));
     }
 }
