@@ -35,6 +35,18 @@ pub struct Attempt<'a> {
     pub now_ms: i64,
 }
 
+impl<'a> Attempt<'a> {
+    /// An attempt by `user` on `sale` at `now_ms`.
+    pub fn new(sale: &'a SaleRuntime, user: &'a str, quantity: u32, now_ms: i64) -> Self {
+        Self {
+            sale,
+            user,
+            quantity,
+            now_ms,
+        }
+    }
+}
+
 /// Why a purchase was refused, with the wait to announce, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {

@@ -380,12 +380,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
         let now = now_ms();
-        let attempt = Attempt {
-            sale: &rt,
-            user,
-            quantity,
-            now_ms: now,
-        };
+        let attempt = Attempt::new(&rt, user, quantity, now);
         let refusal = self.admission.refuse_early(&attempt)?;
         bump(&rt.counters.attempts);
         let outcome = self.reject(&rt, user, quantity, refusal, None, now);
@@ -410,12 +405,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
         let now = now_ms();
-        let attempt = Attempt {
-            sale: &rt,
-            user,
-            quantity,
-            now_ms: now,
-        };
+        let attempt = Attempt::new(&rt, user, quantity, now);
         let mut fresh = None;
         // For an unused key: the early answer, recorded under the key when
         // the full path would record it (see `Spec::recorded`).
@@ -484,12 +474,7 @@ impl Engine {
                 }
             }
         };
-        let attempt = Attempt {
-            sale: &rt,
-            user: &user,
-            quantity,
-            now_ms: now,
-        };
+        let attempt = Attempt::new(&rt, &user, quantity, now);
         if let Err(refusal) = self.admission.admit(&attempt) {
             return Ok(self.reject(&rt, &user, quantity, refusal, guard, now));
         }
