@@ -30,6 +30,11 @@ pub struct Settings {
     pub redis: Vec<String>,
     /// Treat `redis` as Redis Cluster seed nodes.
     pub redis_cluster: bool,
+    /// The master's name at the Sentinels: `redis` then lists Sentinels.
+    pub redis_sentinel: Option<String>,
+    /// Fence sales against a failover to a lagging replica (on; off only
+    /// for the drill that shows what it prevents).
+    pub redis_fencing: bool,
     /// RabbitMQ URL of the order queue (`amqp://…`).
     pub queue: Option<String>,
     /// First part of every Redis key and RabbitMQ name, so several
@@ -65,6 +70,8 @@ impl Settings {
             database: None,
             redis: Vec::new(),
             redis_cluster: false,
+            redis_sentinel: None,
+            redis_fencing: true,
             queue: None,
             namespace: "fs".to_owned(),
             admin_token: None,
@@ -107,6 +114,8 @@ impl Settings {
                 redis: RedisSettings {
                     urls: self.redis.clone(),
                     cluster: self.redis_cluster,
+                    sentinel_master: self.redis_sentinel.clone(),
+                    fencing: self.redis_fencing,
                     prefix: self.namespace.clone(),
                 },
                 queue: AmqpSettings {
@@ -142,6 +151,21 @@ pub struct ServeArgs {
     /// Treat --redis as Redis Cluster seed nodes (implied by several URLs).
     #[arg(long, env = "FLASHSALE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// Find the Redis master through Sentinel: the master's name; --redis
+    /// then lists the Sentinels (redis://host:26379,…). The node follows a
+    /// failover on its own.
+    #[arg(
+        long,
+        env = "FLASHSALE_REDIS_SENTINEL",
+        conflicts_with = "redis_cluster"
+    )]
+    pub redis_sentinel: Option<String>,
+    /// Fence every sale against a failover to a lagging replica (see
+    /// docs/ARCHITECTURE.md). Turning it off oversells after such a
+    /// failover; it exists for the drill that shows it.
+    #[arg(long, env = "FLASHSALE_REDIS_FENCING", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub redis_fencing: bool,
     /// RabbitMQ URL of the order queue, amqp://user:pass@host:port/vhost.
     /// Needs --redis and --database.
     #[arg(long, env = "FLASHSALE_QUEUE", hide_env_values = true)]
@@ -195,6 +219,8 @@ impl ServeArgs {
         s.database = self.database.filter(|d| !d.is_empty());
         s.redis = self.redis.into_iter().filter(|r| !r.is_empty()).collect();
         s.redis_cluster = self.redis_cluster;
+        s.redis_sentinel = self.redis_sentinel.filter(|m| !m.is_empty());
+        s.redis_fencing = self.redis_fencing;
         s.queue = self.queue.filter(|q| !q.is_empty());
         s.namespace = self.namespace;
         s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);

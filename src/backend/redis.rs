@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `…:meta` | hash | `stock`, `sold`, `limit`, `start`, `end` (ms, 0 = none) |
+//! | `…:meta` | hash | `stock`, `sold`, `limit`, `start`, `end` (ms, 0 = none), `rid` (the fencing stamp) |
 //! | `…:holders` | hash | user → units held (pending or paid) |
 //! | `…:idem` | hash | `user\nkey` → the order a keyed purchase made |
 //! | `…:outbox` | sorted set | accepted orders not yet confirmed by the broker, by time |
@@ -25,6 +25,25 @@
 //! A missing `meta` means Redis lost the sale (this machine's Redis keeps
 //! nothing on disk): the script answers "not seeded" and sells nothing until
 //! [`RedisStock::seed`] rebuilds it from the order database.
+//!
+//! **Fencing.** Replication is asynchronous, so a replica promoted by a
+//! failover (Sentinel, Redis Cluster) can come up with the sale it knows but
+//! an older count: the last decisions are gone and would be sold again. A
+//! node cannot tell a caught-up replica from a lagging one, but it can tell
+//! that the history changed: a promoted replica starts a new replication id
+//! (`master_replid` of `INFO replication`). Every seed stamps the sale's
+//! `meta` with the replication id of the server that holds it (`rid`), and
+//! every script — purchase, release, state — compares the stamp with the
+//! server's id in the same atomic step. A mismatch ("fenced") is treated as
+//! a lost sale: `503`, wait for the order queue to drain, re-seed from the
+//! database (which then holds every confirmed order), stamp the new id,
+//! resume. Any change of master costs that drain, a caught-up one too: the
+//! proof that nothing was lost is only in the database.
+//!
+//! **One clock.** The sale window is decided with the Redis server's clock
+//! (`TIME` inside the script), not the node's: a node whose clock runs ahead
+//! cannot open a sale early. Nodes read that clock to export their offset
+//! and to correct their local early answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,16 +65,32 @@ const MAX_BATCH: usize = 256;
 /// Script calls in flight at once per node (each carrying a batch).
 const IN_FLIGHT_BATCHES: usize = 2;
 
-/// The purchase script. `A` accepted, `R<order>` replay, `U` unseeded; the
-/// rejection letters (`{code}`) come from [`Rejection`]'s table.
+/// The server's replication id and clock, prepended to every script. `INFO`
+/// is allowed in scripts (Redis 7 replicates a script's effects, not the
+/// script, so reading non-deterministic values is fine).
+const LUA_PRELUDE: &str = r"
+local function replid()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// The purchase script. `A` accepted, `R<order>` replay, `U` unseeded, `F`
+/// fenced (the sale was stamped by another replication history); the
+/// rejection letters (`{code}`) come from [`Rejection`]'s table. The last
+/// value is the units left, then the server's clock.
 const PURCHASE_LUA: &str = r"
 -- KEYS: meta, holders, idem, outbox
--- ARGV: now, n, then n x (order_id, user, qty, idem_key or '', payload)
-local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'start', 'end')
+-- ARGV: fence ('1' = check the stamp), n, then n x (order_id, user, qty, idem_key or '', payload)
+local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'start', 'end', 'rid')
 if not m[1] then return {'U'} end
+if ARGV[1] == '1' and m[6] ~= replid() then return {'F'} end
 local stock, sold, limit = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
 local start, fin = tonumber(m[4]), tonumber(m[5])
-local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, n = now_ms(), tonumber(ARGV[2])
 local out = {}
 for i = 0, n - 1 do
   local b = 3 + i * 5
@@ -86,8 +121,10 @@ return out
 ";
 
 const RELEASE_LUA: &str = r"
--- KEYS: meta, holders, released; ARGV: order_id, user, qty
+-- KEYS: meta, holders, released; ARGV: order_id, user, qty, fence
+-- -1: the sale is absent or fenced (the re-seed counts from the database)
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[4] == '1' and redis.call('HGET', KEYS[1], 'rid') ~= replid() then return -1 end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return -2 end
 local q = tonumber(ARGV[3])
 local sold = redis.call('HINCRBY', KEYS[1], 'sold', -q)
@@ -96,21 +133,79 @@ return tonumber(redis.call('HGET', KEYS[1], 'stock')) - sold
 ";
 
 const STATE_LUA: &str = r"
--- KEYS: meta, outbox; answers {stock, sold, outbox length} or {} when unseeded
-local m = redis.call('HMGET', KEYS[1], 'stock', 'sold')
+-- KEYS: meta, outbox; ARGV: fence
+-- answers {stock, sold, outbox length}, {} when unseeded, {-1} when fenced
+local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'rid')
 if not m[1] then return {} end
+if ARGV[1] == '1' and m[3] ~= replid() then return {-1} end
 return {tonumber(m[1]), tonumber(m[2]), redis.call('ZCARD', KEYS[2])}
+";
+
+/// Claims the re-seed of a sale that is absent or fenced: takes the seed
+/// lock and clears what the lost history left (so a fenced sale now reads
+/// as absent). 1 = claimed; 0 = present and current, or another node is on it.
+const SEED_CLAIM_LUA: &str = r"
+-- KEYS: meta, seedlock, holders, idem, released, outbox; ARGV: fence
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if ARGV[1] ~= '1' or redis.call('HGET', KEYS[1], 'rid') == replid() then return 0 end
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', 30000) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return 1
+";
+
+/// Writes a sale's counters, stamped with this server's replication id, in
+/// one step (the moment the sale sells). 0 = left alone (`only_if_absent`).
+const SEED_META_LUA: &str = r"
+-- KEYS: meta; ARGV: sold, limit, start, end, stock, only_if_absent
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'sold', ARGV[1], 'limit', ARGV[2], 'start', ARGV[3],
+  'end', ARGV[4], 'rid', replid(), 'stock', ARGV[5])
+return 1
+";
+
+/// Outbox entries older than `ARGV[1]` ms by the server's clock (the clock
+/// that scored them).
+const OUTBOX_DUE_LUA: &str = r"
+-- KEYS: outbox; ARGV: age_ms, limit
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() - tonumber(ARGV[1]),
+  'LIMIT', 0, tonumber(ARGV[2]))
+";
+
+/// The server's clock, in ms.
+const TIME_LUA: &str = r"
+return now_ms()
 ";
 
 /// Settings of the Redis stock backend (URLs redacted in `Debug`).
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port` URLs; several (or `cluster`) = Redis Cluster seeds.
+    /// `redis://host:port` URLs; several (or `cluster`) = Redis Cluster
+    /// seeds; with `sentinel_master`, the Sentinels.
     pub urls: Vec<String>,
     /// Talk to a Redis Cluster.
     pub cluster: bool,
+    /// The master's name at the Sentinels in `urls`: the node asks them
+    /// where the master is and follows a failover.
+    pub sentinel_master: Option<String>,
+    /// Check every sale's replication stamp (see the module docs). On
+    /// unless a drill turns it off to show what it prevents.
+    pub fencing: bool,
     /// First part of every key (tests give each run its own).
     pub prefix: String,
+}
+
+impl RedisSettings {
+    /// Standalone Redis (or Cluster seeds) at `urls`, fencing on.
+    pub fn new(urls: Vec<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            cluster: urls.len() > 1,
+            urls,
+            sentinel_master: None,
+            fencing: true,
+            prefix: prefix.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -123,6 +218,8 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("urls", &urls)
             .field("cluster", &self.cluster)
+            .field("sentinel_master", &self.sentinel_master)
+            .field("fencing", &self.fencing)
             .field("prefix", &self.prefix)
             .finish()
     }
@@ -132,6 +229,7 @@ impl std::fmt::Debug for RedisSettings {
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<Followed>),
 }
 
 impl Conn {
@@ -139,6 +237,101 @@ impl Conn {
         match self {
             Self::Single(c) => cmd.query_async(&mut c.clone()).await,
             Self::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            Self::Sentinel(f) => f.query(cmd).await,
+        }
+    }
+}
+
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+}
+
+/// A master found through Sentinel, followed across failovers.
+///
+/// The `redis` crate resolves the master (`SENTINEL get-master-addr-by-name`,
+/// then `ROLE` on it) but does not follow it: a connection manager keeps
+/// reconnecting to the old address. So this holds the current manager and,
+/// when a call fails as a moved or dead master fails (refused, dropped,
+/// timed out, `READONLY` from a demoted one), asks the Sentinels again and
+/// switches. The stock watcher also calls [`Followed::refresh`] every tick,
+/// so an idle node follows too.
+struct Followed {
+    sentinel: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    current: std::sync::RwLock<(String, ConnectionManager)>,
+}
+
+impl Followed {
+    async fn connect(urls: &[String], master: &str) -> redis::RedisResult<Self> {
+        let mut sentinel = redis::sentinel::SentinelClient::build(
+            urls.to_vec(),
+            master.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )?;
+        let client = sentinel.async_get_client().await?;
+        let addr = client.get_connection_info().addr().to_string();
+        let manager = client
+            .get_connection_manager_with_config(manager_config())
+            .await?;
+        tracing::info!(%addr, master, "redis master found through sentinel");
+        Ok(Self {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            current: std::sync::RwLock::new((addr, manager)),
+        })
+    }
+
+    fn manager(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
+    /// Asks the Sentinels where the master is and switches to it if it
+    /// moved. True when it switched.
+    async fn refresh(&self) -> redis::RedisResult<bool> {
+        let client = self.sentinel.lock().await.async_get_client().await?;
+        let addr = client.get_connection_info().addr().to_string();
+        let known = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .clone();
+        if addr == known {
+            return Ok(false);
+        }
+        let manager = client
+            .get_connection_manager_with_config(manager_config())
+            .await?;
+        tracing::warn!(from = %known, to = %addr, "redis master moved; following it");
+        metrics::counter!("flashsale_redis_master_switches_total").increment(1);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (addr, manager);
+        Ok(true)
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        match cmd.query_async(&mut self.manager()).await {
+            Err(e)
+                if e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) =>
+            {
+                match self.refresh().await {
+                    Ok(true) => cmd.query_async(&mut self.manager()).await,
+                    _ => Err(e),
+                }
+            }
+            other => other,
         }
     }
 }
@@ -149,8 +342,8 @@ struct Script {
 }
 
 impl Script {
-    fn new(source: impl Into<String>) -> Self {
-        let source = source.into();
+    fn new(source: &str) -> Self {
+        let source = format!("{LUA_PRELUDE}{source}");
         Self {
             sha: redis::Script::new(&source).get_hash().to_owned(),
             source,
@@ -184,14 +377,59 @@ impl From<RedisError> for StockError {
     }
 }
 
-/// Sale stock held in Redis (standalone or Cluster).
+/// Sale stock held in Redis (standalone, Cluster, or found through
+/// Sentinel).
 pub struct RedisStock {
     conn: Conn,
     prefix: String,
+    /// `b"1"` when fencing is on, `b"0"` when a drill turned it off.
+    fence: &'static [u8],
+    scripts: Scripts,
+    batches: mpsc::UnboundedSender<(u64, Pending)>,
+}
+
+struct Scripts {
     purchase: Script,
     release: Script,
     state: Script,
-    batches: mpsc::UnboundedSender<(u64, Pending)>,
+    seed_claim: Script,
+    seed_meta: Script,
+    outbox_due: Script,
+    time: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            purchase: Script::new(&purchase_script()),
+            release: Script::new(RELEASE_LUA),
+            state: Script::new(STATE_LUA),
+            seed_claim: Script::new(SEED_CLAIM_LUA),
+            seed_meta: Script::new(SEED_META_LUA),
+            outbox_due: Script::new(OUTBOX_DUE_LUA),
+            time: Script::new(TIME_LUA),
+        }
+    }
+
+    fn all(&self) -> [&Script; 7] {
+        [
+            &self.purchase,
+            &self.release,
+            &self.state,
+            &self.seed_claim,
+            &self.seed_meta,
+            &self.outbox_due,
+            &self.time,
+        ]
+    }
+}
+
+/// What Redis holds of a sale.
+enum Held {
+    Present(StockState),
+    Absent,
+    /// Stamped by another replication history: a failover happened since.
+    Fenced,
 }
 
 impl std::fmt::Debug for RedisStock {
@@ -208,28 +446,34 @@ impl RedisStock {
     /// # Errors
     /// When Redis cannot be reached or refuses the scripts.
     pub async fn connect(settings: &RedisSettings) -> Result<Arc<Self>, StockError> {
-        let conn = if settings.cluster || settings.urls.len() > 1 {
+        if settings.urls.is_empty() {
+            return Err(StockError::new("no Redis URL given"));
+        }
+        let conn = if let Some(master) = &settings.sentinel_master {
+            Conn::Sentinel(Arc::new(Followed::connect(&settings.urls, master).await?))
+        } else if settings.cluster || settings.urls.len() > 1 {
             let client = redis::cluster::ClusterClient::new(settings.urls.clone())?;
             Conn::Cluster(client.get_async_connection().await?)
         } else {
-            let url = settings
-                .urls
-                .first()
-                .ok_or_else(|| StockError::new("no Redis URL given"))?;
-            let client = redis::Client::open(url.as_str())?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(5)))
-                .set_number_of_retries(2);
-            Conn::Single(client.get_connection_manager_with_config(config).await?)
+            let client = redis::Client::open(settings.urls[0].as_str())?;
+            Conn::Single(
+                client
+                    .get_connection_manager_with_config(manager_config())
+                    .await?,
+            )
         };
+        if !settings.fencing {
+            tracing::warn!(
+                "redis fencing is OFF: a failover to a lagging replica will oversell \
+                 (this setting exists for drills only)"
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let stock = Arc::new(Self {
             conn,
             prefix: settings.prefix.clone(),
-            purchase: Script::new(purchase_script()),
-            release: Script::new(RELEASE_LUA),
-            state: Script::new(STATE_LUA),
+            fence: if settings.fencing { b"1" } else { b"0" },
+            scripts: Scripts::new(),
             batches: tx,
         });
         stock.load_scripts().await?;
@@ -238,7 +482,7 @@ impl RedisStock {
     }
 
     async fn load_scripts(&self) -> Result<(), StockError> {
-        for script in [&self.purchase, &self.release, &self.state] {
+        for script in self.scripts.all() {
             // On a cluster the client sends SCRIPT LOAD to every primary.
             let sha: String = self
                 .conn
@@ -290,14 +534,13 @@ impl RedisStock {
             self.key(sale_id, "idem"),
             self.key(sale_id, "outbox"),
         ];
-        let now = crate::domain::now_ms().to_string();
         let n = batch.len().to_string();
         let mut owned: Vec<String> = Vec::with_capacity(batch.len() * 3);
         for (r, _) in batch {
             owned.push(r.order.id.to_string());
             owned.push(r.order.quantity.to_string());
         }
-        let mut args: Vec<&[u8]> = vec![now.as_bytes(), n.as_bytes()];
+        let mut args: Vec<&[u8]> = vec![self.fence, n.as_bytes()];
         for (i, (r, _)) in batch.iter().enumerate() {
             args.push(owned[2 * i].as_bytes());
             args.push(r.order.user_id.as_bytes());
@@ -305,7 +548,7 @@ impl RedisStock {
             args.push(r.order.idempotency_key.as_deref().unwrap_or("").as_bytes());
             args.push(r.payload().as_bytes());
         }
-        let answer: Vec<String> = self.eval(&self.purchase, &keys, &args).await?;
+        let answer: Vec<String> = self.eval(&self.scripts.purchase, &keys, &args).await?;
         parse_decisions(&answer, batch.len())
     }
 
@@ -327,71 +570,77 @@ impl RedisStock {
         let q = order.quantity.to_string();
         let left: i64 = self
             .eval(
-                &self.release,
+                &self.scripts.release,
                 &keys,
-                &[id.as_bytes(), order.user_id.as_bytes(), q.as_bytes()],
+                &[
+                    id.as_bytes(),
+                    order.user_id.as_bytes(),
+                    q.as_bytes(),
+                    self.fence,
+                ],
             )
             .await?;
         Ok(match left {
             -1 => None,
-            -2 => Some(self.counters(s).await?.map_or(0, |st| st.remaining())),
+            -2 => match self.counters(s).await? {
+                Held::Present(st) => Some(st.remaining()),
+                Held::Absent | Held::Fenced => None,
+            },
             n => Some(n.max(0) as u64),
         })
     }
 
-    /// The sale's counters, or `None` when Redis does not hold it.
+    /// What Redis holds of the sale.
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    async fn counters(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
+    async fn counters(&self, sale_id: u64) -> Result<Held, StockError> {
         let keys = [self.key(sale_id, "meta"), self.key(sale_id, "outbox")];
-        let v: Vec<i64> = self.eval(&self.state, &keys, &[]).await?;
+        let v: Vec<i64> = self.eval(&self.scripts.state, &keys, &[self.fence]).await?;
         Ok(match v[..] {
-            [stock, sold, outbox] => Some(StockState {
+            [stock, sold, outbox] => Held::Present(StockState {
                 stock: stock.max(0) as u64,
                 sold: sold.max(0) as u64,
                 outbox: outbox.max(0) as u64,
             }),
-            _ => None,
+            [-1] => {
+                metrics::counter!("flashsale_redis_fenced_total").increment(1);
+                Held::Fenced
+            }
+            _ => Held::Absent,
         })
     }
 
+    /// Writes the sale's counters stamped with the server's replication id;
+    /// false when `only_if_absent` and the sale is there.
     async fn write_meta(
         &self,
         sale: &Sale,
         sold: u64,
         only_if_absent: bool,
-    ) -> Result<(), StockError> {
-        let meta = self.key(sale.id, "meta");
-        if only_if_absent {
-            let created: bool = self
-                .conn
-                .query(redis::cmd("HSETNX").arg(&meta).arg("stock").arg(sale.stock))
-                .await?;
-            if !created {
-                return Ok(());
+    ) -> Result<bool, StockError> {
+        let args = [
+            sold.to_string(),
+            sale.per_user_limit.to_string(),
+            sale.starts_at_ms.to_string(),
+            sale.ends_at_ms.unwrap_or(0).to_string(),
+            sale.stock.to_string(),
+            u8::from(only_if_absent).to_string(),
+        ];
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let written: i64 = self
+            .eval(&self.scripts.seed_meta, &[self.key(sale.id, "meta")], &args)
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Follows a Sentinel failover (a no-op for other connections).
+    async fn follow_master(&self) {
+        if let Conn::Sentinel(f) = &self.conn {
+            if let Err(e) = f.refresh().await {
+                tracing::debug!(error = %e, "cannot ask the sentinels for the master");
             }
         }
-        // `stock` goes last when re-seeding: the script reads a sale as
-        // present from the moment `stock` exists.
-        let _: () = self
-            .conn
-            .query(
-                redis::cmd("HSET")
-                    .arg(&meta)
-                    .arg("sold")
-                    .arg(sold)
-                    .arg("limit")
-                    .arg(sale.per_user_limit)
-                    .arg("start")
-                    .arg(sale.starts_at_ms)
-                    .arg("end")
-                    .arg(sale.ends_at_ms.unwrap_or(0))
-                    .arg("stock")
-                    .arg(sale.stock),
-            )
-            .await?;
-        Ok(())
     }
 }
 
@@ -441,16 +690,26 @@ impl StockStore for RedisStock {
 
     async fn sync(&self, ledger: &Ledger, sale_id: u64) -> Result<bool, StockError> {
         Ok(match self.counters(sale_id).await? {
-            Some(st) => {
+            Held::Present(st) => {
                 ledger.mirror_remaining(st.remaining());
                 true
             }
-            None => false,
+            Held::Absent | Held::Fenced => false,
         })
     }
 
     async fn state(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
-        self.counters(sale_id).await
+        Ok(match self.counters(sale_id).await? {
+            Held::Present(st) => Some(st),
+            Held::Absent | Held::Fenced => None,
+        })
+    }
+
+    /// Redis's clock (`TIME`), after following a Sentinel failover.
+    async fn server_time_ms(&self) -> Result<Option<i64>, StockError> {
+        self.follow_master().await;
+        let key = format!("{}:clock", self.prefix);
+        Ok(Some(self.eval(&self.scripts.time, &[key], &[]).await?))
     }
 
     /// A node id (0..1024) for this process: ids are unique across nodes
@@ -476,28 +735,24 @@ impl StockStore for RedisStock {
         Ok(())
     }
 
-    /// Outbox entries older than `older_than_ms` (epoch ms), oldest first.
+    /// Outbox entries older than `age_ms` by Redis's clock (which scored
+    /// them), oldest first.
     ///
     /// # Errors
     /// When Redis cannot be reached.
     async fn outbox_due(
         &self,
         sale_id: u64,
-        older_than_ms: i64,
+        age_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, StockError> {
-        Ok(self
-            .conn
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.key(sale_id, "outbox"))
-                    .arg("-inf")
-                    .arg(older_than_ms)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit),
-            )
-            .await?)
+        let (age, limit) = (age_ms.to_string(), limit.to_string());
+        self.eval(
+            &self.scripts.outbox_due,
+            &[self.key(sale_id, "outbox")],
+            &[age.as_bytes(), limit.as_bytes()],
+        )
+        .await
     }
 
     /// Drops outbox entries the broker has confirmed.
@@ -526,43 +781,28 @@ impl StockStore for RedisStock {
     /// # Errors
     /// When Redis cannot be reached.
     async fn seed_new(&self, sale: &Sale) -> Result<(), StockError> {
-        self.write_meta(sale, 0, true).await
+        self.write_meta(sale, 0, true).await.map(|_| ())
     }
 
-    /// Rebuilds a sale Redis lost, from the order database: holdings, keyed
-    /// orders, returned orders, then the counters last (the moment the sale
-    /// sells again). Only the node holding the sale's seed lock does it;
-    /// `Ok(false)` when another node is on it or the sale is present.
+    /// Rebuilds a sale Redis lost — or holds from another replication
+    /// history (fenced) — from the order database: holdings, keyed orders,
+    /// returned orders, then the counters with the new stamp last (the
+    /// moment the sale sells again). Only the node holding the sale's seed
+    /// lock does it; `Ok(false)` when another node is on it or the sale is
+    /// present and current.
     ///
     /// # Errors
     /// When Redis cannot be reached (the seed lock then expires and a later
     /// attempt starts over).
     async fn seed(&self, sale: &Sale, from_db: &SaleRecord) -> Result<bool, StockError> {
-        let meta = self.key(sale.id, "meta");
-        let exists: bool = self.conn.query(redis::cmd("EXISTS").arg(&meta)).await?;
-        if exists {
-            return Ok(false);
-        }
         let lock = self.key(sale.id, "seedlock");
-        let locked: Option<String> = self
-            .conn
-            .query(
-                redis::cmd("SET")
-                    .arg(&lock)
-                    .arg("1")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(30_000),
-            )
+        let keys = ["meta", "seedlock", "holders", "idem", "released", "outbox"]
+            .map(|k| self.key(sale.id, k));
+        let claimed: i64 = self
+            .eval(&self.scripts.seed_claim, &keys, &[self.fence])
             .await?;
-        if locked.is_none() {
+        if claimed == 0 {
             return Ok(false);
-        }
-        for key in ["holders", "idem", "released", "outbox"] {
-            let _: i64 = self
-                .conn
-                .query(redis::cmd("DEL").arg(self.key(sale.id, key)))
-                .await?;
         }
         for chunk in from_db.holders.chunks(500) {
             let mut cmd = redis::cmd("HSET");

@@ -167,8 +167,20 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
         Err(StockError::unsupported("keep shared counters"))
     }
 
-    /// Rebuilds a sale the stock lost, from the order database; `Ok(false)`
-    /// when another node is on it or the sale is present.
+    /// The shared stock's clock (epoch ms), which decides the sale window
+    /// in the distributed mode; `None` when the node's own clock decides
+    /// (one process, one clock). A shared stock also uses the call to
+    /// follow a moved master.
+    ///
+    /// # Errors
+    /// [`StockError`] when the stock could not be reached.
+    async fn server_time_ms(&self) -> Result<Option<i64>, StockError> {
+        Ok(None)
+    }
+
+    /// Rebuilds a sale the stock lost (or holds from a history it can no
+    /// longer vouch for, see the Redis fencing), from the order database;
+    /// `Ok(false)` when another node is on it or the sale is present.
     ///
     /// # Errors
     /// [`StockError`] when the stock could not be reached.
@@ -184,15 +196,15 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Outbox entries (wire payloads) older than `older_than_ms`, oldest
-    /// first.
+    /// Outbox entries (wire payloads) older than `age_ms` by the stock's
+    /// own clock, oldest first.
     ///
     /// # Errors
     /// [`StockError`] when the stock could not be read, or keeps no outbox.
     async fn outbox_due(
         &self,
         _sale_id: u64,
-        _older_than_ms: i64,
+        _age_ms: i64,
         _limit: usize,
     ) -> Result<Vec<String>, StockError> {
         Ok(Vec::new())

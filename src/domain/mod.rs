@@ -38,7 +38,11 @@ impl ValidationError {
 
 /// Milliseconds since the Unix epoch, the clock every component shares.
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    // `SystemTime` directly: chrono's `Utc::now` reads the same clock and
+    // then builds a calendar date the hot path never looks at.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Formats epoch milliseconds as RFC 3339 (UTC, millisecond precision).

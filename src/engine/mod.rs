@@ -19,6 +19,7 @@
 //! spawned task.
 
 pub mod admission;
+pub mod clock;
 pub mod events;
 pub mod handoff;
 pub mod idempotency;
@@ -217,6 +218,7 @@ pub struct Engine {
     handoff: Arc<dyn OrderHandoff>,
     notifier: Arc<dyn OrderNotifier>,
     admission: Admission,
+    clock: clock::SaleClock,
     ids: IdGenerator,
     idempotency: IdempotencyCache,
     intents: IntentRecorder,
@@ -278,6 +280,7 @@ impl Engine {
             handoff,
             notifier,
             admission: Admission::standard(settings),
+            clock: clock::SaleClock::default(),
             ids,
             idempotency,
             intents,
@@ -295,6 +298,11 @@ impl Engine {
     /// The stock behind the engine.
     pub fn stock(&self) -> &Arc<dyn StockStore> {
         &self.stock
+    }
+
+    /// The clock the sale window is answered by (see [`clock`]).
+    pub fn clock(&self) -> &clock::SaleClock {
+        &self.clock
     }
 
     /// Looks a sale up in memory.
@@ -340,7 +348,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError::Store`] when the sale could not be stored.
     pub async fn create_sale(&self, new: NewSale) -> Result<Arc<SaleRuntime>, EngineError> {
-        let sale = Sale::from_new(self.ids.next_id(), new, now_ms());
+        let sale = Sale::from_new(self.ids.next_id(), new, self.clock.now_ms());
         self.store.create_sale(&sale).await?;
         // The sale is in the store first: a seed that fails here is redone
         // by the stock watcher, which re-seeds missing sales.
@@ -379,7 +387,7 @@ impl Engine {
     pub fn try_reject_fast(&self, sale_id: u64, user: &str, quantity: u32) -> Option<Refusal> {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let attempt = Attempt::new(&rt, user, quantity, now);
         let refusal = self.admission.refuse_early(&attempt)?;
         bump(&rt.counters.attempts);
@@ -404,7 +412,7 @@ impl Engine {
     ) -> Option<Refusal> {
         let started = std::time::Instant::now();
         let rt = self.sales.get(&sale_id)?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let attempt = Attempt::new(&rt, user, quantity, now);
         let mut fresh = None;
         // For an unused key: the early answer, recorded under the key when
@@ -451,7 +459,7 @@ impl Engine {
             None => Box::pin(self.find_sale(sale_id)).await?,
         };
         bump(&rt.counters.attempts);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // The keyed and the accepted paths await; they are boxed so the
         // flood's rejection path stays a small future that is cheap to move.
         let guard = match key {
@@ -660,7 +668,7 @@ impl Engine {
             let started = std::time::Instant::now();
             let mut report = engine
                 .store
-                .transition(order_id, &user, transition, now_ms())
+                .transition(order_id, &user, transition, engine.clock.now_ms())
                 .await?;
             // A just-accepted order may still be on its way to the store
             // (absent, or stored between the conditional update and the
@@ -674,7 +682,7 @@ impl Engine {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 report = engine
                     .store
-                    .transition(order_id, &user, transition, now_ms())
+                    .transition(order_id, &user, transition, engine.clock.now_ms())
                     .await?;
             }
             let report = report.ok_or(EngineError::NotFound)?;
@@ -722,7 +730,7 @@ impl Engine {
     /// # Errors
     /// [`StoreError`] when the store failed (nothing was returned then).
     pub async fn expire_due(&self, limit: usize) -> Result<usize, StoreError> {
-        let expired = self.store.expire_due(now_ms(), limit).await?;
+        let expired = self.store.expire_due(self.clock.now_ms(), limit).await?;
         for order in &expired {
             self.return_stock(order).await;
         }

@@ -65,6 +65,7 @@ pub fn spawn_stock_watch(
             }
             n += 1;
             let work = async {
+                measure_clock(&engine, &cluster, n % 240 == 1).await;
                 if !cluster.queue.is_up() {
                     cluster.queue.probe().await;
                 }
@@ -90,6 +91,30 @@ pub fn spawn_stock_watch(
             }
         }
     })
+}
+
+/// Reads the shared stock's clock (which decides the sale window), keeps
+/// the node's offset to it for the early answers, and exports it as
+/// `flashsale_clock_offset_ms` (shared clock minus this node's); warns at
+/// most once a minute when it is over a second.
+async fn measure_clock(engine: &Engine, cluster: &Shared, may_warn: bool) {
+    let sent = now_ms();
+    match cluster.stock.server_time_ms().await {
+        Ok(Some(server)) => {
+            if let Some(offset) = engine.clock().observe(sent, server, now_ms()) {
+                metrics::gauge!("flashsale_clock_offset_ms").set(offset as f64);
+                if may_warn && offset.abs() > 1000 {
+                    tracing::warn!(
+                        offset_ms = offset,
+                        "this node's clock is off the shared stock's by over a second; \
+                         the sale window follows the shared clock"
+                    );
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read the shared clock"),
+    }
 }
 
 async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
@@ -157,11 +182,7 @@ async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
 }
 
 async fn relay(cluster: &Shared, sale_id: u64) {
-    let due = match cluster
-        .stock
-        .outbox_due(sale_id, now_ms() - RELAY_AFTER_MS, 500)
-        .await
-    {
+    let due = match cluster.stock.outbox_due(sale_id, RELAY_AFTER_MS, 500).await {
         Ok(due) if !due.is_empty() => due,
         _ => return,
     };

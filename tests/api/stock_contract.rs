@@ -247,13 +247,9 @@ async fn redis_standalone_keeps_the_contract() {
     let url = std::env::var("FLASHSALE_TEST_REDIS")
         .unwrap_or_else(|_| crate::kit::backends::REDIS.to_owned());
     let make = || async {
-        RedisStock::connect(&RedisSettings {
-            urls: vec![url.clone()],
-            cluster: false,
-            prefix: prefix(),
-        })
-        .await
-        .expect("the local Redis on 6379") as Arc<dyn StockStore>
+        RedisStock::connect(&RedisSettings::new(vec![url.clone()], prefix()))
+            .await
+            .expect("the local Redis on 6379") as Arc<dyn StockStore>
     };
     contract(make).await;
     replays_a_keyed_purchase(make().await).await;
@@ -265,9 +261,8 @@ async fn redis_cluster_keeps_the_contract() {
     let urls = servers.urls();
     let make = || async {
         RedisStock::connect(&RedisSettings {
-            urls: urls.clone(),
             cluster: true,
-            prefix: prefix(),
+            ..RedisSettings::new(urls.clone(), prefix())
         })
         .await
         .expect("the private Redis Cluster") as Arc<dyn StockStore>
