@@ -11,6 +11,7 @@ mod bad_input;
 mod cli;
 mod distributed;
 mod durability;
+mod failover;
 mod fast_lane;
 mod fast_lane_equivalence;
 mod fast_lane_shapes;

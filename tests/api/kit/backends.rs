@@ -66,6 +66,12 @@ pub struct Backends {
     pub redis: Vec<String>,
     /// Treat `redis` as a Redis Cluster.
     pub redis_cluster: bool,
+    /// `redis` lists Sentinels that know the master by this name.
+    pub redis_sentinel: Option<String>,
+    /// The nodes' fencing setting (on unless a drill shows its absence).
+    pub redis_fencing: bool,
+    /// `redis` points at private servers the test kills: no key cleanup.
+    pub private_redis: bool,
     admin: Admin,
 }
 
@@ -120,6 +126,9 @@ impl Backends {
             db_url,
             redis: vec![env_or("FLASHSALE_TEST_REDIS", REDIS)],
             redis_cluster: false,
+            redis_sentinel: None,
+            redis_fencing: true,
+            private_redis: false,
             admin,
         }
     }
@@ -129,6 +138,8 @@ impl Backends {
         s.database = Some(self.db_url.clone());
         s.redis = self.redis.clone();
         s.redis_cluster = self.redis_cluster;
+        s.redis_sentinel = self.redis_sentinel.clone();
+        s.redis_fencing = self.redis_fencing;
         s.queue = Some(env_or("FLASHSALE_TEST_AMQP", AMQP));
         s.namespace = self.namespace.clone();
         s.sweep_interval = Duration::from_millis(100);
@@ -277,7 +288,7 @@ impl Backends {
         {
             let _ = q.delete_topology().await;
         }
-        if !self.redis_cluster {
+        if !self.redis_cluster && !self.private_redis {
             let mut conn = self.redis_conn().await;
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}:*", self.namespace))

@@ -8,6 +8,7 @@
 //! | [`raw`] | raw HTTP: hand-written requests, a purchase held open with `100 Continue` |
 //! | [`process`] | child processes: the real `flashsale serve` binary, free ports, SIGTERM |
 //! | [`backends`] | the distributed mode's services, isolated per test; private Redis servers |
+//! | [`redis_ha`] | replicated Redis, Sentinels and network-playing proxies for the failover drills |
 //!
 //! Tests import from here (`use crate::kit::{spawn_app, token};`).
 
@@ -17,6 +18,7 @@ pub mod client;
 pub mod flood;
 pub mod process;
 pub mod raw;
+pub mod redis_ha;
 
 pub use app::{
     eventually, spawn_app, spawn_app_on, spawn_app_on_with, spawn_app_with, TestApp, ADMIN_TOKEN,
