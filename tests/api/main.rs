@@ -9,6 +9,7 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod clock;
 mod distributed;
 mod durability;
 mod failover;
