@@ -186,8 +186,8 @@ pub struct HandoffModel {
     /// Buyers (≤ [`MAX_BUYERS`]).
     pub buyers: u8,
     /// Purchase attempts per buyer that Redis may accept (at most
-    /// `MAX_ORDERS / MAX_BUYERS` = 2): a buyer may buy again after a `201` (the limit
-    /// must refuse it) or retry after a `503`.
+    /// `MAX_ORDERS / MAX_BUYERS` = 2): a buyer may buy again after a `201`
+    /// (the limit must refuse it) or retry after a `503`.
     pub attempts: u8,
     /// Units of the sale.
     pub stock: u8,
