@@ -165,9 +165,15 @@ return 1
 ";
 
 /// Outbox entries older than `ARGV[1]` ms by the server's clock (the clock
-/// that scored them).
+/// that scored them) — none while the sale is absent or fenced: a promoted
+/// replica's outbox is stale, and relaying from it between the re-seed's
+/// database read and its write would publish orders nobody counted (the
+/// hand-off model's counterexample, docs/MODEL.md).
 const OUTBOX_DUE_LUA: &str = r"
--- KEYS: outbox; ARGV: age_ms, limit
+-- KEYS: outbox, meta; ARGV: age_ms, limit, fence
+local rid = redis.call('HGET', KEYS[2], 'rid')
+if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
+if ARGV[3] == '1' and rid ~= replid() then return {} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() - tonumber(ARGV[1]),
   'LIMIT', 0, tonumber(ARGV[2]))
 ";
@@ -452,7 +458,17 @@ impl RedisStock {
         let conn = if let Some(master) = &settings.sentinel_master {
             Conn::Sentinel(Arc::new(Followed::connect(&settings.urls, master).await?))
         } else if settings.cluster || settings.urls.len() > 1 {
-            let client = redis::cluster::ClusterClient::new(settings.urls.clone())?;
+            // The crate's defaults retry a dead master 16 times with waits
+            // growing to minutes; a purchase should rather fail fast (503)
+            // while the cluster promotes a replica, and find it after.
+            let client = redis::cluster::ClusterClient::builder(settings.urls.clone())
+                .retries(3)
+                .min_retry_wait(50)
+                .max_retry_wait(500)
+                .connection_timeout(Duration::from_secs(1))
+                .response_timeout(Duration::from_secs(2))
+                .overall_response_timeout(Some(Duration::from_secs(3)))
+                .build()?;
             Conn::Cluster(client.get_async_connection().await?)
         } else {
             let client = redis::Client::open(settings.urls[0].as_str())?;
@@ -749,8 +765,8 @@ impl StockStore for RedisStock {
         let (age, limit) = (age_ms.to_string(), limit.to_string());
         self.eval(
             &self.scripts.outbox_due,
-            &[self.key(sale_id, "outbox")],
-            &[age.as_bytes(), limit.as_bytes()],
+            &[self.key(sale_id, "outbox"), self.key(sale_id, "meta")],
+            &[age.as_bytes(), limit.as_bytes(), self.fence],
         )
         .await
     }

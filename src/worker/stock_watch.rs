@@ -35,7 +35,17 @@ use crate::engine::{Engine, SaleRuntime};
 struct Shared {
     stock: Arc<dyn StockStore>,
     queue: Arc<dyn OrderQueue>,
+    /// When this node first found each lost (or fenced) sale.
+    lost_since: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
+
+/// How long a lost sale waits before it may be re-seeded: longer than a
+/// hand-off decided before the loss can take to land in the queue (a
+/// publish waits up to 5 s for its confirm, then gives up), so every
+/// confirmed order is in the queue — and then, once drained, in the
+/// database — before the count is read. The hand-off model calls this
+/// assumption `settle_outlasts_publish` (docs/MODEL.md).
+pub const RESEED_SETTLE: Duration = Duration::from_secs(6);
 
 /// Outbox entries older than this are relayed by any node.
 pub const RELAY_AFTER_MS: i64 = 3000;
@@ -54,6 +64,7 @@ pub fn spawn_stock_watch(
         let cluster = Shared {
             stock: engine.stock().clone(),
             queue,
+            lost_since: std::sync::Mutex::default(),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +85,9 @@ pub fn spawn_stock_watch(
                 }
                 if n.is_multiple_of(4) {
                     for rt in engine.sales() {
-                        relay(&cluster, rt.sale.id).await;
+                        if rt.seeded.load(Ordering::Acquire) {
+                            relay(&cluster, rt.sale.id).await;
+                        }
                     }
                 }
                 if n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
@@ -120,6 +133,11 @@ async fn measure_clock(engine: &Engine, cluster: &Shared, may_warn: bool) {
 async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     match cluster.stock.sync(&rt.ledger, rt.sale.id).await {
         Ok(true) => {
+            cluster
+                .lost_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&rt.sale.id);
             if !rt.seeded.swap(true, Ordering::AcqRel) {
                 tracing::info!(sale_id = rt.sale.id, "sale back in Redis; purchases resume");
             }
@@ -128,21 +146,35 @@ async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
             if rt.seeded.swap(false, Ordering::AcqRel) {
                 tracing::warn!(
                     sale_id = rt.sale.id,
-                    "Redis lost the sale; refusing purchases until it is re-seeded"
+                    "Redis lost the sale (or it was fenced after a failover); refusing \
+                     purchases until it is re-seeded"
                 );
             }
-            reseed(engine, cluster, rt).await;
+            let since = *cluster
+                .lost_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(rt.sale.id)
+                .or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= RESEED_SETTLE {
+                reseed(engine, cluster, rt).await;
+            }
         }
         Err(e) => tracing::debug!(error = %e, "stock watcher cannot read Redis"),
     }
 }
 
 /// Re-seeds a sale Redis lost, once the queue has stayed empty for a
-/// second (every confirmed order is then in the database).
+/// second and the database's count stood still over that second (every
+/// confirmed order is then in the database, and no writer is still
+/// inserting one).
 async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     for attempt in 0..2 {
         match cluster.queue.depth().await {
-            Ok(d) if d.ready == 0 => {}
+            // Unacked deliveries count where the queue reports them (the
+            // in-process queue); RabbitMQ's AMQP interface does not, which is
+            // what the database's count standing still below stands in for.
+            Ok(d) if d.ready == 0 && d.unacked.unwrap_or(0) == 0 => {}
             Ok(d) => {
                 let ready = d.ready;
                 tracing::info!(
@@ -160,13 +192,26 @@ async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    let record = match engine.store().sale_record(rt.sale.id).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the database to re-seed");
-            return;
-        }
+    let read = || async {
+        engine
+            .store()
+            .sale_record(rt.sale.id)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot read the database to re-seed");
+            })
     };
+    let Ok(before) = read().await else {
+        return;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let Ok(record) = read().await else {
+        return;
+    };
+    if record.sold != before.sold || record.holders.len() != before.holders.len() {
+        tracing::info!("orders are still arriving in the database; not re-seeding yet");
+        return;
+    }
     match cluster.stock.seed(&rt.sale, &record).await {
         Ok(true) => {
             tracing::info!(

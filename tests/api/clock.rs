@@ -10,9 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::kit::{
-    serve_command, serving, time_in, unique_admin_token, Backends, Db, TestApp,
-};
+use crate::kit::{serve_command, serving, time_in, unique_admin_token, Backends, Db, TestApp};
 
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -80,7 +78,10 @@ async fn a_node_with_a_fast_clock_cannot_open_a_sale_early_and_a_slow_one_sells_
         if let (Some(f), Some(s)) = (offset_ms(&fast).await, offset_ms(&slow).await) {
             break (f, s);
         }
-        assert!(tokio::time::Instant::now() < deadline, "no clock offset exported");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no clock offset exported"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!((fast_offset + 10_000.0).abs() < 1_000.0, "{fast_offset}");

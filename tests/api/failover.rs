@@ -333,3 +333,59 @@ async fn a_partition_from_the_master_refuses_then_heals_without_a_lost_or_extra_
     node.stop().await;
     backends.cleanup().await;
 }
+
+/// A Redis Cluster of three masters with a replica each; two nodes; the
+/// master serving the sale's slot is killed mid-flood. The cluster promotes
+/// its replica by itself, the nodes' cluster client follows the new slot
+/// map, the promoted replica's new history fences the sale, and it is
+/// re-seeded and sells exactly its stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_failover_of_the_sales_shard_sells_exactly_the_stock() {
+    let mut servers = crate::kit::RedisServers::cluster_of(1).await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    backends.private_redis = true;
+    let nodes = std::sync::Arc::new([node(&backends, 1).await, node(&backends, 2).await]);
+    let stock = 400;
+    let sale = nodes[0].open_sale(stock, 1).await;
+    let first = flood(&nodes[0], &sale, buyers(0, 150), 32).await;
+    assert_eq!(first.orders, 150, "{:?}", first.outcomes);
+    let mut accepted = accepted_orders(&first);
+
+    let master = servers.master_of(&sale);
+    let failed = Instant::now();
+    let buying = {
+        let nodes = nodes.clone();
+        let sale = sale.clone();
+        tokio::spawn(async move {
+            let nodes: Vec<&TestApp> = nodes.iter().collect();
+            keep_buying(&nodes, &sale, 150, failed, Duration::from_secs(60)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    servers.kill(master);
+    let killed = Instant::now();
+    let after = buying.await.unwrap();
+    accepted.extend(after.accepted.iter().cloned());
+    backends
+        .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
+        .await;
+    let rows = wait_for_units(&backends, &sale, stock, Duration::from_secs(30)).await;
+    let (recovered, refused) = after.recovery_after(killed);
+    eprintln!(
+        "drill: redis cluster failover of the sale's shard: sold again after {recovered:?}, \
+         {refused} purchases refused meanwhile, {} units stored of {stock}",
+        units(&rows),
+    );
+    check_stored(&rows, &accepted, stock, 1, false);
+    assert_eq!(units(&rows), stock);
+    assert_ne!(
+        servers.master_of(&sale),
+        master,
+        "the cluster did not fail over"
+    );
+    for n in std::sync::Arc::into_inner(nodes).expect("the buyers are done") {
+        n.stop().await;
+    }
+    backends.cleanup().await;
+}

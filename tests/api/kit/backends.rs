@@ -367,13 +367,18 @@ impl RedisServers {
 
     /// A Redis Cluster of three masters, slots spread by `redis-cli`.
     pub async fn cluster() -> Self {
+        Self::cluster_of(0).await
+    }
+
+    /// A Redis Cluster of three masters with `replicas` replicas each.
+    pub async fn cluster_of(replicas: usize) -> Self {
         let mut servers = Self {
             ports: Vec::new(),
             children: Vec::new(),
             dirs: Vec::new(),
             cluster: true,
         };
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_port();
             let dir = tempfile::tempdir().unwrap();
             servers.children.push(spawn_redis(port, dir.path(), true));
@@ -389,7 +394,7 @@ impl RedisServers {
             create.arg(format!("127.0.0.1:{p}"));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("running redis-cli --cluster create");
         assert!(
@@ -397,17 +402,35 @@ impl RedisServers {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        for _ in 0..200 {
+        for _ in 0..400 {
             let info = std::process::Command::new("redis-cli")
                 .args(["-p", &servers.ports[0].to_string(), "cluster", "info"])
                 .output()
                 .unwrap();
-            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+                && servers.replicas_in_sync() == 3 * replicas
+            {
                 return servers;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the Redis Cluster did not become ready");
+    }
+
+    /// Replicas whose link to their master is up (a replica that never
+    /// synced cannot be promoted).
+    fn replicas_in_sync(&self) -> usize {
+        self.ports
+            .iter()
+            .filter(|p| {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "info", "replication"])
+                    .output()
+                    .unwrap();
+                let info = String::from_utf8_lossy(&out.stdout).into_owned();
+                info.contains("role:slave") && info.contains("master_link_status:up")
+            })
+            .count()
     }
 
     /// `redis://` URLs of the servers.
@@ -428,6 +451,48 @@ impl RedisServers {
         self.children
             .push(spawn_redis(self.ports[0], self.dirs[0].path(), false));
         wait_for_redis(self.ports[0]).await;
+    }
+
+    /// The port of the cluster master that serves `hash_tag`'s slot.
+    pub fn master_of(&self, hash_tag: &str) -> u16 {
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &self.ports[0].to_string()])
+                .args(args)
+                .output()
+                .expect("running redis-cli");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let slot: u16 = cli(&["cluster", "keyslot", hash_tag])
+            .trim()
+            .parse()
+            .unwrap();
+        for line in cli(&["cluster", "nodes"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if !fields.get(2).is_some_and(|f| f.contains("master")) || fields.len() < 9 {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let mut ends = range
+                    .split('-')
+                    .map(|n| n.parse::<u16>().unwrap_or(u16::MAX));
+                let lo = ends.next().unwrap_or(u16::MAX);
+                let hi = ends.next().unwrap_or(lo);
+                (lo..=hi).contains(&slot)
+            });
+            if serves {
+                let port = fields[1].split(['@', ':']).nth(1).unwrap();
+                return port.parse().unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// Kills (`kill -9`) the server on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|&p| p == port).unwrap();
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
     }
 
     /// Points `backends` at these servers.
