@@ -232,7 +232,13 @@ async fn relay(cluster: &Shared, sale_id: u64) {
         _ => return,
     };
     let mut sent = Vec::with_capacity(due.len());
+    // A round ends after 2 s: publishes of entries read before a failover
+    // must land inside the re-seed's settle window (RESEED_SETTLE).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     for payload in due {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
         match cluster.queue.publish_orders(payload.as_bytes()).await {
             Ok(()) => sent.push(payload),
             Err(e) => {

@@ -100,6 +100,12 @@ pub struct BenchArgs {
     )]
     pub queue: String,
 
+    /// `--mode redis-coalesced`: check each sale's replication stamp in
+    /// every script (as the service does); `false` measures what the fence
+    /// costs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_fencing: bool,
+
     /// Admin bearer token: needed to create the sale and to read its stats
     /// (every mode but `healthz`; `sale-page` with `--sale-id` does without).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]

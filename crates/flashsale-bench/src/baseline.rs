@@ -303,10 +303,10 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<Summary> {
     use flashsale::domain::{now_ms, Ledger, Order, OrderStatus, Sale};
     use flashsale::engine::handoff::{OrderHandoff, QueueHandoff};
     let prefix = format!("fs_bench_{:08x}", rand::random::<u32>());
-    let stock = RedisStock::connect(&RedisSettings::new(
-        vec![args.redis.clone()],
-        prefix.clone(),
-    ))
+    let stock = RedisStock::connect(&RedisSettings {
+        fencing: args.redis_fencing,
+        ..RedisSettings::new(vec![args.redis.clone()], prefix.clone())
+    })
     .await
     .context("connecting to --redis for the redis-coalesced run")?;
     let queue: Arc<dyn OrderQueue> = Arc::new(
