@@ -853,6 +853,23 @@ impl StockStore for RedisStock {
         Ok(true)
     }
 
+    /// Drops the sale's stamp: every script then answers "fenced" and the
+    /// stock watcher re-seeds it (with fencing off, drops the sale's
+    /// counters instead, which reads as lost).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    async fn fence(&self, sale_id: u64) -> Result<(), StockError> {
+        let meta = self.key(sale_id, "meta");
+        let cmd = if self.fence == b"1" {
+            redis::cmd("HDEL").arg(&meta).arg("rid").clone()
+        } else {
+            redis::cmd("DEL").arg(&meta).clone()
+        };
+        let _: i64 = self.conn.query(&cmd).await?;
+        Ok(())
+    }
+
     /// Deletes every key of `sale_id` (tests and benchmarks clean up).
     ///
     /// # Errors

@@ -188,6 +188,17 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
         Err(StockError::unsupported("re-seed from the database"))
     }
 
+    /// Stops the sale selling from what the stock holds — it no longer
+    /// vouches for the count (the reconciler found the database holding
+    /// more) — so it is re-seeded from the database like a lost sale.
+    ///
+    /// # Errors
+    /// [`StockError`] when the stock could not be reached, or keeps no
+    /// shared count.
+    async fn fence(&self, _sale_id: u64) -> Result<(), StockError> {
+        Err(StockError::unsupported("fence a shared count"))
+    }
+
     /// Deletes everything the stock holds of `sale_id` (tests clean up).
     ///
     /// # Errors

@@ -37,6 +37,9 @@ struct Shared {
     queue: Arc<dyn OrderQueue>,
     /// When this node first found each lost (or fenced) sale.
     lost_since: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    /// Consecutive reconciler readings of a sale whose database holds more
+    /// units than Redis counts.
+    short_counts: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 /// How long a lost sale waits before it may be re-seeded: longer than a
@@ -65,6 +68,7 @@ pub fn spawn_stock_watch(
             stock: engine.stock().clone(),
             queue,
             lost_since: std::sync::Mutex::default(),
+            short_counts: std::sync::Mutex::default(),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,14 +275,56 @@ async fn reconcile(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     };
     // Positive: units Redis counts as sold that neither the database nor the
     // outbox knows (orders in the queue, or leaked); negative: the database
-    // holds more than Redis allows — should never happen.
+    // and the outbox hold more than Redis counts (for a moment an order is
+    // in both; for longer, Redis lost decisions — see below).
     let drift = st.sold as i64 - audit.sold as i64 - st.outbox as i64;
     metrics::gauge!("flashsale_stock_drift_units", "sale_id" => id.to_string()).set(drift as f64);
-    if drift < 0 {
-        tracing::error!(
-            sale_id = id,
-            drift,
-            "the database holds more units than Redis counts"
-        );
+    // The database holding more units than Redis counts as sold at all
+    // means Redis lost decisions that the fence did not catch. A release
+    // (database first, then Redis) racing the two reads could fake that for
+    // a moment, so the database is read again and the smaller count is
+    // used; and it takes two readings in a row to fence the sale, which is
+    // then re-seeded from the database before it sells those units again.
+    let again = engine
+        .store()
+        .sale_audit(id, since)
+        .await
+        .map_or(audit.sold, |a| a.sold);
+    let short = audit.sold.min(again) > st.sold;
+    let readings = {
+        let mut counts = cluster
+            .short_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !short {
+            counts.remove(&id);
+            return;
+        }
+        let seen = counts.entry(id).or_insert(0);
+        *seen += 1;
+        let readings = *seen;
+        if readings >= 2 {
+            counts.remove(&id);
+        }
+        readings
+    };
+    tracing::error!(
+        sale_id = id,
+        redis_sold = st.sold,
+        database_sold = audit.sold.min(again),
+        readings,
+        "the database holds more units than Redis counts as sold"
+    );
+    if readings >= 2 {
+        match cluster.stock.fence(id).await {
+            Ok(()) => {
+                metrics::counter!("flashsale_reconciler_fences_total").increment(1);
+                tracing::error!(
+                    sale_id = id,
+                    "sale fenced by the reconciler; it will be re-seeded"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot fence the sale"),
+        }
     }
 }

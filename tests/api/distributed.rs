@@ -220,6 +220,53 @@ async fn three_nodes_over_a_three_master_redis_cluster_sell_exactly_the_stock() 
     drop(servers);
 }
 
+/// Redis forgets decisions without any change the fence could see (here
+/// by hand: the sale's `sold` set back, as a restore from an old snapshot
+/// would): the reconciler finds the database holding more than Redis
+/// counts, fences the sale, and it is re-seeded before it oversells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_fences_a_sale_whose_redis_count_fell_behind_the_database() {
+    let backends = Backends::new(Db::Postgres).await;
+    let nodes = nodes(&backends, 2).await;
+    let stock = 100;
+    let sale = nodes[0].open_sale(stock, 1).await;
+    let first = flood_nodes(&nodes, &sale, 60, 60).await;
+    assert_eq!(first.orders, 60);
+    backends
+        .wait_for_orders(&sale, 60, Duration::from_secs(30))
+        .await;
+    let mut conn = backends.redis_conn().await;
+    let meta = format!("{}:{{{sale}}}:meta", backends.namespace);
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("sold")
+        .arg(20)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Two reconciler readings (5 s apart), the settle window, the drain.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while redis_sold(&backends, &sale).await != Some(60) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never fenced and re-seeded: Redis says {:?}",
+            redis_sold(&backends, &sale).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = flood_nodes(&nodes, &sale, 200, 400).await;
+    let mut accepted = accepted_orders(&first);
+    accepted.extend(accepted_orders(&second));
+    let rows = backends
+        .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
+        .await;
+    check_stored(&rows, &accepted, stock, 1, true);
+    assert_eq!(rows.len() as u64, stock);
+    stop_all(nodes).await;
+    backends.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exactly_the_rest() {
     let mut servers = RedisServers::standalone().await;
