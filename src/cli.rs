@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the service (embedded default: no external service needed).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a buyer JWT for testing.
     Token(TokenArgs),
     /// Flood a running server with purchases and verify the invariants
