@@ -14,7 +14,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use axum::{BoxError, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -35,6 +34,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     service: FastLane,
+    connections: http::server::ConnectionSettings,
     engine: Arc<Engine>,
     store: Arc<dyn OrderStore>,
     accepting: Arc<AtomicBool>,
@@ -114,14 +114,14 @@ impl Application {
                 ));
             }
         }
-        let listener = TcpListener::bind(settings.listen)
-            .await
+        let listener = http::server::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let addr = listener.local_addr()?;
         Ok(Self {
             listener,
             addr,
             service,
+            connections: settings.connections,
             engine,
             store,
             accepting,
@@ -158,19 +158,27 @@ impl Application {
     ) -> anyhow::Result<()> {
         let accepting = self.accepting.clone();
         let stopping = self.stopping.clone();
-        let listener = self.listener.tap_io(|tcp| {
-            // Small JSON answers: send them now rather than wait for more.
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, tower::make::Shared::new(self.service))
-            .with_graceful_shutdown(async move {
+        let cap = http::server::connection_cap(self.connections.max_connections);
+        tracing::info!(
+            max_connections = cap,
+            header_timeout_ms = self.connections.header_timeout.as_millis() as u64,
+            idle_timeout_ms = self.connections.idle_timeout.as_millis() as u64,
+            "connection limits"
+        );
+        http::server::serve(
+            self.listener,
+            self.service,
+            self.connections,
+            cap,
+            async move {
                 shutdown.await;
                 accepting.store(false, Ordering::Release);
                 stopping.cancel();
                 tracing::info!("stopping: finishing in-flight requests");
-            })
-            .await
-            .context("serving HTTP")?;
+            },
+        )
+        .await
+        .context("serving HTTP")?;
         self.stop.cancel();
         for task in self.tasks {
             let _ = task.await;

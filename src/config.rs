@@ -59,6 +59,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// How often overdue unpaid orders are expired.
     pub sweep_interval: Duration,
+    /// Header-read and idle timeouts, the cap on open connections.
+    pub connections: crate::http::server::ConnectionSettings,
 }
 
 impl Settings {
@@ -83,6 +85,7 @@ impl Settings {
             request_timeout: Duration::from_secs(10),
             body_limit: 16 * 1024,
             sweep_interval: Duration::from_millis(500),
+            connections: crate::http::server::ConnectionSettings::default(),
         }
     }
 }
@@ -204,6 +207,18 @@ pub struct ServeArgs {
     /// Expiry sweep interval in milliseconds.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
+    /// Milliseconds a client may take to send a request's head before the
+    /// connection is closed (slow clients).
+    #[arg(long, env = "FLASHSALE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a connection may stay open with no request in flight.
+    #[arg(long, env = "FLASHSALE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once; at the cap the one idle the longest
+    /// is closed. 0: the open-file limit (raised to its hard limit at
+    /// start) less 128.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
     /// Node id (0..1023) baked into generated ids; unique per node. Unset:
     /// 0 on a single node, leased from Redis in the distributed mode.
     #[arg(long, env = "FLASHSALE_NODE_ID",
@@ -235,6 +250,11 @@ impl ServeArgs {
         s.engine.node_id = self.node_id.unwrap_or(0);
         s.lease_node_id = self.node_id.is_none();
         s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
+        s.connections = crate::http::server::ConnectionSettings {
+            header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+            max_connections: self.max_connections,
+        };
         s
     }
 }

@@ -9,6 +9,7 @@ mod json_errors;
 mod ops;
 mod orders;
 mod sales;
+pub mod server;
 
 use std::sync::Arc;
 

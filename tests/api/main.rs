@@ -25,5 +25,6 @@ mod orders;
 mod purchase;
 mod queue_contract;
 mod sales;
+mod slow_clients;
 mod stock_contract;
 mod store_contract;

@@ -1,0 +1,439 @@
+//! The connection layer: accepts TCP connections and serves HTTP/1.1 (and
+//! HTTP/2, by preface) on them with hyper, with guards against slow and
+//! idle clients.
+//!
+//! `axum::serve` offers no knobs for these, and a connection that sends part
+//! of its headers and then nothing would stay open for ever (measured: 4,000
+//! such connections held for 65 s; a few hundred exhaust a 512-descriptor
+//! limit and the node refuses everyone, `/healthz` included). So the accept
+//! loop is ours, built from hyper-util's parts:
+//!
+//! - **header-read timeout** (`--header-timeout-ms`, 10 s): hyper closes a
+//!   connection whose request head is not complete in time (slowloris);
+//! - **idle timeout** (`--idle-timeout-ms`, 60 s): a connection with no
+//!   request in flight for that long is closed (a streaming answer such as
+//!   server-sent events counts as in flight until its body ends);
+//! - **a cap on open connections** (`--max-connections`, by default the
+//!   open-file limit less a reserve): at the cap, the connection idle the
+//!   longest is closed to make room; if none is idle, the new one is;
+//! - **graceful stop**: the listener closes, every connection finishes the
+//!   request it is serving (hyper's graceful shutdown), then the call
+//!   returns.
+//!
+//! Each request carries the peer address as `ConnectInfo<SocketAddr>`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use dashmap::DashMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+/// Limits on connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// Longest a client may take to send a request's head.
+    pub header_timeout: Duration,
+    /// Longest a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Most connections open at once (0: derived from the open-file limit).
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 0,
+        }
+    }
+}
+
+/// Longest a stop waits for connections to finish what they serve.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Descriptors kept free of connections: the database pools, Redis,
+/// RabbitMQ, the store's files, logs.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// Raises the soft open-file limit to the hard limit and returns the
+/// connection cap it allows (`requested`, if set, is used as is).
+pub fn connection_cap(requested: usize) -> usize {
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+    let raised = rlimit::increase_nofile_limit(hard).unwrap_or(soft);
+    tracing::info!(
+        soft_before = soft,
+        hard,
+        soft_now = raised,
+        "open-file limit"
+    );
+    if requested > 0 {
+        return requested;
+    }
+    raised.saturating_sub(RESERVED_DESCRIPTORS).max(16) as usize
+}
+
+/// The listen backlog asked for (the kernel caps it at `somaxconn`): a
+/// flash crowd connects in a burst, and a full accept queue makes the
+/// kernel drop handshakes, which clients retry only after a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep accept queue ([`LISTEN_BACKLOG`]).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// One open connection.
+struct Conn {
+    /// When it last finished a request (or opened), as ms since `epoch`.
+    last_active_ms: AtomicU64,
+    /// Requests (and streaming answers) in flight.
+    in_flight: AtomicU32,
+    /// Cancelled to close it at once.
+    close: CancellationToken,
+}
+
+/// The open connections.
+struct Registry {
+    epoch: Instant,
+    conns: DashMap<u64, Arc<Conn>>,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Closes the connection idle the longest; false if none is idle.
+    fn evict_oldest_idle(&self) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
+            .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed))
+            .map(|c| c.value().clone());
+        match oldest {
+            Some(conn) => {
+                conn.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes every connection with nothing in flight, or every one.
+    fn close_all(&self, busy_too: bool) {
+        for c in &self.conns {
+            if busy_too || c.in_flight.load(Ordering::Acquire) == 0 {
+                c.close.cancel();
+            }
+        }
+    }
+
+    /// Closes every connection idle for longer than `idle`.
+    fn close_idle(&self, idle: Duration) {
+        let now = self.now_ms();
+        let idle = idle.as_millis() as u64;
+        for c in &self.conns {
+            if c.in_flight.load(Ordering::Acquire) == 0
+                && now.saturating_sub(c.last_active_ms.load(Ordering::Relaxed)) > idle
+            {
+                c.close.cancel();
+                metrics::counter!("flashsale_connections_closed_total", "reason" => "idle")
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// Marks a request (or a streaming answer) of a connection finished.
+struct InFlight {
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn
+            .last_active_ms
+            .store(self.registry.now_ms(), Ordering::Relaxed);
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A streaming answer's body, holding its connection's [`InFlight`] until
+/// it ends.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The app's service for one connection: counts what is in flight and
+/// hands the peer's address to the handlers.
+#[derive(Clone)]
+struct PerConnection<S> {
+    inner: S,
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+    peer: SocketAddr,
+}
+
+impl<S> Service<Request<Incoming>> for PerConnection<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = InFlight {
+            conn: self.conn.clone(),
+            registry: self.registry.clone(),
+        };
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let response = answer.await?;
+            // A body of known length is written out at once; a streaming
+            // one (server-sent events) keeps the connection busy until it
+            // ends.
+            if response.body().size_hint().exact().is_some() {
+                drop(in_flight);
+                return Ok(response);
+            }
+            Ok(response.map(|inner| {
+                Body::new(Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            }))
+        })
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets every connection finish what it is serving, and
+/// returns.
+///
+/// # Errors
+/// Never today; the type leaves room for a listener that fails for good.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    settings: ConnectionSettings,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let registry = Arc::new(Registry {
+        epoch: Instant::now(),
+        conns: DashMap::new(),
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(settings.header_timeout))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let sweeper = {
+        let registry = registry.clone();
+        let idle = settings.idle_timeout;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                registry.close_idle(idle);
+                metrics::gauge!("flashsale_connections_open").set(registry.conns.len() as f64);
+            }
+        })
+    };
+    let mut next_id: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors (or a connection reset before it
+                    // was accepted): wait a moment instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if registry.conns.len() >= max_connections && !registry.evict_oldest_idle() {
+            metrics::counter!("flashsale_connections_refused_total").increment(1);
+            drop(tcp);
+            continue;
+        }
+        if registry.conns.len() >= max_connections {
+            metrics::counter!("flashsale_connections_closed_total", "reason" => "cap").increment(1);
+        }
+        // Small JSON answers: send them now rather than wait for more.
+        let _ = tcp.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        let conn = Arc::new(Conn {
+            last_active_ms: AtomicU64::new(registry.now_ms()),
+            in_flight: AtomicU32::new(0),
+            close: CancellationToken::new(),
+        });
+        registry.conns.insert(id, conn.clone());
+        let svc = PerConnection {
+            inner: service.clone(),
+            conn: conn.clone(),
+            registry: registry.clone(),
+            peer,
+        };
+        let served = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(tcp),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .into_owned();
+        let served = graceful.watch(served);
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = served => {}
+                // Dropping the connection closes its socket.
+                () = conn.close.cancelled() => {}
+            }
+            registry.conns.remove(&id);
+        });
+    }
+    drop(listener);
+    sweeper.abort();
+    // Connections with nothing in flight (idle, or a head still arriving)
+    // have nothing to finish: closed now, so slow clients cannot hold up a
+    // stop. The rest finish what they serve, for at most `STOP_GRACE`.
+    registry.close_all(false);
+    if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still busy after the stop's grace period; closing them");
+        registry.close_all(true);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry {
+            epoch: Instant::now(),
+            conns: DashMap::new(),
+        }
+    }
+
+    fn conn(last_active_ms: u64, in_flight: u32) -> Arc<Conn> {
+        Arc::new(Conn {
+            last_active_ms: AtomicU64::new(last_active_ms),
+            in_flight: AtomicU32::new(in_flight),
+            close: CancellationToken::new(),
+        })
+    }
+
+    #[test]
+    fn the_cap_closes_the_connection_idle_the_longest() {
+        let r = registry();
+        let (busy, old, young) = (conn(0, 1), conn(5, 0), conn(9, 0));
+        r.conns.insert(1, busy.clone());
+        r.conns.insert(2, old.clone());
+        r.conns.insert(3, young.clone());
+        assert!(r.evict_oldest_idle());
+        assert!(old.close.is_cancelled());
+        assert!(!busy.close.is_cancelled() && !young.close.is_cancelled());
+        assert!(r.evict_oldest_idle());
+        assert!(young.close.is_cancelled());
+        // Only a busy one is left: nothing to close.
+        assert!(!r.evict_oldest_idle());
+        assert!(!busy.close.is_cancelled());
+    }
+
+    #[test]
+    fn only_connections_idle_past_the_timeout_are_closed() {
+        let r = registry();
+        let now = r.now_ms();
+        let (stale, fresh, busy) = (conn(0, 0), conn(now + 1_000_000, 0), conn(0, 2));
+        r.conns.insert(1, stale.clone());
+        r.conns.insert(2, fresh.clone());
+        r.conns.insert(3, busy.clone());
+        std::thread::sleep(Duration::from_millis(5));
+        r.close_idle(Duration::from_millis(1));
+        assert!(stale.close.is_cancelled());
+        assert!(!fresh.close.is_cancelled());
+        assert!(!busy.close.is_cancelled());
+    }
+}
