@@ -140,9 +140,9 @@ async fn slowloris(port: u16) -> Option<Duration> {
             return Some(started.elapsed());
         }
         let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
-            _ => {}
+        let read = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            return Some(started.elapsed());
         }
     }
     None
