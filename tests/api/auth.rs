@@ -497,15 +497,20 @@ async fn a_bad_key_file_stops_the_server_from_starting() {
     std::fs::write(&garbage, "not a key").unwrap();
     let oct = dir.path().join("jwks.json");
     std::fs::write(&oct, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap();
-    for settings in [
-        (Some(garbage.clone()), None),
-        (Some(dir.path().join("missing.pem")), None),
-        (None, Some(oct.clone())),
+    for (settings, why) in [
+        ((Some(garbage.clone()), None), "not an RSA or EC public key"),
+        ((Some(dir.path().join("missing.pem")), None), "reading"),
+        (
+            (None, Some(oct.clone())),
+            "symmetric (oct) keys are refused",
+        ),
     ] {
         let mut s = flashsale::config::Settings::with_data_dir(dir.path().join("data"));
         s.listen = "127.0.0.1:0".parse().unwrap();
         (s.jwt_public_key, s.jwt_jwks) = settings;
-        let built = flashsale::app::Application::build(s).await;
-        assert!(built.is_err(), "a bad key file was accepted");
+        match flashsale::app::Application::build(s).await {
+            Ok(_) => panic!("a bad key file was accepted ({why})"),
+            Err(e) => assert!(format!("{e:#}").contains(why), "{e:#}"),
+        }
     }
 }
