@@ -22,7 +22,7 @@ use tower::ServiceBuilder;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::auth::{Authenticator, Secret};
+use crate::auth::{self, Authenticator, Secret, VerifyingKey};
 use crate::backend::{self, OrderStore};
 use crate::config::Settings;
 use crate::engine::{Engine, EngineParts};
@@ -43,8 +43,10 @@ pub struct Application {
     tasks: Vec<JoinHandle<()>>,
     /// The admin token in force (given or generated).
     pub admin_token: Secret,
-    /// The JWT secret in force (given or generated).
-    pub jwt_secret: Secret,
+    /// The HS256 JWT secret in force (given, or generated when no public
+    /// key is configured either); `None` when only public keys verify
+    /// buyer tokens.
+    pub jwt_secret: Option<Secret>,
 }
 
 impl Application {
@@ -54,6 +56,8 @@ impl Application {
     /// When the data directory, store or address cannot be used.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
+        // Keys first: a bad key file fails before any backend is touched.
+        let (buyer_keys, jwt_secret) = buyer_keys(&settings)?;
         let backends = backend::connect(&settings.backend()?).await?;
         let store = backends.store.clone();
         let shared = backends.stock.is_shared();
@@ -81,12 +85,15 @@ impl Application {
             .admin_token
             .clone()
             .unwrap_or_else(Secret::generate);
-        let jwt_secret = settings.jwt_secret.clone().unwrap_or_else(Secret::generate);
         let accepting = Arc::new(AtomicBool::new(true));
         let stopping = CancellationToken::new();
         let state = AppState::new(AppInner {
             engine: engine.clone(),
-            auth: Arc::new(Authenticator::new(&jwt_secret, admin_token.clone())),
+            auth: Arc::new(Authenticator::with_keys(
+                buyer_keys,
+                settings.jwt_leeway_secs,
+                admin_token.clone(),
+            )?),
             accepting: accepting.clone(),
             stopping: stopping.clone(),
         });
@@ -188,6 +195,34 @@ impl Application {
         tracing::info!("stopped cleanly; every accepted order is on disk");
         Ok(())
     }
+}
+
+/// The keys that verify buyer tokens, and the HS256 secret among them: the
+/// configured one, or a generated one when no public key is configured
+/// either (with public keys only, HS256 tokens are refused).
+///
+/// # Errors
+/// When a key file cannot be read or holds no usable key.
+fn buyer_keys(settings: &Settings) -> anyhow::Result<(Vec<VerifyingKey>, Option<Secret>)> {
+    let mut public = Vec::new();
+    if let Some(path) = &settings.jwt_public_key {
+        public.push(auth::load_public_key(path)?);
+    }
+    if let Some(path) = &settings.jwt_jwks {
+        public.extend(auth::load_jwks(path)?);
+    }
+    let secret = match &settings.jwt_secret {
+        Some(secret) => Some(secret.clone()),
+        None if public.is_empty() => Some(Secret::generate()),
+        None => None,
+    };
+    let mut keys: Vec<VerifyingKey> = secret.iter().map(VerifyingKey::hmac).collect();
+    keys.extend(public);
+    tracing::info!(
+        algorithms = ?keys.iter().map(|k| (k.algorithm(), k.kid())).collect::<Vec<_>>(),
+        "buyer token keys"
+    );
+    Ok((keys, secret))
 }
 
 fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState> {

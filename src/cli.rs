@@ -50,7 +50,8 @@ pub struct TokenArgs {
     /// The buyer's user id (`sub`).
     #[arg(long)]
     pub user: String,
-    /// HS256 secret (the server's `FLASHSALE_JWT_SECRET`).
+    /// HS256 secret (the server's `FLASHSALE_JWT_SECRET`). Only HS256 tokens
+    /// are minted: RS256/ES256 tokens come from whoever holds the private key.
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
     /// Validity in seconds.

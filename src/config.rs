@@ -42,8 +42,15 @@ pub struct Settings {
     pub namespace: String,
     /// Admin bearer token; generated and printed when unset.
     pub admin_token: Option<Secret>,
-    /// HS256 secret of buyer tokens; generated and printed when unset.
+    /// HS256 secret of buyer tokens; generated and printed when unset and
+    /// no public key is configured either.
     pub jwt_secret: Option<Secret>,
+    /// PEM public key (RSA: RS256, EC P-256: ES256) of buyer tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file of buyer-token public keys, chosen by `kid`.
+    pub jwt_jwks: Option<PathBuf>,
+    /// Clock leeway on buyer tokens' `exp` and `nbf`, seconds.
+    pub jwt_leeway_secs: u64,
     /// Embedded store settings (group-commit batch size).
     pub store: SqliteSettings,
     /// Rate limits and node id.
@@ -78,6 +85,9 @@ impl Settings {
             namespace: "fs".to_owned(),
             admin_token: None,
             jwt_secret: None,
+            jwt_public_key: None,
+            jwt_jwks: None,
+            jwt_leeway_secs: crate::auth::DEFAULT_LEEWAY_SECS,
             store: SqliteSettings::default(),
             engine: EngineSettings::default(),
             lease_node_id: true,
@@ -179,9 +189,23 @@ pub struct ServeArgs {
     /// Admin bearer token (generated and printed when unset).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// HS256 secret for buyer JWTs (generated and printed when unset).
+    /// HS256 secret for buyer JWTs (generated and printed when unset and no
+    /// --jwt-public-key or --jwt-jwks is given).
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// PEM public key file for buyer JWTs: RSA (RS256) or EC P-256 (ES256).
+    /// The key's type fixes the algorithm a token must use.
+    #[arg(long, env = "FLASHSALE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file (`{"keys": [...]}`) of buyer-JWT public keys, RSA and EC,
+    /// chosen by the token's `kid`.
+    #[arg(long, env = "FLASHSALE_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Clock leeway in seconds on buyer JWTs' `exp` and `nbf` (at most 3600).
+    #[arg(long, env = "FLASHSALE_JWT_LEEWAY_SECS",
+          default_value_t = crate::auth::DEFAULT_LEEWAY_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=crate::auth::MAX_LEEWAY_SECS))]
+    pub jwt_leeway_secs: u64,
     /// Most writes per group commit (1 = one fsync per order, the baseline).
     #[arg(long, env = "FLASHSALE_COMMIT_BATCH", default_value_t = 4096)]
     pub commit_batch: usize,
@@ -240,6 +264,9 @@ impl ServeArgs {
         s.namespace = self.namespace;
         s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
         s.jwt_secret = self.jwt_secret.filter(|t| !t.is_empty()).map(Secret::new);
+        s.jwt_public_key = self.jwt_public_key.filter(|p| !p.as_os_str().is_empty());
+        s.jwt_jwks = self.jwt_jwks.filter(|p| !p.as_os_str().is_empty());
+        s.jwt_leeway_secs = self.jwt_leeway_secs;
         s.store.max_batch = self.commit_batch.max(1);
         s.store.linger = Duration::from_micros(self.commit_linger_us);
         s.max_in_flight = self.max_in_flight.max(1);

@@ -52,8 +52,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if generated.0 {
                 println!("FLASHSALE_ADMIN_TOKEN={}", app.admin_token.expose());
             }
-            if generated.1 {
-                println!("FLASHSALE_JWT_SECRET={}", app.jwt_secret.expose());
+            // (Not generated when only public keys verify buyer tokens.)
+            if let (true, Some(secret)) = (generated.1, &app.jwt_secret) {
+                println!("FLASHSALE_JWT_SECRET={}", secret.expose());
             }
             tracing::info!(addr = %app.local_addr(), "flashsale listening");
             println!("flashsale listening on http://{}", app.local_addr());
