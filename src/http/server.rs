@@ -112,8 +112,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// One open connection.
 struct Conn {
-    /// The registry's clock origin.
-    epoch: Instant,
+    /// The registry's coarse clock (ms since its epoch, advanced by the
+    /// sweeper): a per-request clock read would cost more than the rest of
+    /// the bookkeeping.
+    clock: Arc<AtomicU64>,
     /// When it last finished a request (or opened), as ms since `epoch`.
     last_active_ms: AtomicU64,
     /// When the bytes of a request head began to arrive with nothing in
@@ -126,10 +128,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(epoch: Instant) -> Self {
+    fn new(clock: Arc<AtomicU64>) -> Self {
         Self {
-            last_active_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
-            epoch,
+            last_active_ms: AtomicU64::new(clock.load(Ordering::Relaxed)),
+            clock,
             head_since_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             close: CancellationToken::new(),
@@ -137,7 +139,7 @@ impl Conn {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock.load(Ordering::Relaxed)
     }
 
     /// Bytes arrived: with nothing in flight they begin a request head.
@@ -205,12 +207,25 @@ impl AsyncWrite for Watched {
 /// The open connections.
 struct Registry {
     epoch: Instant,
+    /// ms since `epoch`, as of the last sweep.
+    clock: Arc<AtomicU64>,
     conns: DashMap<u64, Arc<Conn>>,
 }
 
 impl Registry {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            clock: Arc::new(AtomicU64::new(0)),
+            conns: DashMap::new(),
+        }
+    }
+
+    /// Reads the clock and advances the coarse one.
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.clock.store(now, Ordering::Relaxed);
+        now
     }
 
     /// Closes the connection idle the longest; false if none is idle.
@@ -219,7 +234,8 @@ impl Registry {
             .conns
             .iter()
             .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.close.is_cancelled())
-            .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed))
+            // The clock is coarse: among equals, the oldest connection.
+            .min_by_key(|c| (c.last_active_ms.load(Ordering::Relaxed), *c.key()))
             .map(|c| c.value().clone());
         match oldest {
             Some(conn) => {
@@ -402,10 +418,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let registry = Arc::new(Registry {
-        epoch: Instant::now(),
-        conns: DashMap::new(),
-    });
+    let registry = Arc::new(Registry::new());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No timer for HTTP/1: hyper would arm one per request head (the head
     // timeout is watched by the sweeper instead, see the module docs).
@@ -455,7 +468,7 @@ where
         let _ = tcp.set_nodelay(true);
         next_id += 1;
         let id = next_id;
-        let conn = Arc::new(Conn::new(registry.epoch));
+        let conn = Arc::new(Conn::new(registry.clock.clone()));
         registry.conns.insert(id, conn.clone());
         let svc = PerConnection {
             inner: service.clone(),
@@ -503,14 +516,11 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        Registry {
-            epoch: Instant::now(),
-            conns: DashMap::new(),
-        }
+        Registry::new()
     }
 
-    fn conn(last_active_ms: u64, in_flight: u32) -> Arc<Conn> {
-        let c = Conn::new(Instant::now());
+    fn conn_on(r: &Registry, last_active_ms: u64, in_flight: u32) -> Arc<Conn> {
+        let c = Conn::new(r.clock.clone());
         c.last_active_ms.store(last_active_ms, Ordering::Relaxed);
         c.in_flight.store(in_flight, Ordering::Relaxed);
         Arc::new(c)
@@ -519,7 +529,7 @@ mod tests {
     #[test]
     fn the_cap_closes_the_connection_idle_the_longest() {
         let r = registry();
-        let (busy, old, young) = (conn(0, 1), conn(5, 0), conn(9, 0));
+        let (busy, old, young) = (conn_on(&r, 0, 1), conn_on(&r, 5, 0), conn_on(&r, 9, 0));
         r.conns.insert(1, busy.clone());
         r.conns.insert(2, old.clone());
         r.conns.insert(3, young.clone());
@@ -537,7 +547,11 @@ mod tests {
     fn only_connections_idle_past_the_timeout_are_closed() {
         let r = registry();
         let now = r.now_ms();
-        let (stale, fresh, busy) = (conn(0, 0), conn(now + 1_000_000, 0), conn(0, 2));
+        let (stale, fresh, busy) = (
+            conn_on(&r, 0, 0),
+            conn_on(&r, now + 1_000_000, 0),
+            conn_on(&r, 0, 2),
+        );
         r.conns.insert(1, stale.clone());
         r.conns.insert(2, fresh.clone());
         r.conns.insert(3, busy.clone());
@@ -552,7 +566,7 @@ mod tests {
     fn a_head_that_takes_too_long_is_closed_and_a_dispatched_one_is_not() {
         let r = registry();
         let now = r.now_ms();
-        let (slow, served) = (conn(now, 0), conn(now, 0));
+        let (slow, served) = (conn_on(&r, now, 0), conn_on(&r, now, 0));
         r.conns.insert(1, slow.clone());
         r.conns.insert(2, served.clone());
         slow.bytes_read();
