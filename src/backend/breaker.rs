@@ -60,7 +60,10 @@ pub struct BreakerSettings {
     pub min_calls: u32,
     /// Share of failed calls in the window that opens it (default 0.5).
     pub failure_rate: f64,
-    /// Failures in a row that open it whatever the window says (default 5).
+    /// Failures in a row that open it whatever the window says (default 3:
+    /// a stalled Redis has at most its two batch calls and the stock
+    /// watcher's read in flight, each counted once when it turns slow, so a
+    /// stall must open the breaker on three).
     pub consecutive_failures: u32,
     /// A call slower than this counts as a failure (default 1 s; a Redis
     /// script or a confirmed publish normally takes milliseconds).
@@ -78,7 +81,7 @@ impl Default for BreakerSettings {
             window: Duration::from_secs(10),
             min_calls: 20,
             failure_rate: 0.5,
-            consecutive_failures: 5,
+            consecutive_failures: 3,
             slow_call: Duration::from_secs(1),
             cool_down: Duration::from_secs(2),
             half_open_probes: 3,
@@ -199,15 +202,19 @@ impl Breaker {
         (self.settings.window.as_millis() as u64 / BUCKETS as u64).max(1)
     }
 
-    /// False while a call would be refused (open, cool-down running): what
-    /// a caller that queues work before calling checks first.
+    /// False while a call would be refused (open with the cool-down
+    /// running, or half-open with every probe out): what a caller that
+    /// queues work before the call checks first. It takes no permit.
     pub fn would_admit(&self) -> bool {
+        let cool_down = self.settings.cool_down.as_millis() as u64;
+        let since = || self.since_ms.load(Ordering::Acquire);
         match self.state.load(Ordering::Acquire) {
-            OPEN => {
-                let since = self.since_ms.load(Ordering::Acquire);
-                self.now_ms().saturating_sub(since) >= self.settings.cool_down.as_millis() as u64
+            CLOSED => true,
+            OPEN => self.now_ms().saturating_sub(since()) >= cool_down,
+            _ => {
+                self.probes.load(Ordering::Acquire) < self.settings.half_open_probes
+                    || self.now_ms().saturating_sub(since()) >= cool_down
             }
-            _ => true,
         }
     }
 
@@ -744,7 +751,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_open_it_and_it_then_fails_fast() {
         let b = Breaker::new("test", settings());
-        for _ in 0..4 {
+        for _ in 1..b.settings.consecutive_failures {
             assert!(!refused(&fail(&b).await));
         }
         assert_eq!(b.state(), BreakerState::Closed);
@@ -771,8 +778,9 @@ mod tests {
     async fn a_success_breaks_the_run_of_failures() {
         let b = Breaker::new("test", settings());
         for _ in 0..3 {
-            let _ = fail(&b).await;
-            let _ = fail(&b).await;
+            for _ in 1..b.settings.consecutive_failures {
+                let _ = fail(&b).await;
+            }
             succeed(&b).await.unwrap();
         }
         assert_eq!(b.state(), BreakerState::Closed);
@@ -781,7 +789,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_failure_rate_over_the_window_opens_it() {
         let b = Breaker::new("test", settings());
-        // Alternating: never 5 in a row, but 50 % of 20 calls.
+        // Alternating: never two in a row, but 50 % of 20 calls.
         for i in 0..19 {
             if i % 2 == 0 {
                 succeed(&b).await.unwrap();
@@ -819,9 +827,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_the_cool_down_a_successful_probe_closes_it() {
         let b = Breaker::new("test", settings());
-        for _ in 0..5 {
-            let _ = fail(&b).await;
-        }
+        b.trip();
         tokio::time::advance(Duration::from_millis(1900)).await;
         assert!(refused(&succeed(&b).await));
         tokio::time::advance(Duration::from_millis(200)).await;
@@ -830,6 +836,7 @@ mod tests {
         let permits: Vec<_> = (0..3).map(|_| b.admit()).collect();
         assert!(permits.iter().all(Option::is_some));
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.would_admit());
         assert!(b.admit().is_none());
         b.record(permits[0].unwrap(), Outcome::Success);
         assert_eq!(b.state(), BreakerState::Closed);
@@ -875,10 +882,10 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Ok::<_, StockError>(())
         };
-        // Five stalled calls at once: the breaker opens after 1 s, while
+        // Three stalled calls at once: the breaker opens after 1 s, while
         // they are still running; each still gets its own answer.
         let started = Instant::now();
-        let calls = futures::future::join_all((0..5).map(|_| async {
+        let calls = futures::future::join_all((0..3).map(|_| async {
             let r = b.run(slow(), stock_refused, any_stock).await;
             (r, b.state())
         }));
