@@ -939,8 +939,30 @@ async fn coalesce(
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        // While every slot is taken by a stalled call, purchases waiting
+        // here are refused as soon as the breaker stops admitting calls,
+        // rather than after the stalled calls' timeouts.
+        let breaker = stock.upgrade().and_then(|s| s.breaker.get().cloned());
+        let permit = loop {
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => break permit.ok(),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if breaker.as_ref().is_some_and(|b| !b.would_admit()) {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(permit) = permit else {
+            if slots.is_closed() {
+                return;
+            }
+            let refused = || StockError::new("the stock's circuit breaker is open; retry");
+            let _ = first.1 .1.send(Err(refused()));
+            while let Ok((_, (_, tx))) = rx.try_recv() {
+                let _ = tx.send(Err(refused()));
+            }
+            continue;
         };
         let mut groups: HashMap<u64, Vec<Pending>> = HashMap::new();
         groups.entry(first.0).or_default().push(first.1);
