@@ -11,9 +11,11 @@
 //! `pending_payment` if it still is"), so each backend uses its own atomic
 //! primitive. The vocabulary of each seam (decisions, reservations, queue
 //! depth, errors) lives in the seam's file, not in one backend's. One
-//! factory, [`connect`], turns [`BackendSettings`] into trait objects.
+//! factory, [`connect`], turns [`BackendSettings`] into trait objects, and
+//! puts a circuit breaker ([`breaker`]) in front of every networked one.
 
 pub mod amqp;
+pub mod breaker;
 pub mod embedded;
 pub mod memory;
 pub mod mysql;
@@ -243,6 +245,11 @@ pub trait OrderStore: Send + Sync {
 
     /// Flushes queued writes and stops taking new ones.
     async fn shutdown(&self);
+
+    /// The state of the circuit breaker in front of this store, if any.
+    fn breaker_state(&self) -> Option<breaker::BreakerState> {
+        None
+    }
 }
 
 /// Which backends a node runs on: a typed choice, so an impossible mix
@@ -338,7 +345,7 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
             }
         }
         BackendSettings::Sql { database, sql } => Backends {
-            store: open_sql_store(database, sql).await?,
+            store: guard_store(open_sql_store(database, sql).await?),
             stock: Arc::new(memory::EmbeddedStock),
             queue: None,
         },
@@ -356,12 +363,27 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
                 .await
                 .context("connecting to RabbitMQ (--queue)")?;
             Backends {
-                store,
-                stock,
-                queue: Some(Arc::new(queue)),
+                store: guard_store(store),
+                stock: Arc::new(breaker::BreakerStock::new(
+                    stock,
+                    breaker::BreakerSettings::default(),
+                )),
+                queue: Some(Arc::new(breaker::BreakerQueue::new(
+                    Arc::new(queue),
+                    breaker::BreakerSettings::default(),
+                ))),
             }
         }
     })
+}
+
+/// The SQL store behind its circuit breaker (the embedded SQLite store
+/// needs none: it is a file, not a server).
+fn guard_store(store: Arc<dyn OrderStore>) -> Arc<dyn OrderStore> {
+    Arc::new(breaker::BreakerStore::new(
+        store,
+        breaker::BreakerSettings::default(),
+    ))
 }
 
 async fn open_sql_store(

@@ -117,7 +117,9 @@ pub trait OrderQueue: Send + Sync + std::fmt::Debug {
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
 
     /// False while the queue is known to be unreachable: purchases are then
-    /// refused before any stock is taken.
+    /// refused before any stock is taken. Behind a
+    /// [`super::breaker::BreakerQueue`] (the distributed mode) this is the
+    /// circuit breaker's answer.
     fn is_up(&self) -> bool {
         true
     }
@@ -133,5 +135,10 @@ pub trait OrderQueue: Send + Sync + std::fmt::Debug {
     /// [`QueueError`] when the queue is unreachable.
     async fn delete_topology(&self) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    /// The state of the circuit breaker in front of this queue, if any.
+    fn breaker_state(&self) -> Option<super::breaker::BreakerState> {
+        None
     }
 }

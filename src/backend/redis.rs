@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use async_trait::async_trait;
 
+use super::breaker::Breaker;
 use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
 use super::SaleRecord;
 use crate::domain::{Ledger, Order, Rejection, Sale};
@@ -392,6 +393,9 @@ pub struct RedisStock {
     fence: &'static [u8],
     scripts: Scripts,
     batches: mpsc::UnboundedSender<(u64, Pending)>,
+    /// The circuit breaker in front of this stock, which judges each batch
+    /// as one call (see [`StockStore::attach_breaker`]).
+    breaker: std::sync::OnceLock<Arc<Breaker>>,
 }
 
 struct Scripts {
@@ -491,6 +495,7 @@ impl RedisStock {
             fence: if settings.fencing { b"1" } else { b"0" },
             scripts: Scripts::new(),
             batches: tx,
+            breaker: std::sync::OnceLock::new(),
         });
         stock.load_scripts().await?;
         tokio::spawn(coalesce(Arc::downgrade(&stock), rx));
@@ -664,6 +669,12 @@ impl RedisStock {
 impl StockStore for RedisStock {
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// Batches are judged by the breaker one script call each, and refused
+    /// without a round trip while it is open.
+    fn attach_breaker(&self, breaker: Arc<Breaker>) -> bool {
+        self.breaker.set(breaker).is_ok()
     }
 
     /// Concurrent calls are coalesced: the batching task sends everything
@@ -928,8 +939,30 @@ async fn coalesce(
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        // While every slot is taken by a stalled call, purchases waiting
+        // here are refused as soon as the breaker stops admitting calls,
+        // rather than after the stalled calls' timeouts.
+        let breaker = stock.upgrade().and_then(|s| s.breaker.get().cloned());
+        let permit = loop {
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => break permit.ok(),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if breaker.as_ref().is_some_and(|b| !b.would_admit()) {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(permit) = permit else {
+            if slots.is_closed() {
+                return;
+            }
+            let refused = || StockError::new("the stock's circuit breaker is open; retry");
+            let _ = first.1 .1.send(Err(refused()));
+            while let Ok((_, (_, tx))) = rx.try_recv() {
+                let _ = tx.send(Err(refused()));
+            }
+            continue;
         };
         let mut groups: HashMap<u64, Vec<Pending>> = HashMap::new();
         groups.entry(first.0).or_default().push(first.1);
@@ -951,7 +984,19 @@ async fn coalesce(
             let calls = groups.into_iter().map(|(sale, batch)| {
                 let stock = stock.clone();
                 async move {
-                    match stock.reserve_batch(sale, &batch).await {
+                    let call = stock.reserve_batch(sale, &batch);
+                    let decided = match stock.breaker.get() {
+                        Some(b) => {
+                            b.run(
+                                call,
+                                || StockError::new("the stock's circuit breaker is open; retry"),
+                                |_| true,
+                            )
+                            .await
+                        }
+                        None => call.await,
+                    };
+                    match decided {
                         Ok((decisions, remaining)) => {
                             for ((_, tx), d) in batch.into_iter().zip(decisions) {
                                 let _ = tx.send(Ok((d, remaining)));

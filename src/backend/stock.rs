@@ -237,4 +237,17 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
     async fn lease_node_id(&self) -> Result<u16, StockError> {
         Err(StockError::unsupported("lease node ids"))
     }
+
+    /// Hands the stock the circuit breaker guarding it, for a stock that
+    /// batches purchases itself (Redis): each batch is then one call of the
+    /// breaker, refused while it is open. `false` (the default) when the
+    /// stock does not batch: the decorator counts every purchase.
+    fn attach_breaker(&self, _breaker: Arc<super::breaker::Breaker>) -> bool {
+        false
+    }
+
+    /// The state of the circuit breaker in front of this stock, if any.
+    fn breaker_state(&self) -> Option<super::breaker::BreakerState> {
+        None
+    }
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::backend::breaker::BreakerState;
 use crate::backend::queue::{OrderQueue, QueueError};
 use crate::backend::stock::{Reservation, StockStore};
 use crate::backend::{OrderStore, StoreError};
@@ -55,7 +56,8 @@ pub enum HandoffError {
 #[async_trait]
 pub trait OrderHandoff: Send + Sync {
     /// `Err` with a reason while a hand-off would surely fail (the queue is
-    /// known to be down): no stock is taken for a `201` that cannot be given.
+    /// known to be down, or its circuit breaker is open): no stock is taken
+    /// for a `201` that cannot be given.
     ///
     /// # Errors
     /// The reason, for the buyer's `503`.
@@ -67,6 +69,12 @@ pub trait OrderHandoff: Send + Sync {
     /// whether it can take orders.
     async fn probe(&self) -> bool {
         true
+    }
+
+    /// The state of the circuit breaker in front of what the hand-off
+    /// publishes to (the order queue), if any.
+    fn breaker_state(&self) -> Option<BreakerState> {
+        None
     }
 
     /// Makes the accepted order durable.
@@ -165,6 +173,10 @@ impl OrderHandoff for QueueHandoff {
 
     async fn probe(&self) -> bool {
         self.queue.is_up() || self.queue.probe().await
+    }
+
+    fn breaker_state(&self) -> Option<BreakerState> {
+        self.queue.breaker_state()
     }
 
     async fn hand_off(&self, reservation: &Reservation) -> Result<HandedOff, HandoffError> {

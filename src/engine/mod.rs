@@ -743,6 +743,19 @@ impl Engine {
         self.handoff.probe().await
     }
 
+    /// Each guarded backend's circuit breaker (`stock`, `queue`, `store`)
+    /// and its state; backends without one are left out.
+    pub fn breakers(&self) -> Vec<(&'static str, crate::backend::breaker::BreakerState)> {
+        [
+            ("stock", self.stock.breaker_state()),
+            ("queue", self.handoff.breaker_state()),
+            ("store", self.store.breaker_state()),
+        ]
+        .into_iter()
+        .filter_map(|(name, state)| state.map(|s| (name, s)))
+        .collect()
+    }
+
     /// Tells the notifier about orders that moved to one status (the order
     /// writer calls it for the orders it stored).
     pub async fn notify(&self, orders: &[Order]) {

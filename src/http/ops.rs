@@ -45,6 +45,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         store_ok
     };
+    let breakers = engine.breakers();
+    if !breakers.is_empty() {
+        body["breakers"] = breakers
+            .iter()
+            .map(|(name, state)| ((*name).to_owned(), json!(state.as_str())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     body["status"] = json!(if ready { "ready" } else { "not_ready" });
     if !ready {
         tracing::warn!(checks = %body, "readiness check failed");

@@ -485,3 +485,207 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing(
     stop_all(nodes).await;
     backends.cleanup().await;
 }
+
+/// One purchase of the stall drill: when it started (since the pause), how
+/// long it took, its status and the order it made.
+struct Attempt {
+    started: Duration,
+    took: Duration,
+    status: u16,
+    order: Option<(String, String)>,
+}
+
+/// The 99th percentile of `latencies` (sorted in place).
+fn p99(latencies: &mut [Duration]) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+/// The breakers `/readyz` shows; `null` when it did not answer within
+/// 300 ms (its ping of a stalled Redis waits while the breaker is not open).
+async fn readyz_breakers(node: &TestApp) -> serde_json::Value {
+    let asked = node
+        .client
+        .get(node.url("/readyz"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    match asked {
+        Ok(resp) => resp.json::<serde_json::Value>().await.unwrap()["breakers"].clone(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// A private Redis stalled 8 s (`CLIENT PAUSE 8000 ALL`) while buyers keep
+/// coming: the first purchases wait, then the stock's circuit breaker opens
+/// and purchases are refused `503 unavailable` in milliseconds; `/readyz`
+/// shows it open; once Redis answers again the breaker closes and the sale
+/// sells exactly its stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_redis_opens_the_stock_breaker_then_purchases_fail_fast_and_recover() {
+    let servers = RedisServers::standalone().await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    backends.private_redis = true;
+    let node = nodes(&backends, 1).await.remove(0);
+    let closed = json!({"stock": "closed", "queue": "closed", "store": "closed"});
+    assert_eq!(readyz_breakers(&node).await, closed);
+    let stock = 150;
+    let sale = node.open_sale(stock, 1).await;
+    let first = flood_nodes(std::slice::from_ref(&node), &sale, 40, 40).await;
+    assert_eq!(first.orders, 40, "{:?}", first.outcomes);
+
+    let mut redis = backends.redis_conn().await;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(8000)
+        .arg("ALL")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let paused = tokio::time::Instant::now();
+    let pause = Duration::from_secs(8);
+
+    // Sixteen buyers, each buying again as soon as answered (new names
+    // every time), for 16 s from the pause.
+    let buyers = (0..16).map(|b| {
+        let client = node.client.clone();
+        let url = node.url(&format!("/api/v1/sales/{sale}/purchase"));
+        tokio::spawn(async move {
+            let mut attempts = Vec::new();
+            for n in 0.. {
+                let started = paused.elapsed();
+                if started > Duration::from_secs(16) {
+                    break;
+                }
+                let user = format!("stall-{b}-{n}");
+                let sent = tokio::time::Instant::now();
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(token(&user))
+                    .send()
+                    .await
+                    .expect("POST purchase");
+                let took = sent.elapsed();
+                let status = resp.status().as_u16();
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                let order =
+                    (status == 201).then(|| (body["order_id"].as_str().unwrap().to_owned(), user));
+                if status == 503 {
+                    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                }
+                attempts.push(Attempt {
+                    started,
+                    took,
+                    status,
+                    order,
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            attempts
+        })
+    });
+    let buyers: Vec<_> = buyers.collect();
+
+    // /readyz shows the stock breaker open while Redis is stalled.
+    let mut opened_at = None;
+    let mut seen = Vec::new();
+    while paused.elapsed() < pause {
+        let breakers = readyz_breakers(&node).await;
+        seen.push((paused.elapsed(), breakers["stock"].clone()));
+        if breakers["stock"] == "open" && opened_at.is_none() {
+            opened_at = Some(paused.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened_at = opened_at
+        .unwrap_or_else(|| panic!("/readyz never showed the stock breaker open: {seen:?}"));
+    // After the pause the breaker closes again.
+    let closed_at = loop {
+        if readyz_breakers(&node).await["stock"] == "closed" {
+            break paused.elapsed();
+        }
+        assert!(paused.elapsed() < Duration::from_secs(16), "never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut attempts = Vec::new();
+    for b in buyers {
+        attempts.extend(b.await.unwrap());
+    }
+
+    // The first purchases waited on the stalled Redis.
+    let waited = attempts
+        .iter()
+        .filter(|a| a.started < Duration::from_millis(500))
+        .map(|a| a.took)
+        .max()
+        .unwrap();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "first purchases took {waited:?}"
+    );
+    // Once open, refusals are fast.
+    let mut fast: Vec<Duration> = attempts
+        .iter()
+        .filter(|a| a.status == 503 && a.started > opened_at && a.started < pause)
+        .map(|a| a.took)
+        .collect();
+    let timeline: Vec<String> = attempts
+        .iter()
+        .map(|a| format!("{}@{:?}+{:?}", a.status, a.started, a.took))
+        .collect();
+    assert!(
+        fast.len() >= 20,
+        "only {} refusals while open (open at {opened_at:?}); /readyz: {seen:?}; purchases: {timeline:?}",
+        fast.len()
+    );
+    let refused_p99 = p99(&mut fast);
+    assert!(
+        refused_p99 < Duration::from_millis(100),
+        "p99 of refusals while open: {refused_p99:?}"
+    );
+    // No purchase succeeded while Redis was stalled and the breaker open.
+    let sold_while_open = attempts
+        .iter()
+        .filter(|a| a.status == 201 && a.started > opened_at && a.started + a.took < pause)
+        .count();
+    assert_eq!(sold_while_open, 0);
+    // It sells again afterwards, and then sells out.
+    assert!(attempts
+        .iter()
+        .any(|a| a.status == 201 && a.started > pause));
+    let mut accepted = accepted_orders(&first);
+    accepted.extend(attempts.iter().filter_map(|a| a.order.clone()));
+    let rows = backends
+        .wait_for_orders(&sale, accepted.len(), Duration::from_secs(30))
+        .await;
+    // A batch that reached Redis only when the pause ended took units whose
+    // buyers heard `503`: the relay stores those orders, so not `exact`.
+    let mut rows = rows;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let units = |rows: &[crate::kit::backends::StoredOrder]| {
+        rows.iter()
+            .filter(|r| r.status == "pending_payment")
+            .map(|r| r.quantity)
+            .sum::<u64>()
+    };
+    while units(&rows) < stock && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rows = backends.orders(&sale).await;
+    }
+    check_stored(&rows, &accepted, stock, 1, false);
+    assert_eq!(units(&rows), stock);
+    let mut statuses: std::collections::BTreeMap<u16, usize> = Default::default();
+    for a in &attempts {
+        *statuses.entry(a.status).or_default() += 1;
+    }
+    eprintln!(
+        "drill: redis stalled 8 s: first purchases waited up to {waited:?}; breaker open at \
+         {opened_at:?} (per /readyz), closed at {closed_at:?}; {} refusals while open, p99 \
+         {refused_p99:?}; answers {statuses:?}; {} units stored of {stock}",
+        fast.len(),
+        units(&rows),
+    );
+    node.stop().await;
+    backends.cleanup().await;
+}
