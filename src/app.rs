@@ -35,6 +35,7 @@ pub struct Application {
     addr: SocketAddr,
     service: FastLane,
     connections: http::server::ConnectionSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     engine: Arc<Engine>,
     store: Arc<dyn OrderStore>,
     accepting: Arc<AtomicBool>,
@@ -121,6 +122,10 @@ impl Application {
                 ));
             }
         }
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(http::server::tls_acceptor(cert, key)?),
+            None => None,
+        };
         let listener = http::server::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let addr = listener.local_addr()?;
@@ -129,6 +134,7 @@ impl Application {
             addr,
             service,
             connections: settings.connections,
+            tls,
             engine,
             store,
             accepting,
@@ -177,6 +183,7 @@ impl Application {
             self.service,
             self.connections,
             cap,
+            self.tls,
             async move {
                 shutdown.await;
                 accepting.store(false, Ordering::Release);

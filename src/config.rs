@@ -68,6 +68,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// Header-read and idle timeouts, the cap on open connections.
     pub connections: crate::http::server::ConnectionSettings,
+    /// Serve TLS with this certificate chain and private key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Settings {
@@ -96,6 +98,7 @@ impl Settings {
             body_limit: 16 * 1024,
             sweep_interval: Duration::from_millis(500),
             connections: crate::http::server::ConnectionSettings::default(),
+            tls: None,
         }
     }
 }
@@ -238,6 +241,13 @@ pub struct ServeArgs {
     /// Milliseconds a connection may stay open with no request in flight.
     #[arg(long, env = "FLASHSALE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// Serve HTTPS: the certificate chain (PEM). Needs --tls-key. HTTP/2
+    /// and HTTP/1.1 are offered by ALPN.
+    #[arg(long, env = "FLASHSALE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "FLASHSALE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Most connections open at once; at the cap the one idle the longest
     /// is closed. 0: the open-file limit (raised to its hard limit at
     /// start) less 128.
@@ -277,6 +287,7 @@ impl ServeArgs {
         s.engine.node_id = self.node_id.unwrap_or(0);
         s.lease_node_id = self.node_id.is_none();
         s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
+        s.tls = self.tls_cert.zip(self.tls_key);
         s.connections = crate::http::server::ConnectionSettings {
             header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),

@@ -20,6 +20,9 @@
 //! - **a cap on open connections** (`--max-connections`, by default the
 //!   open-file limit less a reserve): at the cap, the connection idle the
 //!   longest is closed to make room; if none is idle, the new one is;
+//! - **TLS** (`--tls-cert`, `--tls-key`): rustls, HTTP/2 and HTTP/1.1
+//!   offered by ALPN; the handshake happens in the connection's task and
+//!   counts as head bytes, so a slow handshake meets the head timeout too;
 //! - **graceful stop**: the listener closes, every connection finishes the
 //!   request it is serving (hyper's graceful shutdown), then the call
 //!   returns.
@@ -154,12 +157,12 @@ impl Conn {
 }
 
 /// The socket of one connection, telling its [`Conn`] when bytes arrive.
-struct Watched {
-    tcp: tokio::net::TcpStream,
+struct Watched<I> {
+    tcp: I,
     conn: Arc<Conn>,
 }
 
-impl AsyncRead for Watched {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -174,7 +177,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -397,9 +400,39 @@ where
     }
 }
 
+/// Loads a certificate chain and its private key (PEM files) into a rustls
+/// acceptor that offers HTTP/2 and HTTP/1.1 by ALPN.
+///
+/// # Errors
+/// When a file cannot be read or parsed, or the key does not fit.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing the TLS certificate {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the TLS private key {}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the TLS key does not fit the certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets every connection finish what it is serving, and
-/// returns.
+/// returns. With `tls`, every connection is TLS.
 ///
 /// # Errors
 /// Never today; the type leaves room for a listener that fails for good.
@@ -408,6 +441,7 @@ pub async fn serve<S>(
     service: S,
     settings: ConnectionSettings,
     max_connections: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -478,22 +512,57 @@ where
             tcp,
             conn: conn.clone(),
         };
-        let served = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(io),
-                hyper_util::service::TowerToHyperService::new(svc),
-            )
-            .into_owned();
-        let served = graceful.watch(served);
         let registry = registry.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = served => {}
-                // Dropping the connection closes its socket.
-                () = conn.close.cancelled() => {}
+        match &tls {
+            None => {
+                let served = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(io),
+                        hyper_util::service::TowerToHyperService::new(svc),
+                    )
+                    .into_owned();
+                let served = graceful.watch(served);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = served => {}
+                        // Dropping the connection closes its socket.
+                        () = conn.close.cancelled() => {}
+                    }
+                    registry.conns.remove(&id);
+                });
             }
-            registry.conns.remove(&id);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task; the head
+                // timeout (its bytes count) and the registry bound it.
+                let handshake = acceptor.accept(io);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        tls = handshake => match tls {
+                            Ok(stream) => {
+                                let served = builder
+                                    .serve_connection_with_upgrades(
+                                        TokioIo::new(stream),
+                                        hyper_util::service::TowerToHyperService::new(svc),
+                                    )
+                                    .into_owned();
+                                tokio::select! {
+                                    _ = watcher.watch(served) => {}
+                                    () = conn.close.cancelled() => {}
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                metrics::counter!("flashsale_tls_handshake_failures_total").increment(1);
+                            }
+                        },
+                        () = conn.close.cancelled() => {}
+                    }
+                    registry.conns.remove(&id);
+                });
+            }
+        }
     }
     drop(listener);
     sweeper.abort();

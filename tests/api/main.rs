@@ -28,3 +28,4 @@ mod sales;
 mod slow_clients;
 mod stock_contract;
 mod store_contract;
+mod tls;
