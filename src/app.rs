@@ -41,7 +41,7 @@ pub struct Application {
     accepting: Arc<AtomicBool>,
     stopping: CancellationToken,
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     /// The admin token in force (given or generated).
     pub admin_token: Secret,
     /// The HS256 JWT secret in force (given, or generated when no public
@@ -104,21 +104,33 @@ impl Application {
             .with_state(state.clone());
         let service = FastLane::new(router, state).with_body_limit(settings.body_limit);
         let mut tasks = vec![
-            intent_task,
-            worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
-            worker::spawn_housekeeping(engine.clone(), stop.clone()),
+            ("intent writer", intent_task),
+            (
+                "expiry sweeper",
+                worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
+            ),
+            (
+                "housekeeping",
+                worker::spawn_housekeeping(engine.clone(), stop.clone()),
+            ),
         ];
         if let Some(queue) = &backends.queue {
-            tasks.push(worker::order_writer::spawn_order_writer(
-                engine.clone(),
-                queue.clone(),
-                stop.clone(),
-            ));
-            if shared {
-                tasks.push(worker::stock_watch::spawn_stock_watch(
+            tasks.push((
+                "order writer",
+                worker::order_writer::spawn_order_writer(
                     engine.clone(),
                     queue.clone(),
                     stop.clone(),
+                ),
+            ));
+            if shared {
+                tasks.push((
+                    "stock watcher",
+                    worker::stock_watch::spawn_stock_watch(
+                        engine.clone(),
+                        queue.clone(),
+                        stop.clone(),
+                    ),
                 ));
             }
         }
@@ -194,8 +206,22 @@ impl Application {
         .await
         .context("serving HTTP")?;
         self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        // Every worker's step is safe to cut short (an unacked delivery is
+        // redelivered, a transaction rolls back, the relay and reconciler
+        // run again on any node), so one stuck on a dead backend is aborted
+        // after a while rather than holding the stop for ever.
+        for (name, mut task) in self.tasks {
+            // The intent writer drains its queue (a flood's missed buyers)
+            // first, which may take longer.
+            let grace = if name == "intent writer" {
+                WORKER_STOP_GRACE * 5
+            } else {
+                WORKER_STOP_GRACE
+            };
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                tracing::warn!(worker = name, "worker did not stop in time; aborted");
+                task.abort();
+            }
         }
         drop(self.engine);
         self.store.shutdown().await;
@@ -231,6 +257,9 @@ fn buyer_keys(settings: &Settings) -> anyhow::Result<(Vec<VerifyingKey>, Option<
     );
     Ok((keys, secret))
 }
+
+/// Longest a stop waits for one background worker.
+const WORKER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState> {
     router
