@@ -455,13 +455,20 @@ impl RedisServers {
 
     /// The port of the cluster master that serves `hash_tag`'s slot.
     pub fn master_of(&self, hash_tag: &str) -> u16 {
+        // Asked of the first server that answers: one may have been killed.
         let cli = |args: &[&str]| {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", &self.ports[0].to_string()])
-                .args(args)
-                .output()
-                .expect("running redis-cli");
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            for port in &self.ports {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string()])
+                    .args(args)
+                    .output()
+                    .expect("running redis-cli");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() && !text.trim().is_empty() && !text.contains("refused") {
+                    return text;
+                }
+            }
+            panic!("no cluster server answers redis-cli {args:?}");
         };
         let slot: u16 = cli(&["cluster", "keyslot", hash_tag])
             .trim()
