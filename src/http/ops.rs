@@ -22,6 +22,16 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Longest one readiness check may take.
+const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// `check`, counted as failed if it takes longer than [`READY_CHECK_TIMEOUT`].
+async fn bounded(check: impl std::future::Future<Output = bool>) -> bool {
+    tokio::time::timeout(READY_CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.accepting.load(Ordering::Acquire) {
         return (
@@ -30,15 +40,21 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         );
     }
     let engine = &state.engine;
-    let store_ok = engine.store().ping().await.is_ok();
+    // The checks run at once, each bounded: a stalled backend makes the
+    // answer "unavailable" within the bound instead of holding the probe
+    // past an orchestrator's timeout (Kubernetes' default is 1 s).
+    let shared = engine.stock().is_shared();
+    let (store_ok, stock_ok, queue_ok) = tokio::join!(
+        bounded(async { engine.store().ping().await.is_ok() }),
+        bounded(async { !shared || engine.stock().ping().await.is_ok() }),
+        bounded(async { !shared || engine.handoff_probe().await }),
+    );
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let mut body = json!({"store": word(store_ok)});
-    let ready = if engine.stock().is_shared() {
+    let ready = if shared {
         // Over a shared stock, purchases need it and the order queue; the
         // database may be away for a while (the queue holds orders until
         // the writer resumes).
-        let stock_ok = engine.stock().ping().await.is_ok();
-        let queue_ok = engine.handoff_probe().await;
         body["redis"] = json!(word(stock_ok));
         body["queue"] = json!(word(queue_ok));
         stock_ok && queue_ok
