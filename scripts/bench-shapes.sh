@@ -15,14 +15,7 @@ CONC="${CONC:-64}"
 ROUNDS="${ROUNDS:-3}"
 BUYERS="${BUYERS:-5000}"
 BIN="${CARGO_TARGET_DIR:-target}/release/flashsale"
-if ! command -v wrk >/dev/null; then
-    echo "bench-shapes.sh: wrk is missing; installing it (Debian package wrk)"
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get install -y wrk >/dev/null 2>&1 ||
-        { $sudo_cmd apt-get update >/dev/null 2>&1 && $sudo_cmd apt-get install -y wrk >/dev/null; } ||
-        { echo "bench-shapes.sh: cannot install wrk (apt-get install -y wrk)" >&2; exit 1; }
-fi
+./scripts/debian-package.sh wrk wrk
 export FLASHSALE_ADMIN_TOKEN=bench-admin FLASHSALE_JWT_SECRET=bench-secret
 cargo build --release --quiet
 WORK=$(mktemp -d)

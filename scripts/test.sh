@@ -18,15 +18,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # The clock tests shift a node's clock with libfaketime (Debian package).
-FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
-if [ ! -e "$FAKETIME_LIB" ]; then
-    echo "test.sh: libfaketime is missing; installing it"
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get install -y libfaketime >/dev/null 2>&1 ||
-        { $sudo_cmd apt-get update >/dev/null 2>&1 && $sudo_cmd apt-get install -y libfaketime >/dev/null; } ||
-        { echo "test.sh: cannot install libfaketime (apt-get install libfaketime)" >&2; exit 1; }
-fi
+./scripts/debian-package.sh libfaketime /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 
 if [ "${#REQUIRED_SERVICES[@]}" -gt 0 ]; then
     ./scripts/services.sh check "${REQUIRED_SERVICES[@]}"

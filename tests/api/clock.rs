@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::kit::{serve_command, serving, time_in, unique_admin_token, Backends, Db, TestApp};
+use crate::kit::{start_binary_with, time_in, unique_admin_token, Backends, Db, TestApp};
 
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -22,11 +22,7 @@ async fn node(
     admin: &str,
     shift: Option<&str>,
 ) -> (tokio::process::Child, TestApp) {
-    for _ in 0..3 {
-        let port = crate::kit::free_port();
-        let mut app = TestApp::attach(port);
-        app.admin_token = admin.to_owned();
-        let mut cmd = serve_command(dir, port, admin);
+    start_binary_with(dir, admin, |cmd| {
         cmd.args(backends.flags());
         if let Some(shift) = shift {
             cmd.env("LD_PRELOAD", FAKETIME_LIB)
@@ -34,13 +30,8 @@ async fn node(
                 // Timers and timeouts keep the true pace.
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
-        let mut child = cmd.spawn().expect("starting the flashsale binary");
-        if serving(&mut child, &app).await.is_ok() {
-            return (child, app);
-        }
-        let _ = child.kill().await;
-    }
-    panic!("the node did not start");
+    })
+    .await
 }
 
 /// The node's `flashsale_clock_offset_ms`, once it measured one.

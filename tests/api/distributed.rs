@@ -8,9 +8,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::kit::{
-    accepted_orders, check_stored, flood_nodes, free_port, json_status, no_answer, open_sale_body,
-    redis_sold, serve_command, serving, spawn_app_with, token, unique_admin_token, Backends, Db,
-    RedisServers, TestApp,
+    accepted_orders, check_stored, flood_nodes, json_status, no_answer, open_sale_body, redis_sold,
+    spawn_app_with, start_binary_with, token, unique_admin_token, Backends, Db, RedisServers,
+    TestApp,
 };
 
 async fn nodes(backends: &Backends, n: usize) -> Vec<TestApp> {
@@ -317,20 +317,10 @@ async fn start_node_binary(
     backends: &Backends,
     dir: &std::path::Path,
 ) -> (tokio::process::Child, TestApp) {
-    for _ in 0..3 {
-        let port = free_port();
-        let mut app = TestApp::attach(port);
-        app.admin_token = unique_admin_token();
-        let mut child = serve_command(dir, port, &app.admin_token)
-            .args(backends.flags())
-            .spawn()
-            .expect("starting the flashsale binary");
-        if serving(&mut child, &app).await.is_ok() {
-            return (child, app);
-        }
-        let _ = child.kill().await;
-    }
-    panic!("the node did not start");
+    start_binary_with(dir, &unique_admin_token(), |cmd| {
+        cmd.args(backends.flags());
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

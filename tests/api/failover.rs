@@ -11,6 +11,7 @@
 //! Each drill prints one `drill:` line (time to recover, purchases refused
 //! meanwhile) for docs/CRASH_MATRIX.md.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::kit::redis_ha::{Proxy, ReplicatedRedis, Sentinels, MASTER_NAME};
@@ -106,6 +107,33 @@ async fn keep_buying(
     }
 }
 
+/// [`keep_buying`] on every node of `nodes` in a task (up to 60 s), while
+/// the test fails a server.
+fn buy_in_background(
+    nodes: &Arc<[TestApp; 2]>,
+    sale: &str,
+    from: usize,
+    since: Instant,
+) -> tokio::task::JoinHandle<Aftermath> {
+    let (nodes, sale) = (nodes.clone(), sale.to_owned());
+    tokio::spawn(async move {
+        let nodes: Vec<&TestApp> = nodes.iter().collect();
+        keep_buying(&nodes, &sale, from, since, Duration::from_secs(60)).await
+    })
+}
+
+/// Two nodes over `backends`.
+async fn two_nodes(backends: &Backends) -> Arc<[TestApp; 2]> {
+    Arc::new([node(backends, 1).await, node(backends, 2).await])
+}
+
+/// Stops nodes shared with a finished [`buy_in_background`].
+async fn stop_nodes(nodes: Arc<[TestApp; 2]>) {
+    for n in Arc::into_inner(nodes).expect("the buyers are done") {
+        n.stop().await;
+    }
+}
+
 /// Units held (pending or paid) in the database.
 fn units(rows: &[crate::kit::backends::StoredOrder]) -> u64 {
     rows.iter()
@@ -114,16 +142,19 @@ fn units(rows: &[crate::kit::backends::StoredOrder]) -> u64 {
         .sum()
 }
 
-/// The orders of `sale` once the database holds `units` units (or `within`
-/// ended): the relay stores orders whose buyers heard `503` a few seconds
-/// after the fact.
-async fn wait_for_units(
+/// The orders of `sale` once the database holds every `accepted` order
+/// and `units_wanted` units (or 30 s each ended): the relay stores orders
+/// whose buyers heard `503` a few seconds after the fact.
+async fn stored(
     backends: &Backends,
     sale: &str,
+    accepted: &[(String, String)],
     units_wanted: u64,
-    within: Duration,
 ) -> Vec<crate::kit::backends::StoredOrder> {
-    let deadline = Instant::now() + within;
+    backends
+        .wait_for_accepted(sale, accepted, Duration::from_secs(30))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let rows = backends.orders(sale).await;
         if units(&rows) >= units_wanted || Instant::now() > deadline {
@@ -216,7 +247,7 @@ async fn sentinel_failover(lagging: bool) {
     backends.redis = sentinels.urls();
     backends.redis_sentinel = Some(MASTER_NAME.to_owned());
     backends.private_redis = true;
-    let nodes = std::sync::Arc::new([node(&backends, 1).await, node(&backends, 2).await]);
+    let nodes = two_nodes(&backends).await;
     let stock = 400;
     let sale = nodes[0].open_sale(stock, 1).await;
 
@@ -236,14 +267,7 @@ async fn sentinel_failover(lagging: bool) {
     };
     // Buyers keep coming on both nodes while the master dies.
     let failed = Instant::now();
-    let buying = {
-        let nodes = nodes.clone();
-        let sale = sale.clone();
-        tokio::spawn(async move {
-            let nodes: Vec<&TestApp> = nodes.iter().collect();
-            keep_buying(&nodes, &sale, from, failed, Duration::from_secs(60)).await
-        })
-    };
+    let buying = buy_in_background(&nodes, &sale, from, failed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     redis.kill_master();
     let killed = Instant::now();
@@ -255,10 +279,7 @@ async fn sentinel_failover(lagging: bool) {
     let switched = killed.elapsed();
     let after = buying.await.unwrap();
     accepted.extend(after.accepted.iter().cloned());
-    backends
-        .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
-        .await;
-    let rows = wait_for_units(&backends, &sale, stock, Duration::from_secs(30)).await;
+    let rows = stored(&backends, &sale, &accepted, stock).await;
     let (recovered, refused) = after.recovery_after(killed);
     eprintln!(
         "drill: sentinel failover, replica {}: sentinels switched after {switched:?}, \
@@ -271,9 +292,7 @@ async fn sentinel_failover(lagging: bool) {
     // (their buyers heard 503), so the check is not `exact`.
     check_stored(&rows, &accepted, stock, 1, false);
     assert_eq!(units(&rows), stock);
-    for n in std::sync::Arc::into_inner(nodes).expect("the buyers are done") {
-        n.stop().await;
-    }
+    stop_nodes(nodes).await;
     backends.cleanup().await;
 }
 
@@ -314,10 +333,7 @@ async fn a_partition_from_the_master_refuses_then_heals_without_a_lost_or_extra_
     let healed = Instant::now();
     let after = keep_buying(&[&node], &sale, 140, healed, Duration::from_secs(40)).await;
     accepted.extend(after.accepted.iter().cloned());
-    backends
-        .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
-        .await;
-    let rows = wait_for_units(&backends, &sale, stock, Duration::from_secs(30)).await;
+    let rows = stored(&backends, &sale, &accepted, stock).await;
     let (recovered, _) = after.recovery_after(healed);
     eprintln!(
         "drill: partition from the master for 6 s: during it {:?}; sold again {recovered:?} \
@@ -345,7 +361,7 @@ async fn a_redis_cluster_failover_of_the_sales_shard_sells_exactly_the_stock() {
     let mut backends = Backends::new(Db::Postgres).await;
     servers.use_for(&mut backends);
     backends.private_redis = true;
-    let nodes = std::sync::Arc::new([node(&backends, 1).await, node(&backends, 2).await]);
+    let nodes = two_nodes(&backends).await;
     let stock = 400;
     let sale = nodes[0].open_sale(stock, 1).await;
     let first = flood(&nodes[0], &sale, buyers(0, 150), 32).await;
@@ -354,23 +370,13 @@ async fn a_redis_cluster_failover_of_the_sales_shard_sells_exactly_the_stock() {
 
     let master = servers.master_of(&sale);
     let failed = Instant::now();
-    let buying = {
-        let nodes = nodes.clone();
-        let sale = sale.clone();
-        tokio::spawn(async move {
-            let nodes: Vec<&TestApp> = nodes.iter().collect();
-            keep_buying(&nodes, &sale, 150, failed, Duration::from_secs(60)).await
-        })
-    };
+    let buying = buy_in_background(&nodes, &sale, 150, failed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     servers.kill(master);
     let killed = Instant::now();
     let after = buying.await.unwrap();
     accepted.extend(after.accepted.iter().cloned());
-    backends
-        .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
-        .await;
-    let rows = wait_for_units(&backends, &sale, stock, Duration::from_secs(30)).await;
+    let rows = stored(&backends, &sale, &accepted, stock).await;
     let (recovered, refused) = after.recovery_after(killed);
     eprintln!(
         "drill: redis cluster failover of the sale's shard: sold again after {recovered:?}, \
@@ -384,8 +390,6 @@ async fn a_redis_cluster_failover_of_the_sales_shard_sells_exactly_the_stock() {
         master,
         "the cluster did not fail over"
     );
-    for n in std::sync::Arc::into_inner(nodes).expect("the buyers are done") {
-        n.stop().await;
-    }
+    stop_nodes(nodes).await;
     backends.cleanup().await;
 }

@@ -312,42 +312,26 @@ pub struct RedisServers {
     cluster: bool,
 }
 
-fn spawn_redis(port: u16, dir: &std::path::Path, cluster: bool) -> std::process::Child {
-    let mut cmd = std::process::Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+/// A private `redis-server` on `port` keeping nothing on disk, with `extra`
+/// arguments (cluster mode, replication).
+pub(crate) fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    if cluster {
-        cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
-    }
-    cmd.spawn()
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .expect("starting redis-server (Debian package redis-server)")
 }
 
-async fn redis_answers(port: u16) -> bool {
-    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-        return false;
-    };
-    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-        return false;
-    };
-    redis::cmd("PING")
-        .query_async::<String>(&mut c)
-        .await
-        .is_ok()
-}
+/// The arguments of a cluster node.
+const CLUSTER: &[&str] = &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
 
 async fn wait_for_redis(port: u16) {
-    for _ in 0..200 {
-        if redis_answers(port).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("redis-server on {port} did not start");
+    super::redis_ha::connect(port).await;
 }
 
 impl RedisServers {
@@ -355,7 +339,7 @@ impl RedisServers {
     pub async fn standalone() -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let child = spawn_redis(port, dir.path(), false);
+        let child = spawn_redis(port, dir.path(), &[]);
         wait_for_redis(port).await;
         Self {
             ports: vec![port],
@@ -381,7 +365,9 @@ impl RedisServers {
         for _ in 0..3 * (1 + replicas) {
             let port = free_port();
             let dir = tempfile::tempdir().unwrap();
-            servers.children.push(spawn_redis(port, dir.path(), true));
+            servers
+                .children
+                .push(spawn_redis(port, dir.path(), CLUSTER));
             servers.ports.push(port);
             servers.dirs.push(dir);
         }
@@ -449,7 +435,7 @@ impl RedisServers {
         let _ = old.kill();
         let _ = old.wait();
         self.children
-            .push(spawn_redis(self.ports[0], self.dirs[0].path(), false));
+            .push(spawn_redis(self.ports[0], self.dirs[0].path(), &[]));
         wait_for_redis(self.ports[0]).await;
     }
 

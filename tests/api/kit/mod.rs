@@ -32,5 +32,7 @@ pub use flood::{
     accepted_orders, assert_only, check_flood, check_orders_readable, check_stored, flood,
     flood_nodes, flood_with, no_answer, NO_ANSWER,
 };
-pub use process::{free_port, serve_command, serving, sigterm, start_binary, unique_admin_token};
+pub use process::{
+    free_port, serve_command, serving, sigterm, start_binary, start_binary_with, unique_admin_token,
+};
 pub use raw::{parse_raw_answer, raw_http, SlowPurchase};

@@ -103,14 +103,24 @@ pub async fn serving(child: &mut tokio::process::Child, app: &TestApp) -> Result
 /// it serves. The port is picked by binding port 0 and letting it go, so
 /// another process may take it first: then it tries again on a new one.
 pub async fn start_binary(dir: &std::path::Path) -> (tokio::process::Child, TestApp) {
+    start_binary_with(dir, &unique_admin_token(), |_| {}).await
+}
+
+/// [`start_binary`] with the admin token `admin` and the command adjusted
+/// by `adjust` (flags of a distributed node, a shifted clock).
+pub async fn start_binary_with(
+    dir: &std::path::Path,
+    admin: &str,
+    adjust: impl Fn(&mut tokio::process::Command),
+) -> (tokio::process::Child, TestApp) {
     let mut failures = Vec::new();
     for _ in 0..3 {
         let port = free_port();
         let mut app = TestApp::attach(port);
-        app.admin_token = unique_admin_token();
-        let mut child = serve_command(dir, port, &app.admin_token)
-            .spawn()
-            .expect("starting the flashsale binary");
+        app.admin_token = admin.to_owned();
+        let mut cmd = serve_command(dir, port, admin);
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("starting the flashsale binary");
         match serving(&mut child, &app).await {
             Ok(()) => return (child, app),
             Err(why) => {

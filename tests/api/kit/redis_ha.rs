@@ -151,20 +151,11 @@ impl Drop for Child {
     }
 }
 
-fn spawn_server(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        // A paused link must not end replication while a drill runs.
-        .args(["--repl-timeout", "120"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting redis-server (Debian package redis-server)");
-    Child(child)
+fn spawn_server(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    // A paused link must not end replication while a drill runs.
+    let mut args = vec!["--repl-timeout", "120"];
+    args.extend_from_slice(extra);
+    Child(super::backends::spawn_redis(port, dir, &args))
 }
 
 /// A connection to `127.0.0.1:port`, retried until the server answers.
@@ -224,11 +215,7 @@ impl ReplicatedRedis {
         let replica_process = spawn_server(
             replica,
             dirs[1].path(),
-            &[
-                "--replicaof".to_owned(),
-                "127.0.0.1".to_owned(),
-                link.port.to_string(),
-            ],
+            &["--replicaof", "127.0.0.1", &link.port.to_string()],
         );
         let redis = Self {
             master,
