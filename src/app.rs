@@ -113,6 +113,10 @@ impl Application {
                 "housekeeping",
                 worker::spawn_housekeeping(engine.clone(), stop.clone()),
             ),
+            (
+                "room ticker",
+                worker::spawn_room_ticker(engine.clone(), stop.clone()),
+            ),
         ];
         if let Some(queue) = &backends.queue {
             tasks.push((

@@ -196,6 +196,12 @@ pub struct ServeArgs {
     /// --jwt-public-key or --jwt-jwks is given).
     #[arg(long, env = "FLASHSALE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Secret that signs waiting-room passes and purchase tickets; every
+    /// node of a deployment must share it. Unset: derived from
+    /// --jwt-secret, or random for this process (a pass then works only on
+    /// the node that issued it).
+    #[arg(long, env = "FLASHSALE_PASS_SECRET", hide_env_values = true)]
+    pub pass_secret: Option<String>,
     /// PEM public key file for buyer JWTs: RSA (RS256) or EC P-256 (ES256).
     /// The key's type fixes the algorithm a token must use.
     #[arg(long, env = "FLASHSALE_JWT_PUBLIC_KEY")]
@@ -285,6 +291,12 @@ impl ServeArgs {
         s.engine.user_rate_per_sec = self.user_rate;
         s.engine.user_burst = self.user_burst;
         s.engine.node_id = self.node_id.unwrap_or(0);
+        s.engine.pass_secret = match (self.pass_secret.filter(|p| !p.is_empty()), &s.jwt_secret) {
+            (Some(secret), _) => Secret::new(secret),
+            // Domain-separated by `Signer::new`, so the JWT key is not reused as is.
+            (None, Some(jwt)) => jwt.clone(),
+            (None, None) => Secret::generate(),
+        };
         s.lease_node_id = self.node_id.is_none();
         s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
         s.tls = self.tls_cert.zip(self.tls_key);

@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
-use crate::domain::{Order, OrderStatus, Sale};
+use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sales (
     sale_id INTEGER PRIMARY KEY,
     item TEXT NOT NULL,
@@ -61,7 +62,10 @@ CREATE TABLE purchase_intents (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (sale_id, user_id)
 ) WITHOUT ROWID;
-"#];
+"#,
+    // The sale's front-door options (JSON; NULL = every option off).
+    "ALTER TABLE sales ADD COLUMN front_door TEXT;",
+];
 
 const ORDER_COLUMNS: &str = "order_id, sale_id, user_id, quantity, status, idempotency_key, \
                              created_at, updated_at, expires_at";
@@ -366,7 +370,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> (Deliver, Option<Strin
 fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO sales (sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-         payment_window_secs, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         payment_window_secs, created_at, front_door) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         sale.id as i64,
@@ -376,7 +380,8 @@ fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
         sale.starts_at_ms,
         sale.ends_at_ms,
         sale.payment_window_secs.map(|w| w as i64),
-        sale.created_at_ms
+        sale.created_at_ms,
+        sale.front_door.to_stored()
     ])?;
     Ok(())
 }
@@ -507,7 +512,7 @@ fn insert_intents(tx: &Connection, intents: &[Intent]) -> Result<(), StoreError>
 }
 
 const SALE_COLUMNS: &str = "SELECT sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-     payment_window_secs, created_at FROM sales";
+     payment_window_secs, created_at, front_door FROM sales";
 
 fn sale_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
     Ok(Sale {
@@ -519,6 +524,7 @@ fn sale_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
         ends_at_ms: r.get(5)?,
         payment_window_secs: r.get::<_, Option<i64>>(6)?.map(|w| w as u64),
         created_at_ms: r.get(7)?,
+        front_door: FrontDoor::from_stored(r.get::<_, Option<String>>(8)?.as_deref()),
     })
 }
 

@@ -22,6 +22,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod queue;
 pub mod redis;
+pub mod room;
 pub mod sql;
 pub mod stock;
 
@@ -325,6 +326,8 @@ pub struct Backends {
     /// The order queue (distributed mode only: the embedded default and a
     /// single SQL node hand orders to the store directly).
     pub queue: Option<Arc<dyn queue::OrderQueue>>,
+    /// Waiting rooms (in memory, or in Redis beside the stock).
+    pub room: Arc<dyn room::RoomStore>,
 }
 
 /// Opens every backend `settings` name. A node's state is rebuilt from the
@@ -342,12 +345,14 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
                 store: Arc::new(store),
                 stock: Arc::new(memory::EmbeddedStock),
                 queue: None,
+                room: Arc::new(room::MemoryRoom::default()),
             }
         }
         BackendSettings::Sql { database, sql } => Backends {
             store: guard_store(open_sql_store(database, sql).await?),
             stock: Arc::new(memory::EmbeddedStock),
             queue: None,
+            room: Arc::new(room::MemoryRoom::default()),
         },
         BackendSettings::Distributed {
             database,
@@ -364,6 +369,7 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
                 .context("connecting to RabbitMQ (--queue)")?;
             Backends {
                 store: guard_store(store),
+                room: stock.clone(),
                 stock: Arc::new(breaker::BreakerStock::new(
                     stock,
                     breaker::BreakerSettings::default(),

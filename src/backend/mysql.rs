@@ -130,7 +130,7 @@ impl OrderStore for MySqlOrderStore {
         sqlx::query(concat!(
             "INSERT INTO sales (",
             sale_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(sale.id as i64)
         .bind(&sale.item)
@@ -140,6 +140,7 @@ impl OrderStore for MySqlOrderStore {
         .bind(sale.ends_at_ms)
         .bind(sale.payment_window_secs.map(|w| w as i64))
         .bind(sale.created_at_ms)
+        .bind(sale.front_door.to_stored())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -124,7 +124,7 @@ impl OrderStore for PgOrderStore {
         sqlx::query(concat!(
             "INSERT INTO sales (",
             sale_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
         .bind(sale.id as i64)
         .bind(&sale.item)
@@ -134,6 +134,7 @@ impl OrderStore for PgOrderStore {
         .bind(sale.ends_at_ms)
         .bind(sale.payment_window_secs.map(|w| w as i64))
         .bind(sale.created_at_ms)
+        .bind(sale.front_door.to_stored())
         .execute(&self.pool)
         .await?;
         Ok(())

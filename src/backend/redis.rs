@@ -45,6 +45,8 @@
 //! cannot open a sale early. Nodes read that clock to export their offset
 //! and to correct their local early answers.
 
+mod room;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -392,6 +394,7 @@ pub struct RedisStock {
     /// `b"1"` when fencing is on, `b"0"` when a drill turned it off.
     fence: &'static [u8],
     scripts: Scripts,
+    room_scripts: room::RoomScripts,
     batches: mpsc::UnboundedSender<(u64, Pending)>,
     /// The circuit breaker in front of this stock, which judges each batch
     /// as one call (see [`StockStore::attach_breaker`]).
@@ -494,6 +497,7 @@ impl RedisStock {
             prefix: settings.prefix.clone(),
             fence: if settings.fencing { b"1" } else { b"0" },
             scripts: Scripts::new(),
+            room_scripts: room::RoomScripts::new(),
             batches: tx,
             breaker: std::sync::OnceLock::new(),
         });
@@ -503,7 +507,12 @@ impl RedisStock {
     }
 
     async fn load_scripts(&self) -> Result<(), StockError> {
-        for script in self.scripts.all() {
+        for script in self
+            .scripts
+            .all()
+            .into_iter()
+            .chain(self.room_scripts.all())
+        {
             // On a cluster the client sends SCRIPT LOAD to every primary.
             let sha: String = self
                 .conn

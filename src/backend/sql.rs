@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::StoreError;
-use crate::domain::{Order, OrderStatus, Sale};
+use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
 
 /// Hard ceiling on orders per insert: 9 bind parameters per row must stay
 /// under the 65 535 parameters one statement may carry, and past a thousand
@@ -168,7 +168,7 @@ pub(crate) use order_columns;
 macro_rules! sale_columns {
     () => {
         "sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-         payment_window_secs, created_at"
+         payment_window_secs, created_at, front_door"
     };
 }
 pub(crate) use sale_columns;
@@ -306,6 +306,7 @@ where
         ends_at_ms: row.try_get(5)?,
         payment_window_secs: row.try_get::<Option<i64>, _>(6)?.map(to_u64),
         created_at_ms: row.try_get(7)?,
+        front_door: FrontDoor::from_stored(row.try_get::<Option<String>, _>(8)?.as_deref()),
     })
 }
 

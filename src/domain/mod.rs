@@ -4,12 +4,14 @@
 //! reject bad input with a [`ValidationError`] naming the field, and the
 //! [`ledger`] decides, atomically and without a global lock, who gets a unit.
 
+pub mod front_door;
 pub mod ids;
 pub mod ledger;
 pub mod order;
 pub mod rejection;
 pub mod sale;
 
+pub use front_door::FrontDoor;
 pub use ids::IdGenerator;
 pub use ledger::{Ledger, Reserve};
 pub use order::{Order, OrderStatus};

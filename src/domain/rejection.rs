@@ -22,6 +22,19 @@ pub enum Rejection {
     Ended,
     /// Over the buyer's request rate; the answer carries `Retry-After`.
     RateLimited,
+    /// The sale's waiting room is on and the request has no valid
+    /// admission pass for this buyer.
+    PassRequired,
+    /// The sale asks for a purchase ticket and the request has no valid one.
+    TicketRequired,
+    /// The sale asks for a solved proof-of-work challenge and the request
+    /// has no valid one.
+    ChallengeRequired,
+    /// The sale asks for a captcha and the verify service did not accept
+    /// the request's token.
+    CaptchaRequired,
+    /// Another purchase by this buyer for this sale is still in flight.
+    InFlight,
 }
 
 /// Everything one rejection is spelled as.
@@ -81,15 +94,55 @@ const RATE_LIMITED: Spec = spec!(
     0,
     false
 );
+const PASS_REQUIRED: Spec = spec!(
+    403,
+    "pass_required",
+    "the sale has a waiting room: join it and buy with its admission pass",
+    0,
+    false
+);
+const TICKET_REQUIRED: Spec = spec!(
+    403,
+    "ticket_required",
+    "a valid purchase ticket for this sale is required",
+    0,
+    false
+);
+const CHALLENGE_REQUIRED: Spec = spec!(
+    403,
+    "challenge_required",
+    "a solved proof-of-work challenge for this sale is required",
+    0,
+    false
+);
+const CAPTCHA_REQUIRED: Spec = spec!(
+    403,
+    "captcha_required",
+    "a valid captcha token is required",
+    0,
+    false
+);
+const IN_FLIGHT: Spec = spec!(
+    409,
+    "in_flight",
+    "a purchase by this buyer for this sale is already in flight",
+    0,
+    false
+);
 
 impl Rejection {
     /// Every rejection, in [`Rejection::index`] order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 10] = [
         Self::SoldOut,
         Self::LimitReached,
         Self::NotStarted,
         Self::Ended,
         Self::RateLimited,
+        Self::PassRequired,
+        Self::TicketRequired,
+        Self::ChallengeRequired,
+        Self::CaptchaRequired,
+        Self::InFlight,
     ];
 
     /// How it is spelled everywhere.
@@ -100,6 +153,11 @@ impl Rejection {
             Self::NotStarted => &NOT_STARTED,
             Self::Ended => &ENDED,
             Self::RateLimited => &RATE_LIMITED,
+            Self::PassRequired => &PASS_REQUIRED,
+            Self::TicketRequired => &TICKET_REQUIRED,
+            Self::ChallengeRequired => &CHALLENGE_REQUIRED,
+            Self::CaptchaRequired => &CAPTCHA_REQUIRED,
+            Self::InFlight => &IN_FLIGHT,
         }
     }
 

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::front_door::FrontDoor;
 use super::ValidationError;
 
 /// Largest stock one sale may offer (contract: 1..10^9).
@@ -27,6 +28,8 @@ pub struct NewSale {
     pub ends_at_ms: Option<i64>,
     /// Unpaid orders expire after this many seconds, if set.
     pub payment_window_secs: Option<u64>,
+    /// The optional admission steps (all off by default).
+    pub front_door: FrontDoor,
 }
 
 impl NewSale {
@@ -82,6 +85,7 @@ impl NewSale {
                 ));
             }
         }
+        let front_door = FrontDoor::parse(obj.get("front_door"))?;
         Ok(Self {
             item,
             stock,
@@ -89,6 +93,7 @@ impl NewSale {
             starts_at_ms,
             ends_at_ms,
             payment_window_secs,
+            front_door,
         })
     }
 }
@@ -144,6 +149,8 @@ pub struct Sale {
     pub payment_window_secs: Option<u64>,
     /// Creation time, epoch ms.
     pub created_at_ms: i64,
+    /// The optional admission steps.
+    pub front_door: FrontDoor,
 }
 
 impl Sale {
@@ -158,6 +165,7 @@ impl Sale {
             ends_at_ms: new.ends_at_ms,
             payment_window_secs: new.payment_window_secs,
             created_at_ms,
+            front_door: new.front_door,
         }
     }
 

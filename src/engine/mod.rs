@@ -25,6 +25,7 @@ pub mod handoff;
 pub mod idempotency;
 pub mod intents;
 pub mod metrics;
+pub mod room;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +38,7 @@ use crate::backend::stock::{Decision, Reservation, StockStore};
 use crate::backend::{Backends, OrderStore, StoreError, TransitionReport};
 use crate::domain::order::Transition;
 use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Rejection, Sale};
-pub use admission::{Admission, Attempt, Refusal};
+pub use admission::{Admission, Attempt, Proof, Refusal};
 use events::{NoEvents, OrderNotifier, QueueEvents};
 use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
 use idempotency::{Claim, IdempotencyCache};
@@ -160,6 +161,9 @@ pub struct EngineSettings {
     pub user_burst: u32,
     /// Node id baked into generated ids (0..1024).
     pub node_id: u16,
+    /// Signs admission passes and purchase tickets (every node of a
+    /// deployment must share it).
+    pub pass_secret: crate::auth::Secret,
 }
 
 impl Default for EngineSettings {
@@ -168,6 +172,7 @@ impl Default for EngineSettings {
             user_rate_per_sec: 20,
             user_burst: 40,
             node_id: 0,
+            pass_secret: crate::auth::Secret::generate(),
         }
     }
 }
@@ -183,6 +188,8 @@ pub struct EngineParts {
     pub handoff: Arc<dyn OrderHandoff>,
     /// Order state changes go here.
     pub notifier: Arc<dyn OrderNotifier>,
+    /// Waiting rooms.
+    pub room: Arc<dyn crate::backend::room::RoomStore>,
 }
 
 impl EngineParts {
@@ -206,6 +213,7 @@ impl EngineParts {
             stock: backends.stock.clone(),
             handoff,
             notifier,
+            room: backends.room.clone(),
         }
     }
 }
@@ -218,6 +226,7 @@ pub struct Engine {
     handoff: Arc<dyn OrderHandoff>,
     notifier: Arc<dyn OrderNotifier>,
     admission: Admission,
+    rooms: Arc<room::Rooms>,
     clock: clock::SaleClock,
     ids: IdGenerator,
     idempotency: IdempotencyCache,
@@ -245,7 +254,14 @@ impl Engine {
             stock,
             handoff,
             notifier,
+            room,
         } = parts;
+        let gear = admission::Gear {
+            rooms: Arc::new(room::Rooms::new(
+                room,
+                crate::signed::Signer::new(&settings.pass_secret, "admission"),
+            )),
+        };
         let snapshot = store.load().await?;
         let ids = IdGenerator::new(settings.node_id);
         ids.observe(snapshot.max_id);
@@ -279,7 +295,8 @@ impl Engine {
             stock,
             handoff,
             notifier,
-            admission: Admission::standard(settings),
+            admission: Admission::standard(settings, &gear),
+            rooms: gear.rooms.clone(),
             clock: clock::SaleClock::default(),
             ids,
             idempotency,
@@ -288,6 +305,11 @@ impl Engine {
             unknown: quick_cache::sync::Cache::new(10_000),
         });
         Ok((engine, intent_task))
+    }
+
+    /// The node's waiting rooms.
+    pub fn rooms(&self) -> &Arc<room::Rooms> {
+        &self.rooms
     }
 
     /// The order store behind the engine.
@@ -374,8 +396,27 @@ impl Engine {
         quantity: u32,
         key: Option<String>,
     ) -> Result<PurchaseOutcome, EngineError> {
+        self.purchase_with(sale_id, user, quantity, key, Proof::default())
+            .await
+    }
+
+    /// [`Self::purchase`] for a request that carries `proof` for the sale's
+    /// front-door checks (a ticket, a pass, a challenge's solution, …).
+    ///
+    /// # Errors
+    /// As [`Self::purchase`].
+    pub async fn purchase_with(
+        self: &Arc<Self>,
+        sale_id: u64,
+        user: String,
+        quantity: u32,
+        key: Option<String>,
+        proof: Proof,
+    ) -> Result<PurchaseOutcome, EngineError> {
         let started = std::time::Instant::now();
-        let result = self.purchase_inner(sale_id, user, quantity, key).await;
+        let result = self
+            .purchase_inner(sale_id, user, quantity, key, proof)
+            .await;
         self.metrics.observe(&result, started.elapsed());
         result
     }
@@ -453,6 +494,7 @@ impl Engine {
         user: String,
         quantity: u32,
         key: Option<String>,
+        proof: Proof,
     ) -> Result<PurchaseOutcome, EngineError> {
         let rt = match self.sale(sale_id) {
             Some(rt) => rt,
@@ -482,11 +524,13 @@ impl Engine {
                 }
             }
         };
-        let attempt = Attempt::new(&rt, &user, quantity, now);
-        if let Err(refusal) = self.admission.admit(&attempt) {
-            return Ok(self.reject(&rt, &user, quantity, refusal, guard, now));
-        }
-        Box::pin(self.decide(rt, user, quantity, guard, now)).await
+        let attempt = Attempt::with_proof(&rt, &user, quantity, now, &proof);
+        // The checks' holds (one purchase in flight) live until the answer.
+        let _admitted = match self.admission.admit(&attempt).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return Ok(self.reject(&rt, &user, quantity, refusal, guard, now)),
+        };
+        Box::pin(self.decide(rt.clone(), user, quantity, guard, now)).await
     }
 
     /// Steps 2 to 4: the stock decision, the hand-off, the answer.

@@ -29,6 +29,7 @@ fn unlimited() -> EngineSettings {
         user_rate_per_sec: 0,
         user_burst: 0,
         node_id: 1,
+        ..EngineSettings::default()
     }
 }
 
@@ -92,6 +93,7 @@ async fn the_store_hand_off_sells_exactly_the_stock() {
         stock: Arc::new(EmbeddedStock),
         handoff: Arc::new(StoreHandoff::new(store.clone())),
         notifier: Arc::new(events::NoEvents),
+        room: Arc::new(crate::backend::room::MemoryRoom::default()),
     })
     .await;
     let sale = engine.create_sale(open_sale(50, 1)).await.unwrap();
@@ -112,6 +114,7 @@ async fn the_queue_hand_off_runs_the_same_path_and_the_writer_stores_every_order
         stock: stock.clone(),
         handoff: Arc::new(QueueHandoff::new(Arc::new(queue.clone()), stock)),
         notifier: Arc::new(events::QueueEvents::new(Arc::new(queue.clone()))),
+        room: Arc::new(crate::backend::room::MemoryRoom::default()),
     })
     .await;
     let stop = CancellationToken::new();
@@ -173,6 +176,7 @@ async fn failing_engine(durable_elsewhere: bool) -> (Arc<Engine>, tempfile::Temp
             calls: AtomicUsize::new(0),
         }),
         notifier: Arc::new(events::NoEvents),
+        room: Arc::new(crate::backend::room::MemoryRoom::default()),
     })
     .await;
     (engine, dir)
@@ -216,6 +220,7 @@ async fn refusals_are_counted_once_by_their_rejection() {
         stock: Arc::new(EmbeddedStock),
         handoff: Arc::new(StoreHandoff::new(store)),
         notifier: Arc::new(events::NoEvents),
+        room: Arc::new(crate::backend::room::MemoryRoom::default()),
     })
     .await;
     let sale = engine.create_sale(open_sale(1, 1)).await.unwrap();

@@ -172,3 +172,38 @@ impl From<QueryRejection> for ApiError {
         Self::invalid(format!("query: {}", rejection.body_text()))
     }
 }
+
+/// Header of a waiting room's admission pass.
+pub const PASS_HEADER: &str = "x-flashsale-pass";
+/// Header of a purchase ticket.
+pub const TICKET_HEADER: &str = "x-flashsale-ticket";
+/// Header of a proof-of-work solution.
+pub const POW_HEADER: &str = "x-flashsale-pow";
+/// Header of an external captcha's token.
+pub const CAPTCHA_HEADER: &str = "x-captcha-token";
+
+/// What a purchase brings for the sale's front-door checks, read from its
+/// headers. Each value is untrusted; the checks verify it. A value that is
+/// not visible ASCII counts as absent (the check then refuses it).
+pub struct FrontDoorProof(pub crate::engine::Proof);
+
+impl FromRequestParts<AppState> for FrontDoorProof {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let get = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Self(crate::engine::Proof {
+            client_ip: None,
+            pass: get(PASS_HEADER),
+            ticket: get(TICKET_HEADER),
+            pow: get(POW_HEADER),
+            captcha: get(CAPTCHA_HEADER),
+        }))
+    }
+}

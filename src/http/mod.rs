@@ -8,6 +8,7 @@ pub mod fast_lane;
 mod json_errors;
 mod ops;
 mod orders;
+mod room;
 mod sales;
 pub mod server;
 
@@ -65,6 +66,7 @@ pub fn api_router() -> Router<AppState> {
     Router::new()
         .merge(sales::router())
         .merge(orders::router())
+        .merge(room::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(method_not_allowed)
 }

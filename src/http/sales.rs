@@ -14,11 +14,11 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::extract::{Admin, Buyer, IdempotencyKey, JsonBody, Path, Query};
+use super::extract::{Admin, Buyer, FrontDoorProof, IdempotencyKey, JsonBody, Path, Query};
 use super::orders::OrderBody;
 use super::{parse_id, ApiError, AppState};
 use crate::backend::Intent;
-use crate::domain::{now_ms, NewSale, Rejection, SaleStatus};
+use crate::domain::{now_ms, FrontDoor, NewSale, Rejection, SaleStatus};
 use crate::engine::{PurchaseOutcome, SaleRuntime};
 
 /// Most units one purchase may ask for.
@@ -51,6 +51,9 @@ pub struct SaleBody {
     ends_at: Option<i64>,
     payment_window_secs: Option<u64>,
     status: SaleStatus,
+    /// The optional admission steps; absent for a plain sale.
+    #[serde(skip_serializing_if = "FrontDoor::is_open")]
+    front_door: FrontDoor,
 }
 
 impl SaleBody {
@@ -66,6 +69,7 @@ impl SaleBody {
             ends_at: rt.sale.ends_at_ms,
             payment_window_secs: rt.sale.payment_window_secs,
             status: rt.sale.status(now_ms(), remaining),
+            front_door: rt.sale.front_door.clone(),
         }
     }
 }
@@ -146,13 +150,14 @@ async fn purchase(
     buyer: Buyer,
     Path(sale_id): Path<String>,
     IdempotencyKey(key): IdempotencyKey,
+    FrontDoorProof(proof): FrontDoorProof,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let sale_id = parse_id(&sale_id)?;
     let quantity = parse_quantity(body)?;
     let outcome = state
         .engine
-        .purchase(sale_id, buyer.0, quantity, key)
+        .purchase_with(sale_id, buyer.0, quantity, key, proof)
         .await?;
     match outcome {
         PurchaseOutcome::Accepted { order, replayed } => {

@@ -53,6 +53,29 @@ pub fn spawn_expiry_sweeper(
     })
 }
 
+/// Runs the waiting rooms: every 100 ms each room lets in what its rate
+/// and the units left allow and publishes its view to the streams.
+pub fn spawn_room_ticker(engine: Arc<Engine>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let sales: Vec<_> = engine
+                .sales()
+                .into_iter()
+                .filter(|rt| rt.sale.front_door.waiting_room.is_some())
+                .collect();
+            if !sales.is_empty() {
+                engine.rooms().tick(&sales, engine.clock().now_ms()).await;
+            }
+        }
+    })
+}
+
 /// Trims idle rate-limiter keys and old idempotency records every 2 s, and
 /// folds recorded histogram samples every second (the Prometheus recorder
 /// buffers raw samples until upkeep runs).

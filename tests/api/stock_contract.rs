@@ -53,6 +53,7 @@ impl Fixture {
             ends_at_ms: Some(now + ends_in_ms),
             payment_window_secs: None,
             created_at_ms: now,
+            front_door: Default::default(),
         };
         stock.seed_new(&sale).await.unwrap();
         Self {

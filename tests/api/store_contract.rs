@@ -335,6 +335,7 @@ fn sale(id: u64) -> Sale {
         ends_at_ms: None,
         payment_window_secs: None,
         created_at_ms: T - 120_000,
+        front_door: Default::default(),
     }
 }
 
@@ -385,6 +386,7 @@ async fn sales_round_trip(fx: Arc<Fixture>) {
         ends_at_ms: Some(T + 3_600_000),
         payment_window_secs: Some(30 * 24 * 3600),
         created_at_ms: T - 5,
+        front_door: Default::default(),
     };
     store.create_sale(&plain).await.unwrap();
     store.create_sale(&full).await.unwrap();
