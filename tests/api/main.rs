@@ -24,6 +24,7 @@ mod malformed;
 mod orders;
 mod purchase;
 mod queue_contract;
+mod room;
 mod sales;
 mod slow_clients;
 mod stock_contract;

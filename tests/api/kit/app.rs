@@ -82,6 +82,9 @@ pub async fn spawn_app_on_with(dir: TempDir, configure: impl FnOnce(&mut Setting
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.admin_token = Some(Secret::new(ADMIN_TOKEN));
     settings.jwt_secret = Some(Secret::new(JWT_SECRET));
+    // As the binary does without --pass-secret: nodes sharing the JWT
+    // secret accept each other's passes.
+    settings.engine.pass_secret = Secret::new(JWT_SECRET);
     // Most tests send many requests as one user; the limiter has its own test.
     settings.engine.user_rate_per_sec = 0;
     configure(&mut settings);
