@@ -34,7 +34,7 @@ pub const ABANDONED_AFTER_MS: i64 = 30_000;
 const SWEEP_EVERY_MS: i64 = 5_000;
 /// Least time between two views of a room that differ only in numbers
 /// (a change of state is published at once).
-const VIEW_EVERY_MS: i64 = 500;
+const VIEW_EVERY_MS: i64 = 1_000;
 
 /// What a room is doing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -72,6 +72,9 @@ pub enum Standing {
     },
     /// In line.
     Waiting {
+        /// The buyer's number in line (fixed once placed; lower numbers
+        /// are let in first).
+        place: u64,
         /// 1 = next to be let in.
         position: u64,
         /// Buyers in the room.
@@ -284,6 +287,7 @@ impl Rooms {
             Place::Waiting { seq } => {
                 let position = seq.saturating_sub(view.head.through).max(1);
                 Standing::Waiting {
+                    place: seq,
                     position,
                     waiting: view.head.waiting,
                     estimated_wait_ms: position * 1000 / u64::from(room.admit_per_sec.max(1)),

@@ -42,11 +42,13 @@ fn body(sale_id: u64, s: &Standing) -> Value {
     let mut v = match s {
         Standing::Drawing { waiting } => json!({"state": "drawing", "waiting": waiting}),
         Standing::Waiting {
+            place,
             position,
             waiting,
             estimated_wait_ms,
         } => json!({
             "state": "waiting",
+            "place": place,
             "position": position,
             "waiting": waiting,
             "estimated_wait_ms": estimated_wait_ms,

@@ -47,6 +47,10 @@ pub enum Mode {
     /// purchase-script call (with outbox, limits, idempotency) and one
     /// confirmed publish per batch.
     RedisCoalesced,
+    /// Many buyers waiting at once in a sale's waiting room over
+    /// server-sent events (`--users` streams, `--room-rate`): admission
+    /// rate and order, the sold-out broadcast, the server's memory.
+    Room,
 }
 
 impl Mode {
@@ -59,6 +63,7 @@ impl Mode {
             Self::PgRowLock => "pg-row-lock",
             Self::RedisEvalsha => "redis-evalsha",
             Self::RedisCoalesced => "redis-coalesced",
+            Self::Room => "room",
         }
     }
 }
@@ -176,6 +181,19 @@ pub struct BenchArgs {
     /// Skip the invariant checks.
     #[arg(long)]
     pub no_verify: bool,
+
+    /// Room mode: buyers let in per second.
+    #[arg(long, default_value_t = 1000)]
+    pub room_rate: u32,
+
+    /// Room mode: loopback source addresses to spread streams over
+    /// (127.0.0.2, 127.0.0.3, …), each good for ~28k connections.
+    #[arg(long, default_value_t = 8)]
+    pub source_ips: u32,
+
+    /// Room mode: the server's process id, to sample its resident memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 
     /// Give up on a single request after this long (counted as `timeout`).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]

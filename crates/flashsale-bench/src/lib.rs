@@ -28,6 +28,7 @@ pub mod buyers;
 pub mod checks;
 pub mod load;
 pub mod report;
+pub mod room;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +61,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         Mode::PgRowLock => return baseline::pg_row_lock(args).await,
         Mode::RedisEvalsha => return baseline::redis_evalsha(args).await,
         Mode::RedisCoalesced => return baseline::redis_coalesced(args).await,
+        Mode::Room => bail!("room mode reports with room::run (flashsale-bench runs it)"),
         Mode::Purchase | Mode::Healthz | Mode::SalePage => {}
     }
     let concurrency = usize::try_from(args.concurrency)?;

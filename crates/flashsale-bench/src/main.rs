@@ -15,6 +15,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = BenchArgs::parse();
+    if args.mode == flashsale_bench::args::Mode::Room {
+        return match flashsale_bench::room::run(&args).await {
+            Ok(summary) => {
+                println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+                if summary.never_told == 0 && summary.stream_failures == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("flashsale bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let summary = match flashsale_bench::run(&args).await {
         Ok(summary) => summary,
         Err(e) => {
