@@ -111,8 +111,8 @@ values = ["$sale_id"]
 values = ["$order_id"]
 
 [parameters]
-"path.sale_id" = { dictionary = "sale_ids", probability = 0.8 }
-"path.order_id" = { dictionary = "order_ids", probability = 0.8 }
+"path.sale_id" = { dictionary = "sale_ids", probability = 0.6 }
+"path.order_id" = { dictionary = "order_ids", probability = 0.6 }
 EOF
 
 echo "schemathesis.sh: fuzzing $base (sale $sale_id, order $order_id)"
