@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: the README's test command and CI's last
-# step.
+# Runs every test of the workspace, then schemathesis against the served
+# OpenAPI document (scripts/schemathesis.sh): the README's test command and
+# CI's last step.
 #
 #   ./scripts/test.sh [extra nextest arguments, e.g. a test-name filter]
 set -euo pipefail
@@ -40,7 +41,13 @@ cargo nextest run --workspace --no-fail-fast -E "not ($DRILLS)" "$@" || nextest_
 cargo nextest run --workspace --no-fail-fast -j 1 -E "$DRILLS" "$@" || nextest_status=$?
 ./scripts/services.sh check "${REQUIRED_SERVICES[@]}"
 
-if [ "$doc_status" -ne 0 ] || [ "$nextest_status" -ne 0 ]; then
-    echo "test.sh: FAILED (doctests exit $doc_status, nextest exit $nextest_status)" >&2
+# The served OpenAPI document against the real binary, on random input
+# (needs no service: the embedded default).
+schemathesis_status=0
+./scripts/schemathesis.sh || schemathesis_status=$?
+
+if [ "$doc_status" -ne 0 ] || [ "$nextest_status" -ne 0 ] || [ "$schemathesis_status" -ne 0 ]; then
+    echo "test.sh: FAILED (doctests exit $doc_status, nextest exit $nextest_status," \
+        "schemathesis exit $schemathesis_status)" >&2
     exit 1
 fi

@@ -22,7 +22,7 @@ pub const MAX_ADMIT_PER_SEC: u32 = 1_000_000;
 pub const MAX_PASS_TTL_SECS: u32 = 3_600;
 
 /// The per-sale admission options. `Default` is every option off.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontDoor {
     /// A waiting room in front of the purchase, if set.
@@ -33,6 +33,7 @@ pub struct FrontDoor {
     pub ticket: bool,
     /// Purchase requires a solved proof-of-work challenge with this many
     /// leading zero bits (0 = off).
+    #[schema(maximum = 28)]
     pub pow_bits: u8,
     /// Purchase requires a captcha token the configured verify URL accepts.
     pub captcha: bool,
@@ -42,13 +43,15 @@ pub struct FrontDoor {
 }
 
 /// A waiting room's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitingRoom {
     /// Buyers admitted per second.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub admit_per_sec: u32,
     /// How long an admission pass stays valid, seconds.
     #[serde(default = "default_pass_ttl")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub pass_ttl_secs: u32,
 }
 

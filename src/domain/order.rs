@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 /// Lifecycle state of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Accepted, awaiting payment; holds stock.

@@ -63,7 +63,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The contract's code for an error status nobody gave a code.
-fn code(status: StatusCode) -> &'static str {
+pub(super) fn code(status: StatusCode) -> &'static str {
     match status {
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",

@@ -1,11 +1,46 @@
-//! The HTTP surface: one file per resource, each with its own `router()`.
+//! The HTTP surface: one file per resource, each declaring its routes once
+//! with [`routes!`] (its `ROUTES` list and its `router()`).
 //!
-//! See `../shared/CONTRACT.md` for the contract these routes implement.
+//! See `../shared/CONTRACT.md` for the contract these routes implement, and
+//! [`openapi`] for the OpenAPI document built from the handlers'
+//! annotations (`GET /api/v1/openapi.json`).
+
+/// Declares a module's routes once, as `"path" => method(handler).method(handler)`
+/// lines; expands to `ROUTES` (every `(method, path)`, methods lower-case as
+/// written) and `MODULE`, whose `router` is built from the same lines.
+///
+/// One declaration for both is what keeps the OpenAPI document in step: the
+/// router can only serve what `ROUTES` lists, and `openapi`'s tests compare
+/// `ROUTES` of every module with the document's operations (and
+/// `tests/api/openapi.rs` probes the served router with every method). A
+/// route added with a bare `.route(...)` would escape the check: add routes
+/// here only.
+macro_rules! routes {
+    ($($path:literal => $method:ident($handler:expr) $(.$more:ident($more_handler:expr))*),* $(,)?) => {
+        /// Every `(method, path)` this module serves (see [`routes!`](super::routes)).
+        pub(super) const ROUTES: &[(&str, &str)] = &[
+            $( (stringify!($method), $path), $( (stringify!($more), $path), )* )*
+        ];
+
+        /// This module's routes and their router.
+        pub(super) const MODULE: super::RouteModule = super::RouteModule {
+            routes: ROUTES,
+            router,
+        };
+
+        fn router() -> axum::Router<super::AppState> {
+            axum::Router::new()
+                $( .route($path, axum::routing::$method($handler)$(.$more($more_handler))*) )*
+        }
+    };
+}
+use routes;
 
 pub mod error;
 pub mod extract;
 pub mod fast_lane;
 mod json_errors;
+pub mod openapi;
 mod ops;
 mod orders;
 mod room;
@@ -55,18 +90,47 @@ pub struct AppInner {
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
+/// One route module: what [`routes!`] declares.
+#[derive(Clone, Copy)]
+pub struct RouteModule {
+    /// Every `(method, path)` it serves.
+    routes: &'static [(&'static str, &'static str)],
+    /// Its router, built from the same declaration.
+    router: fn() -> Router<AppState>,
+}
+
+/// The modules [`api_router`] merges: the only list of them.
+const API_MODULES: [RouteModule; 4] =
+    [sales::MODULE, orders::MODULE, room::MODULE, openapi::MODULE];
+/// The modules [`ops_router`] merges.
+const OPS_MODULES: [RouteModule; 1] = [ops::MODULE];
+
+/// Every `(METHOD, path)` the app routes (`GET` also answers `HEAD`), in the
+/// router's path syntax (`/api/v1/sales/{sale_id}`): what the OpenAPI
+/// document must list, no more, no less.
+pub fn all_routes() -> impl Iterator<Item = (String, &'static str)> {
+    API_MODULES
+        .iter()
+        .chain(&OPS_MODULES)
+        .flat_map(|m| m.routes)
+        .map(|&(method, path)| (method.to_ascii_uppercase(), path))
+}
+
+fn merged(modules: &[RouteModule]) -> Router<AppState> {
+    modules
+        .iter()
+        .fold(Router::new(), |router, m| router.merge((m.router)()))
+}
+
 /// Operations routes (`/healthz`, `/readyz`, `/metrics`). The app keeps
 /// them outside load shedding so probes and scrapes work during a flood.
 pub fn ops_router() -> Router<AppState> {
-    ops::router()
+    merged(&OPS_MODULES)
 }
 
 /// The API routes, without the cross-cutting layers (see `app`).
 pub fn api_router() -> Router<AppState> {
-    Router::new()
-        .merge(sales::router())
-        .merge(orders::router())
-        .merge(room::router())
+    merged(&API_MODULES)
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -5,19 +5,21 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 
+use super::openapi::{Health, Readiness};
 use super::AppState;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+super::routes! {
+    "/healthz" => get(healthz),
+    "/readyz" => get(readyz),
+    "/metrics" => get(metrics),
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses(
+    (status = 200, description = "The process is alive", body = Health),
+))]
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -32,6 +34,10 @@ async fn bounded(check: impl std::future::Future<Output = bool>) -> bool {
         .unwrap_or(false)
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready: the backends purchases need answer", body = Readiness),
+    (status = 503, description = "Not ready, or stopping", body = Readiness),
+))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.accepting.load(Ordering::Acquire) {
         return (
@@ -81,6 +87,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "Prometheus text format", body = String,
+     content_type = "text/plain; version=0.0.4"),
+))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for rt in state.engine.sales() {
         let id = rt.sale.id.to_string();

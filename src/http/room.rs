@@ -18,23 +18,22 @@ use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{Buyer, Path, Query};
+use super::openapi::{ErrorBody, SaleId, Standing as StandingBody};
 use super::{parse_id, ApiError, AppState};
 use crate::backend::room::Place;
 use crate::domain::Rejection;
 use crate::engine::room::{JoinError, RoomState, Standing};
 use crate::engine::SaleRuntime;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/sales/{sale_id}/queue", get(poll).post(join))
-        .route("/api/v1/sales/{sale_id}/queue/events", get(events))
+super::routes! {
+    "/api/v1/sales/{sale_id}/queue" => get(poll).post(join),
+    "/api/v1/sales/{sale_id}/queue/events" => get(events),
 }
 
 /// The JSON body of a standing.
@@ -102,7 +101,18 @@ async fn sale(state: &AppState, raw: &str) -> Result<std::sync::Arc<SaleRuntime>
         })
 }
 
-async fn join(
+#[utoipa::path(post, path = "/api/v1/sales/{sale_id}/queue", tag = "sales", params(SaleId),
+    security(("buyer" = [])),
+    responses(
+        (status = 200, description = "Joined (or already in): the standing", body = StandingBody),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`ended`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sale, or it has no waiting room", body = ErrorBody),
+        (status = 409, description = "`sold_out`: the room is closed", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
+pub(super) async fn join(
     State(state): State<AppState>,
     buyer: Buyer,
     Path(sale_id): Path<String>,
@@ -113,7 +123,16 @@ async fn join(
     Ok((StatusCode::OK, Json(body(rt.sale.id, &standing))).into_response())
 }
 
-async fn poll(
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue", tag = "sales", params(SaleId),
+    security(("buyer" = [])),
+    responses(
+        (status = 200, description = "The buyer's standing (the place is kept)", body = StandingBody),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sale, or it has no waiting room", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
+pub(super) async fn poll(
     State(state): State<AppState>,
     buyer: Buyer,
     Path(sale_id): Path<String>,
@@ -125,7 +144,7 @@ async fn poll(
 }
 
 #[derive(Deserialize)]
-struct TokenQuery {
+pub(super) struct TokenQuery {
     access_token: Option<String>,
 }
 
@@ -145,7 +164,19 @@ fn stream_buyer(
     Ok(String::from(&*state.auth.verify_buyer(token)?))
 }
 
-async fn events(
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/events", tag = "sales",
+    params(SaleId, ("access_token" = Option<String>, Query,
+        description = "The buyer token, for clients that cannot send headers (EventSource)")),
+    security(("buyer" = [])),
+    responses(
+        (status = 200, description = "Server-sent events, one per change of the standing, named by its state",
+         content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such sale, or it has no waiting room", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
+pub(super) async fn events(
     State(state): State<AppState>,
     Path(sale_id): Path<String>,
     Query(query): Query<TokenQuery>,

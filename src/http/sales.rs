@@ -8,13 +8,15 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::extract::{Admin, Buyer, FrontDoorProof, IdempotencyKey, JsonBody, Path, Query};
+use super::openapi::{
+    ErrorBody, IntentPage, PurchaseRequest, SaleId, SaleList, SaleRequest, SaleStats,
+};
 use super::orders::OrderBody;
 use super::{parse_id, ApiError, AppState};
 use crate::backend::Intent;
@@ -26,29 +28,36 @@ pub(super) const MAX_QUANTITY: u64 = 1_000_000_000;
 /// Largest page of intents.
 const MAX_PAGE: usize = 1_000;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/sales", post(create_sale).get(list_sales))
-        .route("/api/v1/sales/{sale_id}", get(get_sale))
-        .route("/api/v1/sales/{sale_id}/purchase", post(purchase))
-        .route("/api/v1/sales/{sale_id}/stats", get(stats))
-        .route("/api/v1/sales/{sale_id}/intents", get(intents))
-        .route("/api/v1/sales/{sale_id}/events", get(events))
+super::routes! {
+    "/api/v1/sales" => post(create_sale).get(list_sales),
+    "/api/v1/sales/{sale_id}" => get(get_sale),
+    "/api/v1/sales/{sale_id}/purchase" => post(purchase),
+    "/api/v1/sales/{sale_id}/stats" => get(stats),
+    "/api/v1/sales/{sale_id}/intents" => get(intents),
+    "/api/v1/sales/{sale_id}/events" => get(events),
 }
 
 /// The sale as buyers see it.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Sale)]
 pub struct SaleBody {
     #[serde(serialize_with = "super::ser_id")]
+    #[schema(value_type = String, example = "7239847239811")]
     id: u64,
     item: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     stock: u64,
+    /// Units left; may lag by up to a second.
     remaining: u64,
+    #[schema(minimum = 1)]
     per_user_limit: u32,
     #[serde(serialize_with = "super::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     starts_at: i64,
     #[serde(serialize_with = "super::ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
     ends_at: Option<i64>,
+    #[schema(required = true)]
     payment_window_secs: Option<u64>,
     status: SaleStatus,
     /// The optional admission steps; absent for a plain sale.
@@ -74,6 +83,17 @@ impl SaleBody {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/sales", tag = "sales", request_body = SaleRequest,
+    security(("admin" = [])),
+    responses(
+        (status = 201, description = "Created", body = SaleBody,
+         headers(("Location" = String, description = "The sale's URL"))),
+        (status = 400, description = "`invalid_request` naming the field", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
+        (status = 413, description = "`invalid_request`: body over the limit", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
 async fn create_sale(
     State(state): State<AppState>,
     _: Admin,
@@ -92,6 +112,13 @@ async fn create_sale(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/sales", tag = "sales", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every sale", body = SaleList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
+        (status = 503, description = "`overloaded`", body = ErrorBody),
+    ))]
 async fn list_sales(State(state): State<AppState>, _: Admin) -> Json<Value> {
     let sales: Vec<_> = state
         .engine
@@ -102,6 +129,14 @@ async fn list_sales(State(state): State<AppState>, _: Admin) -> Json<Value> {
     Json(json!({ "items": sales }))
 }
 
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}", tag = "sales", params(SaleId),
+    responses(
+        (status = 200, description = "The sale as buyers see it (cacheable for a second)",
+         body = SaleBody, headers(("Cache-Control" = String))),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
 async fn get_sale(
     State(state): State<AppState>,
     Path(sale_id): Path<String>,
@@ -145,6 +180,27 @@ fn parse_quantity(body: Option<Value>) -> Result<u32, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/sales/{sale_id}/purchase", tag = "sales",
+    params(SaleId, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 128,
+        description = "A retry with the same key by the same user returns the first answer")),
+    request_body(content = Option<PurchaseRequest>, description = "Optional; quantity 1 by default"),
+    security(("buyer" = [])),
+    responses(
+        (status = 201, description = "Accepted: the order is durable", body = OrderBody, headers(
+            ("Location" = String, description = "The order's URL"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "`invalid_request`: bad body, quantity or key", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`not_started` / `ended`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`sold_out` / `limit_reached`", body = ErrorBody),
+        (status = 413, description = "`invalid_request`: body over the limit", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: the key was used for another purchase",
+         body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody,
+         headers(("Retry-After" = u64))),
+    ))]
 async fn purchase(
     State(state): State<AppState>,
     buyer: Buyer,
@@ -179,6 +235,16 @@ async fn purchase(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/stats", tag = "sales", params(SaleId),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The sale's counters", body = SaleStats),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
 async fn stats(
     State(state): State<AppState>,
     _: Admin,
@@ -220,6 +286,19 @@ struct PageQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/intents", tag = "sales",
+    params(SaleId,
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Buyers who missed out, a page", body = IntentPage),
+        (status = 400, description = "`invalid_request`: bad `limit`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
 async fn intents(
     State(state): State<AppState>,
     _: Admin,
@@ -252,13 +331,16 @@ async fn intents(
 }
 
 /// A missed buyer as the shop reads it.
-#[derive(Serialize)]
-struct IntentBody {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Intent)]
+pub(super) struct IntentBody {
     #[serde(serialize_with = "super::ser_id")]
+    #[schema(value_type = String)]
     sale_id: u64,
     user_id: String,
     quantity: u32,
     #[serde(serialize_with = "super::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: i64,
 }
 
@@ -275,6 +357,14 @@ impl From<Intent> for IntentBody {
 
 /// Server-sent events: the sale's public view whenever it changes (checked
 /// every 200 ms), so buyers see "sold out" or a reopening without polling.
+#[utoipa::path(get, path = "/api/v1/sales/{sale_id}/events", tag = "sales", params(SaleId),
+    responses(
+        (status = 200, description = "Server-sent events: a `sale` event (the sale's body) at each change",
+         body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
 async fn events(
     State(state): State<AppState>,
     Path(sale_id): Path<String>,

@@ -21,6 +21,7 @@ mod intents;
 mod kit;
 mod load;
 mod malformed;
+mod openapi;
 mod orders;
 mod purchase;
 mod queue_contract;

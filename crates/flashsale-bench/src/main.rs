@@ -18,7 +18,10 @@ async fn main() -> ExitCode {
     if args.mode == flashsale_bench::args::Mode::Room {
         return match flashsale_bench::room::run(&args).await {
             Ok(summary) => {
-                println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
                 if summary.never_told == 0 && summary.stream_failures == 0 {
                     ExitCode::SUCCESS
                 } else {

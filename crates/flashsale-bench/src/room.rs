@@ -249,14 +249,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
     let buyer_task = {
         let (client, base, sale_id) = (client.clone(), base.clone(), sale_id.clone());
         let (bought, last_sale) = (bought.clone(), last_sale.clone());
-        let tokens: Vec<_> = (0..args.users)
-            .map(|n| buyers.token(n).cloned())
-            .collect();
+        let tokens: Vec<_> = (0..args.users).map(|n| buyers.token(n).cloned()).collect();
         tokio::spawn(async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(64));
             let mut tasks = tokio::task::JoinSet::new();
             while let Some((i, pass)) = buy_rx.recv().await {
-                let Some(token) = tokens[i].clone() else { continue };
+                let Some(token) = tokens[i].clone() else {
+                    continue;
+                };
                 let permit = limit.clone().acquire_owned().await;
                 let (client, url) = (
                     client.clone(),
@@ -298,19 +298,36 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
     let mut streams = tokio::task::JoinSet::new();
     let connecting = Arc::new(tokio::sync::Semaphore::new(1024));
     for (i, seen_i) in seen.iter().enumerate() {
-        let Some(token) = buyers.token(i as u32) else { break };
+        let Some(token) = buyers.token(i as u32) else {
+            break;
+        };
         let request = format!(
             "GET /api/v1/sales/{sale_id}/queue/events HTTP/1.1\r\nHost: {host}\r\n\
              Authorization: {}\r\nAccept: text/event-stream\r\n\r\n",
             token.to_str().unwrap_or("")
         )
         .into_bytes();
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % args.source_ips.max(1) as usize) as u8));
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (i % args.source_ips.max(1) as usize) as u8,
+        ));
         let (seen_i, buy, opened) = (seen_i.clone(), buy_tx.clone(), opened.clone());
         let permit = connecting.clone().acquire_owned().await?;
         let ttl = i64::from(pass_ttl_secs) * 1000;
         streams.spawn(async move {
-            let run = stream(addr, source, request, seen_i.clone(), buy, i, ttl, opened, permit);
+            let run = stream(
+                addr,
+                source,
+                request,
+                seen_i.clone(),
+                buy,
+                i,
+                ttl,
+                opened,
+                permit,
+            );
             let outcome = match tokio::time::timeout(Duration::from_secs(600), run).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("{e:#}")),
@@ -350,9 +367,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
         .collect();
     admitted.sort_unstable();
     let out_of_order = admitted.windows(2).filter(|w| w[0].1 > w[1].1).count() as u64;
-    let (first, last) = admitted.iter().fold((i64::MAX, i64::MIN), |(lo, hi), &(_, t)| {
-        (lo.min(t), hi.max(t))
-    });
+    let (first, last) = admitted
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &(_, t)| {
+            (lo.min(t), hi.max(t))
+        });
     let admission_rate = if admitted.len() > 1 && last > first {
         (admitted.len() - 1) as f64 * 1000.0 / (last - first) as f64
     } else {
