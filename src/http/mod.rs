@@ -2,6 +2,7 @@
 //!
 //! See `../shared/CONTRACT.md` for the contract these routes implement.
 
+mod antibot;
 pub mod error;
 pub mod extract;
 pub mod fast_lane;
@@ -67,6 +68,7 @@ pub fn api_router() -> Router<AppState> {
         .merge(sales::router())
         .merge(orders::router())
         .merge(room::router())
+        .merge(antibot::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(method_not_allowed)
 }
