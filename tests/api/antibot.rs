@@ -482,3 +482,40 @@ async fn a_ticket_from_one_distributed_node_buys_on_another() {
     }
     backends.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_not_spent_by_a_front_door_refusal() {
+    let app = spawn_app().await;
+    let sale = door_sale(&app, 1, json!({"ticket": true, "one_in_flight": true})).await;
+    let key = ("Idempotency-Key", "k-1");
+    assert_error(
+        buy_with(&app, &sale, "alice", &[key]).await,
+        StatusCode::FORBIDDEN,
+        "ticket_required",
+    )
+    .await;
+    let ticket = ticket_of(&app, &sale, "alice").await;
+    let first = json_status(
+        buy_with(
+            &app,
+            &sale,
+            "alice",
+            &[key, ("X-Flashsale-Ticket", &ticket)],
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    // The retry replays the order before any front-door check.
+    let retry = buy_with(&app, &sale, "alice", &[key]).await;
+    assert_eq!(
+        retry
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    let retry = json_status(retry, StatusCode::CREATED).await;
+    assert_eq!(retry["order_id"], first["order_id"]);
+    app.stop().await;
+}

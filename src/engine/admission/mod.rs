@@ -343,6 +343,18 @@ mod tests {
     }
 
     #[test]
+    fn the_standard_order_puts_the_remote_call_last() {
+        let settings = EngineSettings::default();
+        let a = Admission::standard(&settings, &Gear::in_memory());
+        assert_eq!(
+            format!("{a:?}"),
+            r#"["window", "sold_out_flag", "room_pass", "ticket", "pow", "user_rate", "in_flight", "captcha"]"#
+        );
+        let plain = runtime(5, -1000);
+        assert_eq!(admit(&a, &attempt(&plain)), Ok(()));
+    }
+
+    #[test]
     fn the_early_answer_never_consumes_a_rate_token() {
         let settings = EngineSettings {
             user_rate_per_sec: 1,
