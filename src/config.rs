@@ -259,6 +259,18 @@ pub struct ServeArgs {
     /// start) less 128.
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+    /// Captcha verify service (`captcha: true` sales): an http:// URL taking
+    /// the siteverify form POST (reCAPTCHA, hCaptcha, Turnstile, or a local
+    /// sidecar in front of one). Unset: sales cannot ask for a captcha.
+    #[arg(long, env = "FLASHSALE_CAPTCHA_VERIFY_URL", hide_env_values = true,
+          value_parser = crate::engine::admission::captcha::parse_verify_url)]
+    pub captcha_verify_url: Option<axum::http::Uri>,
+    /// The site secret sent to the captcha verify service.
+    #[arg(long, env = "FLASHSALE_CAPTCHA_SECRET", hide_env_values = true)]
+    pub captcha_secret: Option<String>,
+    /// Bound on one captcha verify call, milliseconds (then refused).
+    #[arg(long, env = "FLASHSALE_CAPTCHA_TIMEOUT_MS", default_value_t = 2_000)]
+    pub captcha_timeout_ms: u64,
     /// Node id (0..1023) baked into generated ids; unique per node. Unset:
     /// 0 on a single node, leased from Redis in the distributed mode.
     #[arg(long, env = "FLASHSALE_NODE_ID",
@@ -297,6 +309,13 @@ impl ServeArgs {
             (None, Some(jwt)) => jwt.clone(),
             (None, None) => Secret::generate(),
         };
+        s.engine.captcha =
+            self.captcha_verify_url
+                .map(|verify_url| crate::engine::admission::CaptchaSettings {
+                    verify_url,
+                    secret: Secret::new(self.captcha_secret.unwrap_or_default()),
+                    timeout: Duration::from_millis(self.captcha_timeout_ms.max(1)),
+                });
         s.lease_node_id = self.node_id.is_none();
         s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
         s.tls = self.tls_cert.zip(self.tls_key);

@@ -28,6 +28,8 @@ pub enum Kind {
     Ticket,
     /// A waiting room's admission pass.
     Admission,
+    /// A proof-of-work challenge (`GET /api/v1/sales/{id}/challenge`).
+    Challenge,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
         match self {
             Self::Ticket => "t1",
             Self::Admission => "a1",
+            Self::Challenge => "c1",
         }
     }
 }

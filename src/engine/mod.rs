@@ -164,6 +164,8 @@ pub struct EngineSettings {
     /// Signs admission passes and purchase tickets (every node of a
     /// deployment must share it).
     pub pass_secret: crate::auth::Secret,
+    /// The captcha verify service (`--captcha-verify-url`), if any.
+    pub captcha: Option<admission::CaptchaSettings>,
 }
 
 impl Default for EngineSettings {
@@ -173,6 +175,7 @@ impl Default for EngineSettings {
             user_burst: 40,
             node_id: 0,
             pass_secret: crate::auth::Secret::generate(),
+            captcha: None,
         }
     }
 }
@@ -227,6 +230,7 @@ pub struct Engine {
     notifier: Arc<dyn OrderNotifier>,
     admission: Admission,
     rooms: Arc<room::Rooms>,
+    gear: admission::Gear,
     clock: clock::SaleClock,
     ids: IdGenerator,
     idempotency: IdempotencyCache,
@@ -256,12 +260,14 @@ impl Engine {
             notifier,
             room,
         } = parts;
-        let gear = admission::Gear {
-            rooms: Arc::new(room::Rooms::new(
+        let gear = admission::Gear::new(
+            Arc::new(room::Rooms::new(
                 room,
                 crate::signed::Signer::new(&settings.pass_secret, "admission"),
             )),
-        };
+            &settings.pass_secret,
+            settings.captcha.as_ref(),
+        );
         let snapshot = store.load().await?;
         let ids = IdGenerator::new(settings.node_id);
         ids.observe(snapshot.max_id);
@@ -297,6 +303,7 @@ impl Engine {
             notifier,
             admission: Admission::standard(settings, &gear),
             rooms: gear.rooms.clone(),
+            gear,
             clock: clock::SaleClock::default(),
             ids,
             idempotency,
@@ -310,6 +317,11 @@ impl Engine {
     /// The node's waiting rooms.
     pub fn rooms(&self) -> &Arc<room::Rooms> {
         &self.rooms
+    }
+
+    /// What the front-door checks work with (tickets, challenges, captcha).
+    pub fn gear(&self) -> &admission::Gear {
+        &self.gear
     }
 
     /// The order store behind the engine.

@@ -36,6 +36,7 @@ macro_rules! routes {
 }
 use routes;
 
+mod antibot;
 pub mod error;
 pub mod extract;
 pub mod fast_lane;
@@ -100,8 +101,13 @@ pub struct RouteModule {
 }
 
 /// The modules [`api_router`] merges: the only list of them.
-const API_MODULES: [RouteModule; 4] =
-    [sales::MODULE, orders::MODULE, room::MODULE, openapi::MODULE];
+const API_MODULES: [RouteModule; 5] = [
+    sales::MODULE,
+    orders::MODULE,
+    room::MODULE,
+    antibot::MODULE,
+    openapi::MODULE,
+];
 /// The modules [`ops_router`] merges.
 const OPS_MODULES: [RouteModule; 1] = [ops::MODULE];
 

@@ -45,6 +45,8 @@ super::routes! {
         super::sales::stats,
         super::sales::intents,
         super::sales::events,
+        super::antibot::ticket,
+        super::antibot::challenge,
         super::room::join,
         super::room::poll,
         super::room::events,
@@ -243,6 +245,28 @@ mod bodies {
         payment_window_secs: Option<u64>,
         /// The optional admission steps (all off when absent).
         front_door: Option<crate::domain::FrontDoor>,
+    }
+
+    /// A purchase ticket.
+    #[derive(Serialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TicketBody {
+        /// Send it as `X-Flashsale-Ticket` with the purchase.
+        ticket: String,
+        #[schema(format = DateTime)]
+        expires_at: String,
+    }
+
+    /// A proof-of-work challenge.
+    #[derive(Serialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ChallengeBody {
+        challenge: String,
+        /// Leading zero bits SHA-256(`challenge:solution`) must have.
+        #[schema(minimum = 1, maximum = 28)]
+        bits: u8,
+        #[schema(format = DateTime)]
+        expires_at: String,
     }
 
     /// Where a buyer stands in a sale's waiting room; which fields are

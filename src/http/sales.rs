@@ -101,6 +101,11 @@ async fn create_sale(
 ) -> Result<Response, ApiError> {
     let body = body.ok_or_else(|| ApiError::invalid("body: a JSON object is required"))?;
     let new = NewSale::parse(&body)?;
+    if new.front_door.captcha && state.engine.gear().captcha.is_none() {
+        return Err(ApiError::invalid(
+            "front_door.captcha needs --captcha-verify-url on this node",
+        ));
+    }
     let rt = state.engine.create_sale(new).await?;
     tracing::info!(sale_id = rt.sale.id, stock = rt.sale.stock, "sale created");
     let location = format!("/api/v1/sales/{}", rt.sale.id);

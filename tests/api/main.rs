@@ -6,6 +6,7 @@
 //! and SIGTERM mid-flood, generated secrets). `store_contract` runs the
 //! `OrderStore` contract against every order store.
 
+mod antibot;
 mod auth;
 mod bad_input;
 mod cli;

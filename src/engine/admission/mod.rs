@@ -24,13 +24,21 @@ use std::pin::Pin;
 use super::{EngineSettings, SaleRuntime};
 use crate::domain::Rejection;
 
+pub mod captcha;
+mod in_flight;
+pub mod pow;
 mod room_pass;
 mod sold_out;
+pub mod ticket;
 mod user_rate;
 mod window;
 
+pub use captcha::{CaptchaCheck, CaptchaSettings, CaptchaVerifier};
+pub use in_flight::InFlightCheck;
+pub use pow::{Challenges, PowCheck};
 pub use room_pass::RoomPass;
 pub use sold_out::SoldOutFlag;
+pub use ticket::{TicketCheck, Tickets};
 pub use user_rate::UserRate;
 pub use window::SaleWindow;
 
@@ -174,17 +182,38 @@ pub trait Check: Send + Sync {
 pub struct Gear {
     /// The node's waiting rooms.
     pub rooms: std::sync::Arc<crate::engine::room::Rooms>,
+    /// Purchase tickets.
+    pub tickets: std::sync::Arc<Tickets>,
+    /// Proof-of-work challenges.
+    pub challenges: std::sync::Arc<Challenges>,
+    /// The captcha verify service, when the node has one.
+    pub captcha: Option<std::sync::Arc<CaptchaVerifier>>,
 }
 
 impl Gear {
     /// Gear over in-memory rooms and a fresh random pass secret (tests).
     pub fn in_memory() -> Self {
-        let signer = crate::signed::Signer::new(&crate::auth::Secret::generate(), "rooms");
+        let secret = crate::auth::Secret::generate();
+        let rooms = crate::engine::room::Rooms::new(
+            std::sync::Arc::new(crate::backend::room::MemoryRoom::default()),
+            crate::signed::Signer::new(&secret, "rooms"),
+        );
+        Self::new(std::sync::Arc::new(rooms), &secret, None)
+    }
+
+    /// Gear over `rooms`, with tickets and challenges keyed by `secret`
+    /// (the pass secret every node shares) and the captcha service of
+    /// `captcha`, if any.
+    pub fn new(
+        rooms: std::sync::Arc<crate::engine::room::Rooms>,
+        secret: &crate::auth::Secret,
+        captcha: Option<&CaptchaSettings>,
+    ) -> Self {
         Self {
-            rooms: std::sync::Arc::new(crate::engine::room::Rooms::new(
-                std::sync::Arc::new(crate::backend::room::MemoryRoom::default()),
-                signer,
-            )),
+            rooms,
+            tickets: std::sync::Arc::new(Tickets::new(secret)),
+            challenges: std::sync::Arc::new(Challenges::new(secret)),
+            captcha: captcha.map(|c| std::sync::Arc::new(CaptchaVerifier::new(c.clone()))),
         }
     }
 }
@@ -210,14 +239,20 @@ impl Admission {
 
     /// The standard pipeline: window, sold-out flag (both pure, so the
     /// fast lane may answer them), then the sale's front door (the waiting
-    /// room's pass), then the per-user rate limit (when `settings` set
-    /// one).
+    /// room's pass, the ticket, the proof of work), then the per-user rate
+    /// limit (when `settings` set one), one purchase in flight, and the
+    /// captcha last (the only remote call). Front-door checks pass a sale
+    /// that does not ask for them.
     pub fn standard(settings: &EngineSettings, gear: &Gear) -> Self {
         let mut checks: Vec<Box<dyn Check>> = vec![Box::new(SaleWindow), Box::new(SoldOutFlag)];
         checks.push(Box::new(RoomPass::new(gear.rooms.clone())));
+        checks.push(Box::new(TicketCheck::new(gear.tickets.clone())));
+        checks.push(Box::new(PowCheck::new(gear.challenges.clone())));
         if let Some(limit) = UserRate::new(settings) {
             checks.push(Box::new(limit));
         }
+        checks.push(Box::new(InFlightCheck::default()));
+        checks.push(Box::new(CaptchaCheck::new(gear.captcha.clone())));
         Self::new(checks)
     }
 
@@ -305,6 +340,18 @@ mod tests {
         let limited = admit(&a, &attempt(&open)).unwrap_err();
         assert_eq!(limited.reason, Rejection::RateLimited);
         assert!(limited.retry_after_secs.unwrap() >= 1);
+    }
+
+    #[test]
+    fn the_standard_order_puts_the_remote_call_last() {
+        let settings = EngineSettings::default();
+        let a = Admission::standard(&settings, &Gear::in_memory());
+        assert_eq!(
+            format!("{a:?}"),
+            r#"["window", "sold_out_flag", "room_pass", "ticket", "pow", "user_rate", "in_flight", "captcha"]"#
+        );
+        let plain = runtime(5, -1000);
+        assert_eq!(admit(&a, &attempt(&plain)), Ok(()));
     }
 
     #[test]
