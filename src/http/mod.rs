@@ -2,6 +2,7 @@
 //!
 //! See `../shared/CONTRACT.md` for the contract these routes implement.
 
+pub mod client_ip;
 pub mod error;
 pub mod extract;
 pub mod fast_lane;
@@ -53,6 +54,8 @@ pub struct AppInner {
     pub accepting: Arc<std::sync::atomic::AtomicBool>,
     /// Cancelled when a graceful stop begins: long-lived streams end.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Proxies whose `X-Forwarded-For` names the client (see [`client_ip`]).
+    pub trusted_proxies: client_ip::TrustedProxies,
 }
 
 /// Operations routes (`/healthz`, `/readyz`, `/metrics`). The app keeps

@@ -24,14 +24,14 @@ use std::pin::Pin;
 use super::{EngineSettings, SaleRuntime};
 use crate::domain::Rejection;
 
+mod limits;
 mod room_pass;
 mod sold_out;
-mod user_rate;
 mod window;
 
+pub use limits::RateLimits;
 pub use room_pass::RoomPass;
 pub use sold_out::SoldOutFlag;
-pub use user_rate::UserRate;
 pub use window::SaleWindow;
 
 /// One purchase attempt as the checks see it.
@@ -174,6 +174,8 @@ pub trait Check: Send + Sync {
 pub struct Gear {
     /// The node's waiting rooms.
     pub rooms: std::sync::Arc<crate::engine::room::Rooms>,
+    /// The cluster-wide rate limiter, if the backends have one.
+    pub rates: Option<std::sync::Arc<dyn crate::backend::limits::RateStore>>,
 }
 
 impl Gear {
@@ -185,6 +187,7 @@ impl Gear {
                 std::sync::Arc::new(crate::backend::room::MemoryRoom::default()),
                 signer,
             )),
+            rates: None,
         }
     }
 }
@@ -210,12 +213,12 @@ impl Admission {
 
     /// The standard pipeline: window, sold-out flag (both pure, so the
     /// fast lane may answer them), then the sale's front door (the waiting
-    /// room's pass), then the per-user rate limit (when `settings` set
-    /// one).
+    /// room's pass), then the rate limits (per buyer, IP and sale, when
+    /// `settings` set one; cluster-wide with `gear.rates`).
     pub fn standard(settings: &EngineSettings, gear: &Gear) -> Self {
         let mut checks: Vec<Box<dyn Check>> = vec![Box::new(SaleWindow), Box::new(SoldOutFlag)];
         checks.push(Box::new(RoomPass::new(gear.rooms.clone())));
-        if let Some(limit) = UserRate::new(settings) {
+        if let Some(limit) = RateLimits::new(settings, gear.rates.clone()) {
             checks.push(Box::new(limit));
         }
         Self::new(checks)
