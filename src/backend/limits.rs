@@ -27,7 +27,10 @@ pub struct Rate {
 impl Rate {
     /// `None` for a rate of 0 (off); the burst is at least the rate.
     pub fn new(per_sec: u32, burst: u32) -> Option<Self> {
-        (per_sec > 0).then(|| Self {
+        if per_sec == 0 {
+            return None;
+        }
+        Some(Self {
             per_sec,
             burst: burst.max(per_sec),
         })
