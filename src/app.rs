@@ -97,6 +97,7 @@ impl Application {
             )?),
             accepting: accepting.clone(),
             stopping: stopping.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
         });
         let router = http::ops_router()
             .merge(with_layers(http::api_router(), &settings))
@@ -149,7 +150,14 @@ impl Application {
             listener,
             addr,
             service,
-            connections: settings.connections,
+            connections: http::server::ConnectionSettings {
+                // The peer's address travels with each request only when
+                // something reads it (an extension costs an allocation).
+                peer_addr: settings.connections.peer_addr
+                    || settings.engine.ip_rate_per_sec > 0
+                    || !settings.trusted_proxies.is_empty(),
+                ..settings.connections
+            },
             tls,
             engine,
             store,

@@ -70,6 +70,9 @@ pub struct Settings {
     pub connections: crate::http::server::ConnectionSettings,
     /// Serve TLS with this certificate chain and private key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Proxies whose `X-Forwarded-For` names the client (for the per-IP
+    /// limit); none by default: the peer is the client.
+    pub trusted_proxies: crate::http::client_ip::TrustedProxies,
 }
 
 impl Settings {
@@ -99,6 +102,7 @@ impl Settings {
             sweep_interval: Duration::from_millis(500),
             connections: crate::http::server::ConnectionSettings::default(),
             tls: None,
+            trusted_proxies: crate::http::client_ip::TrustedProxies::default(),
         }
     }
 }
@@ -237,6 +241,26 @@ pub struct ServeArgs {
     /// Per-user token-bucket size: requests a user may send at once.
     #[arg(long, env = "FLASHSALE_USER_BURST", default_value_t = 40)]
     pub user_burst: u32,
+    /// Purchase requests per second per client IP (0 disables the limit).
+    /// The client IP is the peer, or behind --trusted-proxies the
+    /// right-most untrusted `X-Forwarded-For` hop.
+    #[arg(long, env = "FLASHSALE_IP_RATE", default_value_t = 0)]
+    pub ip_rate: u32,
+    /// Per-IP burst: requests one address may send at once.
+    #[arg(long, env = "FLASHSALE_IP_BURST", default_value_t = 0)]
+    pub ip_burst: u32,
+    /// Purchase attempts per second that reach one sale's stock decision
+    /// (0 disables the limit).
+    #[arg(long, env = "FLASHSALE_SALE_RATE", default_value_t = 0)]
+    pub sale_rate: u32,
+    /// Per-sale burst.
+    #[arg(long, env = "FLASHSALE_SALE_BURST", default_value_t = 0)]
+    pub sale_burst: u32,
+    /// Proxies (comma-separated CIDRs or addresses, e.g.
+    /// `10.0.0.0/8,127.0.0.1/32`) whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "FLASHSALE_TRUSTED_PROXIES", default_value = "",
+          value_parser = crate::http::client_ip::TrustedProxies::parse)]
+    pub trusted_proxies: crate::http::client_ip::TrustedProxies,
     /// Expiry sweep interval in milliseconds.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
@@ -302,6 +326,11 @@ impl ServeArgs {
         s.body_limit = self.body_limit;
         s.engine.user_rate_per_sec = self.user_rate;
         s.engine.user_burst = self.user_burst;
+        s.engine.ip_rate_per_sec = self.ip_rate;
+        s.engine.ip_burst = self.ip_burst;
+        s.engine.sale_rate_per_sec = self.sale_rate;
+        s.engine.sale_burst = self.sale_burst;
+        s.trusted_proxies = self.trusted_proxies;
         s.engine.node_id = self.node_id.unwrap_or(0);
         s.engine.pass_secret = match (self.pass_secret.filter(|p| !p.is_empty()), &s.jwt_secret) {
             (Some(secret), _) => Secret::new(secret),
@@ -323,6 +352,7 @@ impl ServeArgs {
             header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
             max_connections: self.max_connections,
+            peer_addr: false,
         };
         s
     }

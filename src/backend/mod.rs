@@ -5,6 +5,7 @@
 //! | orders, sales, intents | [`OrderStore`] | [`embedded::SqliteStore`], [`postgres::PgOrderStore`], [`mysql::MySqlOrderStore`] |
 //! | stock decisions | [`stock::StockStore`] | [`memory::EmbeddedStock`], [`redis::RedisStock`] |
 //! | the order queue | [`queue::OrderQueue`] | [`amqp::AmqpQueue`], [`memory::InProcessQueue`] |
+//! | rate limits | [`limits::RateStore`] | [`limits::MemoryRates`], [`redis::RedisStock`] |
 //!
 //! Methods are business-atomic ("commit this accepted order durably",
 //! "reserve these units for this buyer", "move this order out of
@@ -17,6 +18,7 @@
 pub mod amqp;
 pub mod breaker;
 pub mod embedded;
+pub mod limits;
 pub mod memory;
 pub mod mysql;
 pub mod postgres;
@@ -328,6 +330,9 @@ pub struct Backends {
     pub queue: Option<Arc<dyn queue::OrderQueue>>,
     /// Waiting rooms (in memory, or in Redis beside the stock).
     pub room: Arc<dyn room::RoomStore>,
+    /// The cluster-wide rate limiter (Redis, distributed mode only; `None`:
+    /// each node limits on its own, see [`limits`]).
+    pub rates: Option<Arc<dyn limits::RateStore>>,
 }
 
 /// Opens every backend `settings` name. A node's state is rebuilt from the
@@ -346,6 +351,7 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
                 stock: Arc::new(memory::EmbeddedStock),
                 queue: None,
                 room: Arc::new(room::MemoryRoom::default()),
+                rates: None,
             }
         }
         BackendSettings::Sql { database, sql } => Backends {
@@ -353,6 +359,7 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
             stock: Arc::new(memory::EmbeddedStock),
             queue: None,
             room: Arc::new(room::MemoryRoom::default()),
+            rates: None,
         },
         BackendSettings::Distributed {
             database,
@@ -370,6 +377,7 @@ pub async fn connect(settings: &BackendSettings) -> anyhow::Result<Backends> {
             Backends {
                 store: guard_store(store),
                 room: stock.clone(),
+                rates: Some(stock.clone()),
                 stock: Arc::new(breaker::BreakerStock::new(
                     stock,
                     breaker::BreakerSettings::default(),

@@ -45,6 +45,7 @@
 //! cannot open a sale early. Nodes read that clock to export their offset
 //! and to correct their local early answers.
 
+pub(crate) mod limits;
 mod room;
 
 use std::collections::HashMap;
@@ -512,6 +513,7 @@ impl RedisStock {
             .all()
             .into_iter()
             .chain(self.room_scripts.all())
+            .chain([&*limits::SCRIPT])
         {
             // On a cluster the client sends SCRIPT LOAD to every primary.
             let sha: String = self

@@ -159,6 +159,15 @@ pub struct EngineSettings {
     pub user_rate_per_sec: u32,
     /// Burst allowed above that rate.
     pub user_burst: u32,
+    /// Purchase requests per second per client IP (0 = unlimited).
+    pub ip_rate_per_sec: u32,
+    /// Burst per client IP.
+    pub ip_burst: u32,
+    /// Purchase attempts per second reaching one sale's stock decision
+    /// (0 = unlimited).
+    pub sale_rate_per_sec: u32,
+    /// Burst per sale.
+    pub sale_burst: u32,
     /// Node id baked into generated ids (0..1024).
     pub node_id: u16,
     /// Signs admission passes and purchase tickets (every node of a
@@ -173,9 +182,25 @@ impl Default for EngineSettings {
         Self {
             user_rate_per_sec: 20,
             user_burst: 40,
+            ip_rate_per_sec: 0,
+            ip_burst: 0,
+            sale_rate_per_sec: 0,
+            sale_burst: 0,
             node_id: 0,
             pass_secret: crate::auth::Secret::generate(),
             captcha: None,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// The rate limits these settings configure.
+    pub fn limits(&self) -> crate::backend::limits::Limits {
+        use crate::backend::limits::{Limits, Rate};
+        Limits {
+            user: Rate::new(self.user_rate_per_sec, self.user_burst),
+            ip: Rate::new(self.ip_rate_per_sec, self.ip_burst),
+            sale: Rate::new(self.sale_rate_per_sec, self.sale_burst),
         }
     }
 }
@@ -193,6 +218,8 @@ pub struct EngineParts {
     pub notifier: Arc<dyn OrderNotifier>,
     /// Waiting rooms.
     pub room: Arc<dyn crate::backend::room::RoomStore>,
+    /// The cluster-wide rate limiter (`None`: per node).
+    pub rates: Option<Arc<dyn crate::backend::limits::RateStore>>,
 }
 
 impl EngineParts {
@@ -217,6 +244,7 @@ impl EngineParts {
             handoff,
             notifier,
             room: backends.room.clone(),
+            rates: backends.rates.clone(),
         }
     }
 }
@@ -259,6 +287,7 @@ impl Engine {
             handoff,
             notifier,
             room,
+            rates,
         } = parts;
         let gear = admission::Gear::new(
             Arc::new(room::Rooms::new(
@@ -267,6 +296,7 @@ impl Engine {
             )),
             &settings.pass_secret,
             settings.captcha.as_ref(),
+            rates,
         );
         let snapshot = store.load().await?;
         let ids = IdGenerator::new(settings.node_id);

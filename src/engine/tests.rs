@@ -94,6 +94,7 @@ async fn the_store_hand_off_sells_exactly_the_stock() {
         handoff: Arc::new(StoreHandoff::new(store.clone())),
         notifier: Arc::new(events::NoEvents),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
+        rates: None,
     })
     .await;
     let sale = engine.create_sale(open_sale(50, 1)).await.unwrap();
@@ -115,6 +116,7 @@ async fn the_queue_hand_off_runs_the_same_path_and_the_writer_stores_every_order
         handoff: Arc::new(QueueHandoff::new(Arc::new(queue.clone()), stock)),
         notifier: Arc::new(events::QueueEvents::new(Arc::new(queue.clone()))),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
+        rates: None,
     })
     .await;
     let stop = CancellationToken::new();
@@ -177,6 +179,7 @@ async fn failing_engine(durable_elsewhere: bool) -> (Arc<Engine>, tempfile::Temp
         }),
         notifier: Arc::new(events::NoEvents),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
+        rates: None,
     })
     .await;
     (engine, dir)
@@ -221,6 +224,7 @@ async fn refusals_are_counted_once_by_their_rejection() {
         handoff: Arc::new(StoreHandoff::new(store)),
         notifier: Arc::new(events::NoEvents),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
+        rates: None,
     })
     .await;
     let sale = engine.create_sale(open_sale(1, 1)).await.unwrap();

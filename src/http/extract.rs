@@ -190,7 +190,11 @@ pub struct FrontDoorProof(pub crate::engine::Proof);
 impl FromRequestParts<AppState> for FrontDoorProof {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|peer| state.trusted_proxies.client_ip(peer.0.ip(), &parts.headers));
         let get = |name: &str| {
             parts
                 .headers
@@ -199,7 +203,7 @@ impl FromRequestParts<AppState> for FrontDoorProof {
                 .map(str::to_owned)
         };
         Ok(Self(crate::engine::Proof {
-            client_ip: None,
+            client_ip,
             pass: get(PASS_HEADER),
             ticket: get(TICKET_HEADER),
             pow: get(POW_HEADER),

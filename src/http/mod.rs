@@ -37,6 +37,7 @@ macro_rules! routes {
 use routes;
 
 mod antibot;
+pub mod client_ip;
 pub mod error;
 pub mod extract;
 pub mod fast_lane;
@@ -89,6 +90,8 @@ pub struct AppInner {
     pub accepting: Arc<std::sync::atomic::AtomicBool>,
     /// Cancelled when a graceful stop begins: long-lived streams end.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Proxies whose `X-Forwarded-For` names the client (see [`client_ip`]).
+    pub trusted_proxies: client_ip::TrustedProxies,
 }
 
 /// One route module: what [`routes!`] declares.

@@ -57,6 +57,9 @@ pub struct ConnectionSettings {
     pub idle_timeout: Duration,
     /// Most connections open at once (0: derived from the open-file limit).
     pub max_connections: usize,
+    /// Hand each request its connection's peer address (axum's
+    /// `ConnectInfo<SocketAddr>` extension), for the client IP.
+    pub peer_addr: bool,
 }
 
 impl Default for ConnectionSettings {
@@ -65,6 +68,7 @@ impl Default for ConnectionSettings {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 0,
+            peer_addr: false,
         }
     }
 }
@@ -336,6 +340,8 @@ impl HttpBody for Tracked {
 struct PerConnection<S> {
     inner: S,
     conn: Arc<Conn>,
+    /// The peer, when requests should carry it.
+    peer: Option<SocketAddr>,
 }
 
 pin_project_lite::pin_project! {
@@ -393,8 +399,13 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::start(&self.conn);
+        let mut req = req.map(Body::new);
+        if let Some(peer) = self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         Answer {
-            inner: self.inner.call(req.map(Body::new)),
+            inner: self.inner.call(req),
             in_flight: Some(in_flight),
         }
     }
@@ -477,7 +488,7 @@ where
     let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -507,6 +518,7 @@ where
         let svc = PerConnection {
             inner: service.clone(),
             conn: conn.clone(),
+            peer: settings.peer_addr.then_some(peer),
         };
         let io = Watched {
             tcp,

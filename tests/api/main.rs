@@ -20,6 +20,7 @@ mod fast_lane_shapes;
 mod faults;
 mod intents;
 mod kit;
+mod limits;
 mod load;
 mod malformed;
 mod openapi;

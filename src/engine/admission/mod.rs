@@ -26,20 +26,20 @@ use crate::domain::Rejection;
 
 pub mod captcha;
 mod in_flight;
+mod limits;
 pub mod pow;
 mod room_pass;
 mod sold_out;
 pub mod ticket;
-mod user_rate;
 mod window;
 
 pub use captcha::{CaptchaCheck, CaptchaSettings, CaptchaVerifier};
 pub use in_flight::InFlightCheck;
+pub use limits::RateLimits;
 pub use pow::{Challenges, PowCheck};
 pub use room_pass::RoomPass;
 pub use sold_out::SoldOutFlag;
 pub use ticket::{TicketCheck, Tickets};
-pub use user_rate::UserRate;
 pub use window::SaleWindow;
 
 /// One purchase attempt as the checks see it.
@@ -188,6 +188,8 @@ pub struct Gear {
     pub challenges: std::sync::Arc<Challenges>,
     /// The captcha verify service, when the node has one.
     pub captcha: Option<std::sync::Arc<CaptchaVerifier>>,
+    /// The cluster-wide rate limiter, if the backends have one.
+    pub rates: Option<std::sync::Arc<dyn crate::backend::limits::RateStore>>,
 }
 
 impl Gear {
@@ -198,7 +200,7 @@ impl Gear {
             std::sync::Arc::new(crate::backend::room::MemoryRoom::default()),
             crate::signed::Signer::new(&secret, "rooms"),
         );
-        Self::new(std::sync::Arc::new(rooms), &secret, None)
+        Self::new(std::sync::Arc::new(rooms), &secret, None, None)
     }
 
     /// Gear over `rooms`, with tickets and challenges keyed by `secret`
@@ -208,12 +210,14 @@ impl Gear {
         rooms: std::sync::Arc<crate::engine::room::Rooms>,
         secret: &crate::auth::Secret,
         captcha: Option<&CaptchaSettings>,
+        rates: Option<std::sync::Arc<dyn crate::backend::limits::RateStore>>,
     ) -> Self {
         Self {
             rooms,
             tickets: std::sync::Arc::new(Tickets::new(secret)),
             challenges: std::sync::Arc::new(Challenges::new(secret)),
             captcha: captcha.map(|c| std::sync::Arc::new(CaptchaVerifier::new(c.clone()))),
+            rates,
         }
     }
 }
@@ -239,16 +243,17 @@ impl Admission {
 
     /// The standard pipeline: window, sold-out flag (both pure, so the
     /// fast lane may answer them), then the sale's front door (the waiting
-    /// room's pass, the ticket, the proof of work), then the per-user rate
-    /// limit (when `settings` set one), one purchase in flight, and the
-    /// captcha last (the only remote call). Front-door checks pass a sale
-    /// that does not ask for them.
+    /// room's pass, the ticket, the proof of work), then the rate limits
+    /// (per buyer, IP and sale, when `settings` set one; cluster-wide with
+    /// `gear.rates`), one purchase in flight, and the captcha last (the
+    /// only remote call). Front-door checks pass a sale that does not ask
+    /// for them.
     pub fn standard(settings: &EngineSettings, gear: &Gear) -> Self {
         let mut checks: Vec<Box<dyn Check>> = vec![Box::new(SaleWindow), Box::new(SoldOutFlag)];
         checks.push(Box::new(RoomPass::new(gear.rooms.clone())));
         checks.push(Box::new(TicketCheck::new(gear.tickets.clone())));
         checks.push(Box::new(PowCheck::new(gear.challenges.clone())));
-        if let Some(limit) = UserRate::new(settings) {
+        if let Some(limit) = RateLimits::new(settings, gear.rates.clone()) {
             checks.push(Box::new(limit));
         }
         checks.push(Box::new(InFlightCheck::default()));
@@ -348,7 +353,7 @@ mod tests {
         let a = Admission::standard(&settings, &Gear::in_memory());
         assert_eq!(
             format!("{a:?}"),
-            r#"["window", "sold_out_flag", "room_pass", "ticket", "pow", "user_rate", "in_flight", "captcha"]"#
+            r#"["window", "sold_out_flag", "room_pass", "ticket", "pow", "rate_limits", "in_flight", "captcha"]"#
         );
         let plain = runtime(5, -1000);
         assert_eq!(admit(&a, &attempt(&plain)), Ok(()));
