@@ -65,6 +65,9 @@ pub struct RoomSummary {
     pub admission_rate_ratio: f64,
     /// Admitted buyers let in before someone with a lower place.
     pub out_of_order: u64,
+    /// Admitted buyers whose place was never seen (let in before their
+    /// first `waiting` event), left out of the order check.
+    pub admitted_unplaced: u64,
     /// Purchases answered `201`.
     pub bought: u64,
     /// Waiting buyers told "sold out".
@@ -366,7 +369,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
         .filter_map(|s| Some((s.place.unwrap_or(0), s.admitted_ms?)))
         .collect();
     admitted.sort_unstable();
-    let out_of_order = admitted.windows(2).filter(|w| w[0].1 > w[1].1).count() as u64;
+    // Order is judged among buyers whose place was seen (one let in before
+    // any `waiting` event has none).
+    let placed: Vec<_> = admitted.iter().filter(|a| a.0 > 0).collect();
+    let out_of_order = placed.windows(2).filter(|w| w[0].1 > w[1].1).count() as u64;
+    let unplaced = (admitted.len() - placed.len()) as u64;
     let (first, last) = admitted
         .iter()
         .fold((i64::MAX, i64::MIN), |(lo, hi), &(_, t)| {
@@ -412,6 +419,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
         admission_rate,
         admission_rate_ratio: admission_rate / f64::from(args.room_rate.max(1)),
         out_of_order,
+        admitted_unplaced: unplaced,
         bought: bought.load(Ordering::Relaxed),
         told_sold_out: waits.len() as u64,
         never_told,
