@@ -18,25 +18,13 @@ use serde_json::json;
 
 use super::extract::{Buyer, Path};
 use super::openapi::{ChallengeBody, ErrorBody, SaleId, TicketBody};
-use super::{parse_id, ApiError, AppState};
+use super::{sale, ApiError, AppState};
 use crate::engine::admission::{Attempt, Check, SaleWindow};
 use crate::engine::SaleRuntime;
 
 super::routes! {
     "/api/v1/sales/{sale_id}/ticket" => get(ticket),
     "/api/v1/sales/{sale_id}/challenge" => get(challenge),
-}
-
-/// The sale of the path.
-async fn sale(state: &AppState, raw: &str) -> Result<std::sync::Arc<SaleRuntime>, ApiError> {
-    state
-        .engine
-        .find_sale(parse_id(raw)?)
-        .await
-        .map_err(|e| match e {
-            crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
-            other => other.into(),
-        })
 }
 
 /// The sale clock's now, refused unless the sale is inside its window.

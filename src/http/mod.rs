@@ -56,7 +56,7 @@ use axum::Router;
 use serde::Serializer;
 
 use crate::auth::Authenticator;
-use crate::engine::Engine;
+use crate::engine::{Engine, SaleRuntime};
 pub use error::ApiError;
 pub use fast_lane::FastLane;
 
@@ -174,4 +174,16 @@ pub fn ser_opt_time<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::E
 pub fn parse_id(raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>()
         .map_err(|_| ApiError::NotFound("not found"))
+}
+
+/// The sale of a path's `{sale_id}`: `404` for an unknown or malformed id.
+async fn sale(state: &AppState, raw: &str) -> Result<std::sync::Arc<SaleRuntime>, ApiError> {
+    state
+        .engine
+        .find_sale(parse_id(raw)?)
+        .await
+        .map_err(|e| match e {
+            crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
+            other => other.into(),
+        })
 }

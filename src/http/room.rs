@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::extract::{Buyer, Path, Query};
 use super::openapi::{ErrorBody, SaleId, Standing as StandingBody};
-use super::{parse_id, ApiError, AppState};
+use super::{sale, ApiError, AppState};
 use crate::backend::room::Place;
 use crate::domain::Rejection;
 use crate::engine::room::{JoinError, RoomState, Standing};
@@ -88,17 +88,6 @@ impl From<JoinError> for ApiError {
             }
         }
     }
-}
-
-async fn sale(state: &AppState, raw: &str) -> Result<std::sync::Arc<SaleRuntime>, ApiError> {
-    state
-        .engine
-        .find_sale(parse_id(raw)?)
-        .await
-        .map_err(|e| match e {
-            crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
-            other => other.into(),
-        })
 }
 
 #[utoipa::path(post, path = "/api/v1/sales/{sale_id}/queue", tag = "sales", params(SaleId),
