@@ -76,6 +76,10 @@ impl Default for ConnectionSettings {
 /// Longest a stop waits for connections to finish what they serve.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
+/// How long a stop lets hyper close connections by itself before it closes
+/// those whose request head is still arriving.
+const HEAD_GRACE: Duration = Duration::from_millis(500);
+
 /// Descriptors kept free of connections: the database pools, Redis,
 /// RabbitMQ, the store's files, logs.
 const RESERVED_DESCRIPTORS: u64 = 128;
@@ -253,10 +257,18 @@ impl Registry {
         }
     }
 
-    /// Closes every connection with nothing in flight, or every one.
+    /// Closes every connection whose request head is still arriving (with
+    /// nothing in flight), or every one.
+    ///
+    /// A connection with nothing in flight and no head arriving is left to
+    /// hyper's graceful shutdown: it may still be writing the answer of a
+    /// request the app has finished (an order stored, its `201` on the
+    /// way), and hyper closes it once that is written.
     fn close_all(&self, busy_too: bool) {
         for c in &self.conns {
-            if busy_too || c.in_flight.load(Ordering::Acquire) == 0 {
+            let head_arriving = c.in_flight.load(Ordering::Acquire) == 0
+                && c.head_since_ms.load(Ordering::Relaxed) != 0;
+            if busy_too || head_arriving {
                 c.close.cancel();
             }
         }
@@ -578,11 +590,18 @@ where
     }
     drop(listener);
     sweeper.abort();
-    // Connections with nothing in flight (idle, or a head still arriving)
-    // have nothing to finish: closed now, so slow clients cannot hold up a
-    // stop. The rest finish what they serve, for at most `STOP_GRACE`.
+    // hyper closes idle connections at once and the others once their
+    // answer is written. A connection whose next head is still arriving
+    // has nothing to finish: closed after `HEAD_GRACE`, so slow clients
+    // cannot hold up a stop. The rest finish what they serve, for at most
+    // `STOP_GRACE`.
+    let stopped = graceful.shutdown();
+    tokio::pin!(stopped);
+    if tokio::time::timeout(HEAD_GRACE, &mut stopped).await.is_ok() {
+        return Ok(());
+    }
     registry.close_all(false);
-    if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
+    if tokio::time::timeout(STOP_GRACE, &mut stopped)
         .await
         .is_err()
     {
