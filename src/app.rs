@@ -42,6 +42,8 @@ pub struct Application {
     stopping: CancellationToken,
     stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The operations port, and what stops it.
+    ops: Option<(http::ops::OpsPort, CancellationToken)>,
     /// The admin token in force (given or generated).
     pub admin_token: Secret,
     /// The HS256 JWT secret in force (given, or generated when no public
@@ -103,6 +105,18 @@ impl Application {
             .merge(with_layers(http::api_router(), &settings))
             .method_not_allowed_fallback(http::method_not_allowed)
             .with_state(state.clone());
+        let ops = match settings.ops_listen {
+            Some(addr) => {
+                let ops_stop = CancellationToken::new();
+                let port = http::ops::OpsPort::start(
+                    addr,
+                    http::ops_router().with_state(state.clone()),
+                    ops_stop.clone(),
+                )?;
+                Some((port, ops_stop))
+            }
+            None => None,
+        };
         let service = FastLane::new(router, state).with_body_limit(settings.body_limit);
         let mut tasks = vec![
             ("intent writer", intent_task),
@@ -152,10 +166,14 @@ impl Application {
             service,
             connections: http::server::ConnectionSettings {
                 // The peer's address travels with each request only when
-                // something reads it (an extension costs an allocation).
+                // something reads it (an extension costs an allocation): the
+                // per-IP limit, the proxy list, and the captcha check, which
+                // hands the buyer's address to the verify service
+                // (`remoteip`) as those services expect.
                 peer_addr: settings.connections.peer_addr
                     || settings.engine.ip_rate_per_sec > 0
-                    || !settings.trusted_proxies.is_empty(),
+                    || !settings.trusted_proxies.is_empty()
+                    || settings.engine.captcha.is_some(),
                 ..settings.connections
             },
             tls,
@@ -165,6 +183,7 @@ impl Application {
             stopping,
             stop,
             tasks,
+            ops,
             admin_token,
             jwt_secret,
         })
@@ -178,6 +197,11 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The operations port's address, when `--ops-listen` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(port, _)| port.addr)
     }
 
     /// The engine (for in-process inspection by tests and tools).
@@ -237,6 +261,12 @@ impl Application {
         }
         drop(self.engine);
         self.store.shutdown().await;
+        // Probes are answered until the very end (`/readyz` says
+        // "stopping" since the stop began).
+        if let Some((port, ops_stop)) = self.ops {
+            ops_stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || port.join()).await;
+        }
         tracing::info!("stopped cleanly; every accepted order is on disk");
         Ok(())
     }

@@ -19,6 +19,9 @@ use crate::engine::EngineSettings;
 pub struct Settings {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// A second address for `/healthz`, `/readyz` and `/metrics` only,
+    /// served on a thread of its own so probes are answered during a flood.
+    pub ops_listen: Option<SocketAddr>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// Order database URL (`postgres://`, `postgresql://`, `mysql://`,
@@ -80,6 +83,7 @@ impl Settings {
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ops_listen: None,
             data_dir: data_dir.into(),
             database: None,
             redis: Vec::new(),
@@ -157,6 +161,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Also serve `/healthz`, `/readyz` and `/metrics` on this address,
+    /// from a thread of their own: point probes and scrapes here, and they
+    /// are answered while the main port is flooded.
+    #[arg(long, env = "FLASHSALE_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
     /// Directory of the embedded order store.
     #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -307,6 +316,7 @@ impl ServeArgs {
     pub fn into_settings(self) -> Settings {
         let mut s = Settings::with_data_dir(self.data_dir);
         s.listen = self.listen;
+        s.ops_listen = self.ops_listen;
         s.database = self.database.filter(|d| !d.is_empty());
         s.redis = self.redis.into_iter().filter(|r| !r.is_empty()).collect();
         s.redis_cluster = self.redis_cluster;
@@ -352,7 +362,7 @@ impl ServeArgs {
             header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
             max_connections: self.max_connections,
-            peer_addr: false,
+            ..Default::default()
         };
         s
     }

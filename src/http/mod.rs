@@ -43,7 +43,7 @@ pub mod extract;
 pub mod fast_lane;
 mod json_errors;
 pub mod openapi;
-mod ops;
+pub mod ops;
 mod orders;
 mod room;
 mod sales;

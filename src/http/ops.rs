@@ -105,3 +105,89 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         crate::telemetry::prometheus().render(),
     )
 }
+
+/// The operations port (`--ops-listen`): `/healthz`, `/readyz` and
+/// `/metrics` on an address of their own, served by a thread and a runtime
+/// of their own.
+///
+/// On the main port a probe waits its turn behind every request of a flood
+/// (a closed loop of 2,000 connections keeps the runtime's queues full, and
+/// each request waits about connections ÷ throughput). Here the probe has a
+/// thread the kernel schedules beside the runtime's workers, a listener of
+/// its own (its accept queue is not the flood's) and a reactor of its own,
+/// so a node that is shedding still tells its orchestrator it is alive.
+/// Readiness still asks the backends, whose connections live on the main
+/// runtime.
+pub struct OpsPort {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl OpsPort {
+    /// Binds `addr` and serves `router` until `stop` is cancelled.
+    ///
+    /// # Errors
+    /// When the address cannot be bound or the thread cannot start.
+    pub fn start(
+        addr: std::net::SocketAddr,
+        router: axum::Router,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("flashsale-ops".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(anyhow::Error::from(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // Bound here so the listener belongs to this runtime's
+                    // reactor, not the main one.
+                    let listener = match super::server::bind(addr) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e.into()));
+                            return;
+                        }
+                    };
+                    let _ = bound_tx.send(listener.local_addr().map_err(Into::into));
+                    let served = super::server::serve(
+                        listener,
+                        router,
+                        super::server::ConnectionSettings {
+                            port: "ops",
+                            ..Default::default()
+                        },
+                        64,
+                        None,
+                        stop.cancelled_owned(),
+                    )
+                    .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the operations port failed");
+                    }
+                });
+            })
+            .context("starting the operations port's thread")?;
+        let addr = bound_rx
+            .recv()
+            .context("the operations port's thread ended before binding")?
+            .with_context(|| format!("binding the operations port {addr}"))?;
+        tracing::info!(%addr, "operations port (/healthz, /readyz, /metrics)");
+        Ok(Self { addr, thread })
+    }
+
+    /// Waits for the port's thread to end (after its `stop`).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}

@@ -60,6 +60,8 @@ pub struct ConnectionSettings {
     /// Hand each request its connection's peer address (axum's
     /// `ConnectInfo<SocketAddr>` extension), for the client IP.
     pub peer_addr: bool,
+    /// The `port` label of the open-connections gauge (`api`, `ops`).
+    pub port: &'static str,
 }
 
 impl Default for ConnectionSettings {
@@ -69,6 +71,7 @@ impl Default for ConnectionSettings {
             idle_timeout: Duration::from_secs(60),
             max_connections: 0,
             peer_addr: false,
+            port: "api",
         }
     }
 }
@@ -485,7 +488,11 @@ where
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let sweeper = {
         let registry = registry.clone();
-        let (idle, head) = (settings.idle_timeout, settings.header_timeout);
+        let (idle, head, port) = (
+            settings.idle_timeout,
+            settings.header_timeout,
+            settings.port,
+        );
         // A tenth of the head timeout, within 100 ms..1 s.
         let every = (head / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
         tokio::spawn(async move {
@@ -493,7 +500,8 @@ where
             loop {
                 tick.tick().await;
                 registry.close_idle(idle, head);
-                metrics::gauge!("flashsale_connections_open").set(registry.conns.len() as f64);
+                metrics::gauge!("flashsale_connections_open", "port" => port)
+                    .set(registry.conns.len() as f64);
             }
         })
     };

@@ -291,6 +291,12 @@ async fn a_captcha_sale_sells_only_on_the_verify_services_yes() {
             form.contains(&("secret".into(), "site-secret".into())),
             "{form:?}"
         );
+        // The buyer's address, as verify services expect (the test's
+        // client connects from loopback).
+        assert!(
+            form.contains(&("remoteip".into(), "127.0.0.1".into())),
+            "{form:?}"
+        );
     }
     assert!(forms[1].contains(&("response".into(), "good".into())));
     // A plain sale on the same node never calls the service.

@@ -211,3 +211,68 @@ async fn slowloris_with_1024_descriptors_cannot_lock_out_healthz_or_buyers() {
     assert!(held_longest < Duration::from_secs(5), "{held_longest:?}");
     let _ = child.kill().await;
 }
+
+/// The operations port (`--ops-listen`) answers probes when the main port
+/// is full: here every slot of the main port is held by an event stream (in
+/// flight, so nothing can be evicted), a new main connection is refused,
+/// and the ops port still answers `/healthz`, `/readyz` and `/metrics` —
+/// and nothing else. It closes with the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_port_answers_probes_while_the_main_port_is_full() {
+    let app = spawn_app_with(|s| {
+        s.connections.max_connections = 4;
+        s.ops_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let ops = app.ops_address.clone().expect("the ops port is bound");
+    let sale = app.create_sale(open_sale_body(5, 1)).await;
+    let id = sale["id"].as_str().unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut conn = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+        conn.write_all(
+            format!("GET /api/v1/sales/{id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        streams.push(conn);
+    }
+    // The main port is full of busy connections: a fifth gets no answer.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        fresh.get(app.url("/healthz")).send().await.is_err(),
+        "the main port answered past its cap"
+    );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let resp = fresh.get(format!("{ops}{path}")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path} on the ops port");
+    }
+    let metrics = fresh.get(format!("{ops}/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    // Each port counts its own connections.
+    assert!(
+        text.contains(r#"flashsale_connections_open{port="ops"}"#)
+            && text.contains(r#"flashsale_connections_open{port="api"}"#),
+        "{text}"
+    );
+    // Only the operations routes live there.
+    let resp = fresh
+        .get(format!("{ops}/api/v1/sales/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    drop(streams);
+    app.stop().await;
+    assert!(
+        fresh.get(format!("{ops}/healthz")).send().await.is_err(),
+        "the ops port outlived the app"
+    );
+}

@@ -195,6 +195,17 @@ pub struct BenchArgs {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// Probe this path (e.g. `/healthz`, on `--url`) or URL (an operations
+    /// port, say) during the load, on a fresh connection each time, and
+    /// report its latency (purchase, healthz and sale-page modes); may be
+    /// repeated.
+    #[arg(long)]
+    pub probe: Vec<String>,
+
+    /// How often the probe runs.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub probe_every: Duration,
+
     /// Give up on a single request after this long (counted as `timeout`).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,

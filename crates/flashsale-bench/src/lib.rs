@@ -27,6 +27,7 @@ mod baseline;
 pub mod buyers;
 pub mod checks;
 pub mod load;
+pub mod probe;
 pub mod report;
 pub mod room;
 
@@ -134,6 +135,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         progress: !args.json,
         watch: None,
     };
+    let mut probes = Vec::new();
+    for target in &args.probe {
+        let url = args
+            .url
+            .join(target)
+            .with_context(|| format!("the probe {target}"))?;
+        probes.push(probe::Probe::start(url, args.probe_every, args.timeout)?);
+    }
     let outcome = match (args.mode, &sale) {
         (Mode::Purchase, Some(sale)) => {
             let target = api.url(&["api", "v1", "sales", &sale.id, "purchase"])?;
@@ -173,6 +182,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         _ => bail!("no sale to send {} requests to", args.mode.as_str()),
     };
 
+    let mut probed = Vec::new();
+    for probe in probes {
+        probed.push(probe.finish().await?);
+    }
+
     // 4. The invariants.
     let checks = match (&sale, args.mode, args.no_verify) {
         (Some(sale), Mode::Purchase, false) => {
@@ -184,6 +198,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
 
     // 5. The summary.
     let mut summary = Summary::new(args, &run_id, &outcome, checks);
+    summary.probes = probed;
     if let Some(sale) = &sale {
         summary.sale_id = Some(sale.id.clone());
         summary.stock = Some(sale.stock);

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -367,6 +367,8 @@ pub struct Outcome {
     pub requests: u64,
     /// Latency of every answered request, in microseconds.
     pub latency: Histogram<u64>,
+    /// Latency of answered requests by outcome key, in microseconds.
+    pub latency_by_outcome: BTreeMap<String, Histogram<u64>>,
     /// Request count by outcome key (see [`outcome_key`]).
     pub outcomes: BTreeMap<String, u64>,
     /// The buyers the requests were sent for.
@@ -416,6 +418,7 @@ impl Outcome {
             elapsed: Duration::ZERO,
             requests: 0,
             latency: histogram(),
+            latency_by_outcome: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             buyers,
             accepted: Vec::new(),
@@ -541,6 +544,11 @@ impl Outcome {
     }
 }
 
+/// Locks `m`, also after a panic elsewhere (a tally stays readable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn histogram() -> Histogram<u64> {
     // Constant, valid bounds: this cannot fail.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
@@ -556,17 +564,23 @@ pub async fn drive<A: Action>(plan: Plan, action: A) -> anyhow::Result<Outcome> 
     let action = Arc::new(action);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    // One shared table, not one per worker: a histogram is ~190 KB, and a
+    // flood runs thousands of workers.
+    let by_outcome = Arc::new(Mutex::new(BTreeMap::new()));
     let start = Instant::now();
 
     let workers: Vec<_> = (0..plan.concurrency.max(1))
         .map(|_| {
-            let (plan, action, next, done) = (
+            let (plan, action, next, done, by_outcome) = (
                 Arc::clone(&plan),
                 Arc::clone(&action),
                 Arc::clone(&next),
                 Arc::clone(&done),
+                Arc::clone(&by_outcome),
             );
-            tokio::spawn(async move { worker(&plan, &*action, &next, &done, start).await })
+            tokio::spawn(
+                async move { worker(&plan, &*action, &next, &done, &by_outcome, start).await },
+            )
         })
         .collect();
 
@@ -609,6 +623,7 @@ pub async fn drive<A: Action>(plan: Plan, action: A) -> anyhow::Result<Outcome> 
     }
     merged.elapsed = elapsed;
     merged.requests = done.load(Ordering::Relaxed);
+    merged.latency_by_outcome = std::mem::take(&mut *lock(&by_outcome));
     Ok(merged)
 }
 
@@ -619,6 +634,7 @@ async fn worker<A: Action>(
     action: &A,
     next: &AtomicU64,
     done: &AtomicU64,
+    by_outcome: &Mutex<BTreeMap<String, Histogram<u64>>>,
     start: Instant,
 ) -> Outcome {
     let mut tally = Outcome::new(Arc::clone(&plan.buyers));
@@ -630,12 +646,23 @@ async fn worker<A: Action>(
         let answer = action.perform(job).await;
         let took = sent.elapsed();
         done.fetch_add(1, Ordering::Relaxed);
-        if !matches!(answer, Answer::Failed { .. }) {
-            tally
-                .latency
-                .saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let answered = !matches!(answer, Answer::Failed { .. });
+        if answered {
+            tally.latency.saturating_record(took_us);
         }
         let (key, accepted) = tally.record(plan, job, &answer, start.elapsed());
+        if answered {
+            let mut table = lock(by_outcome);
+            match table.get_mut(&key) {
+                Some(h) => h.saturating_record(took_us),
+                None => {
+                    let mut h = histogram();
+                    h.saturating_record(took_us);
+                    table.insert(key.clone(), h);
+                }
+            }
+        }
         if let Some(watch) = &plan.watch {
             // A watcher that went away only stops watching.
             let _ = watch.send(Seen { job, key, accepted });

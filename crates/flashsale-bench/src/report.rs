@@ -85,6 +85,11 @@ pub struct Summary {
     pub last_accept_secs: Option<f64>,
     /// Latency percentiles, milliseconds.
     pub latency_ms: Latency,
+    /// Latency percentiles by outcome key (`201`, `503 overloaded`, …).
+    pub latency_by_outcome_ms: BTreeMap<String, Latency>,
+    /// The health probes beside the load (`--probe`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::probe::ProbeReport>,
     /// Requests by outcome key (`201`, `409 sold_out`, …).
     pub outcomes: BTreeMap<String, u64>,
     /// The first requests that got no answer, and why.
@@ -117,6 +122,12 @@ impl Summary {
             accepted_per_sec: round2(per_sec(outcome.orders, outcome.elapsed)),
             last_accept_secs: outcome.last_accept.map(|d| round3(d.as_secs_f64())),
             latency_ms: Latency::from_micros(&outcome.latency),
+            latency_by_outcome_ms: outcome
+                .latency_by_outcome
+                .iter()
+                .map(|(key, h)| (key.clone(), Latency::from_micros(h)))
+                .collect(),
+            probes: Vec::new(),
             outcomes: outcome.outcomes.clone(),
             failures: outcome.failures.first.clone(),
             ok: checks.iter().all(|c| c.ok),
@@ -176,8 +187,8 @@ impl Summary {
             .max(7);
         let _ = writeln!(
             out,
-            "{:<width$}  {:>12}  {:>7}",
-            "outcome", "count", "share"
+            "{:<width$}  {:>12}  {:>7}  {:>9}  {:>9}",
+            "outcome", "count", "share", "p50 ms", "p99 ms"
         );
         for (key, &count) in outcomes {
             let share = if self.requests == 0 {
@@ -185,7 +196,25 @@ impl Summary {
             } else {
                 100.0 * count as f64 / self.requests as f64
             };
-            let _ = writeln!(out, "{key:<width$}  {count:>12}  {share:>6.2}%");
+            let l = self
+                .latency_by_outcome_ms
+                .get(key)
+                .copied()
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{key:<width$}  {count:>12}  {share:>6.2}%  {:>9.2}  {:>9.2}",
+                l.p50, l.p99
+            );
+        }
+        for p in &self.probes {
+            let l = p.latency_ms;
+            let _ = writeln!(
+                out,
+                "\nprobe        {}: {} sent, {} ok, {} failed, {} slower than 250 ms; \
+                 ms p50 {:.2}  p99 {:.2}  max {:.2}",
+                p.url, p.sent, p.ok, p.failed, p.slower_than_250ms, l.p50, l.p99, l.max
+            );
         }
 
         if !self.failures.is_empty() {
@@ -251,6 +280,8 @@ mod tests {
             accepted_per_sec: 5.0,
             last_accept_secs: Some(0.5),
             latency_ms: Latency::default(),
+            latency_by_outcome_ms: BTreeMap::new(),
+            probes: Vec::new(),
             outcomes: BTreeMap::from([("201".to_owned(), 10), ("409 sold_out".to_owned(), 190)]),
             failures: Vec::new(),
             ok: checks.iter().all(|c| c.ok),

@@ -50,6 +50,8 @@ pub struct TestApp {
     pub address: String,
     /// The bound port.
     pub port: u16,
+    /// `http://ADDR` of the operations port, when one was asked for.
+    pub ops_address: Option<String>,
     /// The admin bearer token.
     pub admin_token: String,
     /// The shared, pooled client.
@@ -92,6 +94,7 @@ pub async fn spawn_app_on_with(dir: TempDir, configure: impl FnOnce(&mut Setting
         .await
         .expect("building the application");
     let port = app.port();
+    let ops_address = app.ops_addr().map(|a| format!("http://{a}"));
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         // A dropped sender (test ended without `stop`) also stops the server.
@@ -100,6 +103,7 @@ pub async fn spawn_app_on_with(dir: TempDir, configure: impl FnOnce(&mut Setting
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
+        ops_address,
         admin_token: ADMIN_TOKEN.to_owned(),
         client: http_client(),
         data_dir: Some(dir),
@@ -115,6 +119,7 @@ impl TestApp {
         TestApp {
             address: format!("http://127.0.0.1:{port}"),
             port,
+            ops_address: None,
             admin_token: ADMIN_TOKEN.to_owned(),
             client: http_client(),
             data_dir: None,
