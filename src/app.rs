@@ -153,6 +153,16 @@ impl Application {
                 ));
             }
         }
+        if let Some(webhooks) = &settings.webhooks {
+            tasks.push((
+                "webhook dispatcher",
+                worker::webhooks::spawn_webhook_dispatcher(
+                    engine.clone(),
+                    webhooks.clone(),
+                    stop.clone(),
+                )?,
+            ));
+        }
         let tls = match &settings.tls {
             Some((cert, key)) => Some(http::server::tls_acceptor(cert, key)?),
             None => None,

@@ -13,6 +13,7 @@ use crate::backend::embedded::SqliteSettings;
 use crate::backend::redis::RedisSettings;
 use crate::backend::{sql, BackendSettings};
 use crate::engine::EngineSettings;
+use crate::worker::webhooks::WebhookSettings;
 
 /// Everything `flashsale serve` needs.
 #[derive(Debug, Clone)]
@@ -76,6 +77,8 @@ pub struct Settings {
     /// Proxies whose `X-Forwarded-For` names the client (for the per-IP
     /// limit); none by default: the peer is the client.
     pub trusted_proxies: crate::http::client_ip::TrustedProxies,
+    /// Signed webhooks of order events (`None`: off, and no outbox rows).
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Settings {
@@ -107,6 +110,7 @@ impl Settings {
             connections: crate::http::server::ConnectionSettings::default(),
             tls: None,
             trusted_proxies: crate::http::client_ip::TrustedProxies::default(),
+            webhooks: None,
         }
     }
 }
@@ -119,14 +123,20 @@ impl Settings {
     /// # Errors
     /// When the combination is not one of the three modes.
     pub fn backend(&self) -> anyhow::Result<BackendSettings> {
+        // The outbox is written only where a dispatcher will read it.
+        let outbox = self.webhooks.is_some();
         let sql = sql::SqlSettings {
             max_batch: self.store.max_batch,
+            outbox,
             ..sql::SqlSettings::default()
         };
         match (&self.redis[..], &self.queue, &self.database) {
             ([], None, None) => Ok(BackendSettings::Embedded {
                 data_dir: self.data_dir.clone(),
-                sqlite: self.store.clone(),
+                sqlite: SqliteSettings {
+                    outbox,
+                    ..self.store.clone()
+                },
             }),
             ([], None, Some(database)) => Ok(BackendSettings::Sql {
                 database: database.clone(),
@@ -304,6 +314,34 @@ pub struct ServeArgs {
     /// Bound on one captcha verify call, milliseconds (then refused).
     #[arg(long, env = "FLASHSALE_CAPTCHA_TIMEOUT_MS", default_value_t = 2_000)]
     pub captcha_timeout_ms: u64,
+    /// Deliver order events (accepted, paid, expired, cancelled) to this
+    /// http:// URL, signed the Standard Webhooks way (docs/WEBHOOKS.md).
+    /// Needs --webhook-secret. Unset: no webhooks.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_URL",
+          value_parser = crate::worker::webhooks::parse_webhook_url)]
+    pub webhook_url: Option<axum::http::Uri>,
+    /// The webhook signing secret: `whsec_<base64>` (the Standard Webhooks
+    /// form: the key is the decoded bytes) or any other text (its bytes).
+    #[arg(long, env = "FLASHSALE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Bound on one webhook attempt, milliseconds.
+    #[arg(long, env = "FLASHSALE_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub webhook_timeout_ms: u64,
+    /// Attempts before an event is given up on (dead, still in the log).
+    #[arg(long, env = "FLASHSALE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_max_attempts: u32,
+    /// Back-off ceiling after the first failed attempt, milliseconds; it
+    /// doubles per failure (the wait is random below it: full jitter).
+    #[arg(long, env = "FLASHSALE_WEBHOOK_BACKOFF_MS", default_value_t = 1_000)]
+    pub webhook_backoff_ms: u64,
+    /// Highest back-off ceiling, milliseconds.
+    #[arg(
+        long,
+        env = "FLASHSALE_WEBHOOK_BACKOFF_MAX_MS",
+        default_value_t = 600_000
+    )]
+    pub webhook_backoff_max_ms: u64,
     /// Node id (0..1023) baked into generated ids; unique per node. Unset:
     /// 0 on a single node, leased from Redis in the distributed mode.
     #[arg(long, env = "FLASHSALE_NODE_ID",
@@ -355,6 +393,15 @@ impl ServeArgs {
                     secret: Secret::new(self.captcha_secret.unwrap_or_default()),
                     timeout: Duration::from_millis(self.captcha_timeout_ms.max(1)),
                 });
+        s.webhooks = self.webhook_url.map(|url| WebhookSettings {
+            url,
+            // An empty secret is refused when the dispatcher starts.
+            secret: Secret::new(self.webhook_secret.unwrap_or_default()),
+            timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+            max_attempts: self.webhook_max_attempts,
+            backoff_base: Duration::from_millis(self.webhook_backoff_ms),
+            backoff_max: Duration::from_millis(self.webhook_backoff_max_ms),
+        });
         s.lease_node_id = self.node_id.is_none();
         s.sweep_interval = Duration::from_millis(self.sweep_interval_ms.max(10));
         s.tls = self.tls_cert.zip(self.tls_key);

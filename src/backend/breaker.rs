@@ -43,6 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::outbox::{AttemptRecord, Delivery, DeliveryFilter, OutboxEvent};
 use super::queue::{OrderConsumer, OrderQueue, QueueDepth, QueueError};
 use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
 use super::{Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport};
@@ -707,6 +708,24 @@ impl OrderStore for BreakerStore {
 
     async fn sale_audit(&self, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
         self.run(self.inner.sale_audit(sale_id, since_ms)).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.run(self.inner.claim_webhooks(now_ms, lease_ms, limit))
+            .await
+    }
+
+    async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<bool, StoreError> {
+        self.run(self.inner.record_webhook_attempt(record)).await
+    }
+
+    async fn list_webhooks(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        self.run(self.inner.list_webhooks(filter)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

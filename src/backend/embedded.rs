@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::outbox::{self, AttemptRecord, Delivery, DeliveryFilter, DeliveryState, OutboxEvent};
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
 use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
@@ -65,6 +66,23 @@ CREATE TABLE purchase_intents (
 "#,
     // The sale's front-door options (JSON; NULL = every option off).
     "ALTER TABLE sales ADD COLUMN front_door TEXT;",
+    // The webhook outbox (see `backend::outbox`): one row per order event,
+    // written in the order change's transaction.
+    r#"
+CREATE TABLE webhook_outbox (
+    event_id TEXT PRIMARY KEY,
+    order_id INTEGER NOT NULL,
+    order_status TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX webhook_outbox_due ON webhook_outbox(next_attempt_at) WHERE state = 'pending';
+"#,
 ];
 
 const ORDER_COLUMNS: &str = "order_id, sale_id, user_id, quantity, status, idempotency_key, \
@@ -81,6 +99,9 @@ pub struct SqliteSettings {
     /// long for more writes before committing: fewer, larger fsyncs when the
     /// CPU is the bottleneck. Zero commits as soon as the queue is empty.
     pub linger: std::time::Duration,
+    /// Write a webhook outbox row with every order change (on when
+    /// webhooks are configured; see [`super::outbox`]).
+    pub outbox: bool,
 }
 
 impl Default for SqliteSettings {
@@ -89,6 +110,7 @@ impl Default for SqliteSettings {
             max_batch: 4096,
             readers: 2,
             linger: std::time::Duration::ZERO,
+            outbox: false,
         }
     }
 }
@@ -107,6 +129,13 @@ enum Command {
     },
     ExpireDue(i64, usize, Reply<Vec<Order>>),
     RecordIntents(Vec<Intent>, Reply<()>),
+    ClaimWebhooks {
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+        reply: Reply<Vec<OutboxEvent>>,
+    },
+    RecordAttempt(Box<AttemptRecord>, Reply<bool>),
 }
 
 /// A reply computed inside the transaction, delivered once the commit's
@@ -177,6 +206,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(65_536);
         let max_batch = settings.max_batch.max(1);
         let linger = settings.linger;
+        let outbox = settings.outbox;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let checkpoints = std::thread::Builder::new()
@@ -185,7 +215,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let writer = std::thread::Builder::new()
             .name("flashsale-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, linger))
+            .spawn(move || writer_loop(conn, rx, max_batch, linger, outbox))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
@@ -256,6 +286,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Command>,
     max_batch: usize,
     linger: std::time::Duration,
+    outbox: bool,
 ) {
     let mut batch = Vec::with_capacity(max_batch.min(4096));
     let mut last_size = 0;
@@ -268,7 +299,7 @@ fn writer_loop(
         }
         last_size = batch.len();
         let size = batch.len();
-        let delivers = apply_batch(&mut conn, &mut batch);
+        let delivers = apply_batch(&mut conn, &mut batch, outbox);
         metrics::histogram!("flashsale_store_batch_size").record(size as f64);
         match delivers {
             Ok(delivers) => delivers.into_iter().for_each(|d| d(None)),
@@ -292,7 +323,7 @@ fn drain(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>, max_batch: 
 
 type BatchResult = Result<Vec<Deliver>, (String, Vec<Deliver>)>;
 
-fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> BatchResult {
+fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>, outbox: bool) -> BatchResult {
     let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -309,7 +340,7 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> BatchResult {
             delivers.push(fail(cmd));
             continue;
         }
-        let (deliver, error) = apply(&tx, cmd);
+        let (deliver, error) = apply(&tx, cmd, outbox);
         delivers.push(deliver);
         failed = error;
     }
@@ -333,12 +364,14 @@ fn fail(cmd: Command) -> Deliver {
         }
         Command::Transition { reply, .. } => deliver(reply, Ok(None)),
         Command::ExpireDue(_, _, r) => deliver(r, Ok(Vec::new())),
+        Command::ClaimWebhooks { reply, .. } => deliver(reply, Ok(Vec::new())),
+        Command::RecordAttempt(_, r) => deliver(r, Ok(false)),
     }
 }
 
 /// Applies one command; returns its reply and, if a statement failed, the
 /// error that must abort the whole batch.
-fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> (Deliver, Option<String>) {
+fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command, outbox: bool) -> (Deliver, Option<String>) {
     fn done<T: Send + 'static>(
         reply: Reply<T>,
         result: Result<T, StoreError>,
@@ -351,7 +384,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> (Deliver, Option<Strin
     }
     match cmd {
         Command::CreateSale(sale, r) => done(r, insert_sale(tx, &sale)),
-        Command::CommitOrder(order, r) => done(r, insert_order(tx, &order)),
+        Command::CommitOrder(order, r) => done(r, insert_order(tx, &order, outbox)),
         Command::Transition {
             order_id,
             user_id,
@@ -360,10 +393,17 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command) -> (Deliver, Option<Strin
             reply,
         } => done(
             reply,
-            transition_order(tx, order_id, &user_id, transition, now_ms),
+            transition_order(tx, order_id, &user_id, transition, now_ms, outbox),
         ),
-        Command::ExpireDue(now_ms, limit, r) => done(r, expire_due(tx, now_ms, limit)),
+        Command::ExpireDue(now_ms, limit, r) => done(r, expire_due(tx, now_ms, limit, outbox)),
         Command::RecordIntents(intents, r) => done(r, insert_intents(tx, &intents)),
+        Command::ClaimWebhooks {
+            now_ms,
+            lease_ms,
+            limit,
+            reply,
+        } => done(reply, claim_webhooks(tx, now_ms, lease_ms, limit)),
+        Command::RecordAttempt(record, r) => done(r, record_attempt(tx, &record)),
     }
 }
 
@@ -386,24 +426,154 @@ fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_order(tx: &Connection, o: &Order) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO orders (order_id, sale_id, user_id, quantity, status, idempotency_key, \
+fn insert_order(tx: &Connection, o: &Order, outbox: bool) -> Result<(), StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO orders (order_id, sale_id, user_id, quantity, status, idempotency_key, \
          created_at, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (order_id) DO NOTHING",
+        )?
+        .execute(params![
+            o.id as i64,
+            o.sale_id as i64,
+            o.user_id,
+            o.quantity,
+            o.status.as_str(),
+            o.idempotency_key,
+            o.created_at_ms,
+            o.updated_at_ms,
+            o.expires_at_ms
+        ])?;
+    if outbox && inserted == 1 {
+        insert_event(tx, o.id, o.status, o.created_at_ms)?;
+    }
+    Ok(())
+}
+
+/// The outbox row of `order_id` reaching `status` at `at_ms`, in the
+/// caller's transaction; a row already there (the same event) stays.
+fn insert_event(
+    tx: &Connection,
+    order_id: u64,
+    status: OrderStatus,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO webhook_outbox (event_id, order_id, order_status, occurred_at, \
+         next_attempt_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4, ?4) \
+         ON CONFLICT (event_id) DO NOTHING",
     )?
     .execute(params![
-        o.id as i64,
-        o.sale_id as i64,
-        o.user_id,
-        o.quantity,
-        o.status.as_str(),
-        o.idempotency_key,
-        o.created_at_ms,
-        o.updated_at_ms,
-        o.expires_at_ms
+        outbox::event_id(order_id, status),
+        order_id as i64,
+        status.as_str(),
+        at_ms
     ])?;
     Ok(())
+}
+
+fn claim_webhooks(
+    tx: &Connection,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> Result<Vec<OutboxEvent>, StoreError> {
+    // The single writer thread runs this inside its transaction: nobody
+    // else can claim between the read and the update.
+    let mut due: Vec<OutboxEvent> = tx
+        .prepare_cached(
+            "SELECT w.event_id, w.order_status, w.occurred_at, w.attempts, o.order_id, \
+             o.sale_id, o.user_id, o.quantity, o.idempotency_key, o.created_at, o.expires_at \
+             FROM webhook_outbox w JOIN orders o ON o.order_id = w.order_id \
+             WHERE w.state = 'pending' AND w.next_attempt_at <= ?1 \
+             ORDER BY w.next_attempt_at LIMIT ?2",
+        )?
+        .query_map(params![now_ms, limit as i64], |r| {
+            let status: String = r.get(1)?;
+            let occurred_at_ms: i64 = r.get(2)?;
+            Ok(OutboxEvent {
+                event_id: r.get(0)?,
+                occurred_at_ms,
+                attempt: r.get::<_, u32>(3)? + 1,
+                order: Order {
+                    id: r.get::<_, i64>(4)? as u64,
+                    sale_id: r.get::<_, i64>(5)? as u64,
+                    user_id: r.get(6)?,
+                    quantity: r.get(7)?,
+                    status: OrderStatus::parse(&status).unwrap_or(OrderStatus::PendingPayment),
+                    idempotency_key: r.get(8)?,
+                    created_at_ms: r.get(9)?,
+                    updated_at_ms: occurred_at_ms,
+                    expires_at_ms: r.get(10)?,
+                },
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut lease = tx.prepare_cached(
+        "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?2, \
+         updated_at = ?3 WHERE event_id = ?1",
+    )?;
+    for event in &mut due {
+        lease.execute(params![event.event_id, now_ms + lease_ms, now_ms])?;
+    }
+    Ok(due)
+}
+
+fn record_attempt(tx: &Connection, r: &AttemptRecord) -> Result<bool, StoreError> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE webhook_outbox SET state = ?3, last_status = ?4, last_error = ?5, \
+             next_attempt_at = ?6, updated_at = ?7 \
+             WHERE event_id = ?1 AND attempts = ?2 AND state = 'pending'",
+        )?
+        .execute(params![
+            r.event_id,
+            r.attempt,
+            r.state.as_str(),
+            r.status,
+            outbox::bounded_error(r.error.as_deref()),
+            if r.state == DeliveryState::Pending {
+                r.next_attempt_at_ms
+            } else {
+                r.now_ms
+            },
+            r.now_ms
+        ])?;
+    Ok(changed == 1)
+}
+
+fn list_webhooks(conn: &Connection, f: &DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT event_id, order_id, order_status, occurred_at, state, attempts, \
+             last_status, last_error, next_attempt_at, updated_at FROM webhook_outbox \
+             WHERE (?1 = '' OR state = ?1) AND event_id > ?2 ORDER BY event_id LIMIT ?3",
+        )?
+        .query_map(
+            params![
+                f.state.map(DeliveryState::as_str).unwrap_or(""),
+                f.after.as_deref().unwrap_or(""),
+                f.limit as i64
+            ],
+            |r| {
+                let status: String = r.get(2)?;
+                let state: String = r.get(4)?;
+                Ok(Delivery {
+                    event_id: r.get(0)?,
+                    order_id: r.get::<_, i64>(1)? as u64,
+                    order_status: OrderStatus::parse(&status)
+                        .unwrap_or(OrderStatus::PendingPayment),
+                    occurred_at_ms: r.get(3)?,
+                    state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+                    attempts: r.get(5)?,
+                    last_status: r.get(6)?,
+                    last_error: r.get(7)?,
+                    next_attempt_at_ms: r.get(8)?,
+                    updated_at_ms: r.get(9)?,
+                })
+            },
+        )?
+        .collect::<Result<_, _>>()?)
 }
 
 fn row_to_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
@@ -449,6 +619,7 @@ fn transition_order(
     user_id: &str,
     transition: Transition,
     now_ms: i64,
+    outbox: bool,
 ) -> Result<Option<TransitionReport>, StoreError> {
     let Some(mut order) = select_order(tx, order_id)? else {
         return Ok(None);
@@ -470,6 +641,9 @@ fn transition_order(
         Transition::Cancel => (OrderStatus::Cancelled, true),
     };
     set_status(tx, order_id, status, now_ms)?;
+    if outbox {
+        insert_event(tx, order_id, status, now_ms)?;
+    }
     order.status = status;
     order.updated_at_ms = now_ms;
     Ok(Some(TransitionReport {
@@ -479,7 +653,12 @@ fn transition_order(
     }))
 }
 
-fn expire_due(tx: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Order>, StoreError> {
+fn expire_due(
+    tx: &Connection,
+    now_ms: i64,
+    limit: usize,
+    outbox: bool,
+) -> Result<Vec<Order>, StoreError> {
     let mut due: Vec<Order> = tx
         .prepare_cached(&format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'pending_payment' \
@@ -489,6 +668,9 @@ fn expire_due(tx: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Order>, 
         .collect::<Result<_, _>>()?;
     for order in &mut due {
         set_status(tx, order.id, OrderStatus::Expired, now_ms)?;
+        if outbox {
+            insert_event(tx, order.id, OrderStatus::Expired, now_ms)?;
+        }
         order.status = OrderStatus::Expired;
         order.updated_at_ms = now_ms;
     }
@@ -660,6 +842,30 @@ impl OrderStore for SqliteStore {
             .collect::<Result<_, _>>()?)
         })
         .await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.call(|reply| Command::ClaimWebhooks {
+            now_ms,
+            lease_ms,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<bool, StoreError> {
+        self.call(|r| Command::RecordAttempt(Box::new(record), r))
+            .await
+    }
+
+    async fn list_webhooks(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        self.read(move |c| list_webhooks(c, &filter)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

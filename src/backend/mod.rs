@@ -5,6 +5,7 @@
 //! | orders, sales, intents | [`OrderStore`] | [`embedded::SqliteStore`], [`postgres::PgOrderStore`], [`mysql::MySqlOrderStore`] |
 //! | stock decisions | [`stock::StockStore`] | [`memory::EmbeddedStock`], [`redis::RedisStock`] |
 //! | the order queue | [`queue::OrderQueue`] | [`amqp::AmqpQueue`], [`memory::InProcessQueue`] |
+//! | webhook outbox | [`OrderStore`] (`claim_webhooks`, …), vocabulary in [`outbox`] | the three order stores |
 //! | rate limits | [`limits::RateStore`] | [`limits::MemoryRates`], [`redis::RedisStock`] |
 //!
 //! Methods are business-atomic ("commit this accepted order durably",
@@ -21,6 +22,7 @@ pub mod embedded;
 pub mod limits;
 pub mod memory;
 pub mod mysql;
+pub mod outbox;
 pub mod postgres;
 pub mod queue;
 pub mod redis;
@@ -239,6 +241,39 @@ pub trait OrderStore: Send + Sync {
             "this store does not back shared stock".into(),
         ))
     }
+
+    /// Claims up to `limit` pending webhook events due at `now_ms` (oldest
+    /// due first) for `lease_ms`: each gets its next attempt number and is
+    /// not handed to anyone else until the lease ends (see [`outbox`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the claim could not be made durable.
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<outbox::OutboxEvent>, StoreError>;
+
+    /// Records an attempt's result; `false` when the claim was stale (the
+    /// row moved on: another attempt was claimed, or it is no longer
+    /// pending), and nothing changed.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write failed.
+    async fn record_webhook_attempt(
+        &self,
+        record: outbox::AttemptRecord,
+    ) -> Result<bool, StoreError>;
+
+    /// The delivery log: one line per event, ordered by event id.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn list_webhooks(
+        &self,
+        filter: outbox::DeliveryFilter,
+    ) -> Result<Vec<outbox::Delivery>, StoreError>;
 
     /// Checks the store answers.
     ///

@@ -33,9 +33,12 @@ use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, Executor, QueryBuilder, Row};
 
+use super::outbox::{self, AttemptRecord, Delivery, DeliveryFilter, DeliveryState, OutboxEvent};
 use super::sql::{
-    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
-    sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+    attempt_binds, claimed_columns, delivery_columns, delivery_from_row, order_columns,
+    order_from_row, orders_insert, outbox_event_from_row, read_snapshot, sale_columns,
+    sale_from_row, sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings,
+    MAX_BATCH,
 };
 use super::{
     Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
@@ -47,6 +50,34 @@ use crate::domain::{Order, OrderStatus, Sale};
 pub struct MySqlOrderStore {
     pool: MySqlPool,
     writer: GroupCommit,
+    outbox: bool,
+}
+
+/// Writes the outbox rows of `events` (order id, status, time) in `tx`;
+/// rows already there (the same events) stay as they are.
+async fn insert_events(
+    tx: &mut sqlx::MySqlConnection,
+    events: impl IntoIterator<Item = (u64, OrderStatus, i64)>,
+) -> Result<(), sqlx::Error> {
+    let events: Vec<_> = events.into_iter().collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO webhook_outbox (event_id, order_id, order_status, occurred_at, \
+         next_attempt_at, updated_at) ",
+    );
+    insert.push_values(&events, |mut row, (order_id, status, at)| {
+        row.push_bind(outbox::event_id(*order_id, *status))
+            .push_bind(*order_id as i64)
+            .push_bind(status.as_str())
+            .push_bind(*at)
+            .push_bind(*at)
+            .push_bind(*at);
+    });
+    insert.push(" ON DUPLICATE KEY UPDATE event_id = event_id");
+    insert.build().execute(&mut *tx).await?;
+    Ok(())
 }
 
 impl MySqlOrderStore {
@@ -82,40 +113,78 @@ impl MySqlOrderStore {
                  201 may be lost if the server crashes"
             );
         }
-        let writer = GroupCommit::start(MySqlSink { pool: pool.clone() }, settings.max_batch);
-        Ok(Self { pool, writer })
+        let writer = GroupCommit::start(
+            MySqlSink {
+                pool: pool.clone(),
+                outbox: settings.outbox,
+            },
+            settings.max_batch,
+        );
+        Ok(Self {
+            pool,
+            writer,
+            outbox: settings.outbox,
+        })
     }
 }
 
 struct MySqlSink {
     pool: MySqlPool,
+    outbox: bool,
 }
 
 #[async_trait]
 impl OrderSink for MySqlSink {
     async fn insert_orders(&self, orders: &[Order]) -> Result<HashSet<u64>, sqlx::Error> {
-        // One autocommit statement: one commit, one log flush. A clash on
-        // the idempotency index "updates" the other order to itself, so
-        // the new order is simply not stored; the read-back finds out.
-        let mut insert = orders_insert!(sqlx::MySql, orders);
-        insert.push(" ON DUPLICATE KEY UPDATE order_id = order_id");
-        insert.build().execute(&self.pool).await?;
-        // The affected-row count cannot tell "inserted" from "was there"
-        // (sqlx asks for found rows), so read the ids back.
-        let mut check = QueryBuilder::new("SELECT order_id FROM orders WHERE order_id IN (");
-        let mut ids = check.separated(", ");
-        for o in orders {
-            ids.push_bind(o.id as i64);
+        // Without the outbox: one autocommit insert, one commit, one log
+        // flush. With it on, orders and their accepted events share one
+        // transaction (insert, read back, events of the stored ones).
+        if !self.outbox {
+            let mut conn = self.pool.acquire().await?;
+            return insert_and_check(&mut conn, orders).await;
         }
-        check.push(")");
-        Ok(check
-            .build_query_scalar::<i64>()
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(to_u64)
-            .collect())
+        let mut tx = self.pool.begin().await?;
+        let stored = insert_and_check(&mut tx, orders).await?;
+        insert_events(
+            &mut tx,
+            orders
+                .iter()
+                .filter(|o| stored.contains(&o.id))
+                .map(|o| (o.id, o.status, o.updated_at_ms)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
     }
+}
+
+/// Inserts `orders` on `conn`, skipping stored ones, and reads back which
+/// of their ids are stored.
+async fn insert_and_check(
+    conn: &mut sqlx::MySqlConnection,
+    orders: &[Order],
+) -> Result<HashSet<u64>, sqlx::Error> {
+    // A clash on the idempotency index "updates" the other order to
+    // itself, so the new order is simply not stored; the read-back finds
+    // out.
+    let mut insert = orders_insert!(sqlx::MySql, orders);
+    insert.push(" ON DUPLICATE KEY UPDATE order_id = order_id");
+    insert.build().execute(&mut *conn).await?;
+    // The affected-row count cannot tell "inserted" from "was there"
+    // (sqlx asks for found rows), so read the ids back.
+    let mut check = QueryBuilder::new("SELECT order_id FROM orders WHERE order_id IN (");
+    let mut ids = check.separated(", ");
+    for o in orders {
+        ids.push_bind(o.id as i64);
+    }
+    check.push(")");
+    Ok(check
+        .build_query_scalar::<i64>()
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(to_u64)
+        .collect())
 }
 
 fn decode_orders(rows: &[MySqlRow]) -> Result<Vec<Order>, sqlx::Error> {
@@ -213,13 +282,14 @@ impl OrderStore for MySqlOrderStore {
         .bind(order_id as i64)
         .fetch_optional(&mut *tx)
         .await?;
+        let order = row.as_ref().map(order_from_row).transpose()?;
+        if won && self.outbox {
+            if let Some(o) = &order {
+                insert_events(&mut tx, [(o.id, o.status, now_ms)]).await?;
+            }
+        }
         tx.commit().await?;
-        let Some(order) = row
-            .as_ref()
-            .map(order_from_row)
-            .transpose()?
-            .filter(|o| o.user_id == user_id)
-        else {
+        let Some(order) = order.filter(|o| o.user_id == user_id) else {
             return Ok(None);
         };
         Ok(Some(TransitionReport {
@@ -265,6 +335,13 @@ impl OrderStore for MySqlOrderStore {
                 "expired {changed} of {} locked orders; rolled back",
                 due.len()
             )));
+        }
+        if self.outbox {
+            insert_events(
+                &mut tx,
+                due.iter().map(|o| (o.id, OrderStatus::Expired, now_ms)),
+            )
+            .await?;
         }
         tx.commit().await?;
         for o in &mut due {
@@ -334,6 +411,98 @@ impl OrderStore for MySqlOrderStore {
 
     async fn sale_audit(&self, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
         sale_audit(&self.pool, sale_id, since_ms).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Locking read: rows another node's claim holds are skipped.
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT event_id FROM webhook_outbox WHERE state = 'pending' \
+             AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut lease = QueryBuilder::new(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ",
+        );
+        lease.push_bind(now_ms.saturating_add(lease_ms));
+        lease.push(", updated_at = ");
+        lease.push_bind(now_ms);
+        lease.push(" WHERE state = 'pending' AND event_id IN (");
+        let mut ids = lease.separated(", ");
+        for id in &due {
+            ids.push_bind(id);
+        }
+        lease.push(")");
+        lease.build().execute(&mut *tx).await?;
+        let mut read = QueryBuilder::new(concat!(
+            "SELECT ",
+            claimed_columns!(),
+            " FROM webhook_outbox w JOIN orders o ON o.order_id = w.order_id \
+             WHERE w.event_id IN ("
+        ));
+        let mut ids = read.separated(", ");
+        for id in &due {
+            ids.push_bind(id);
+        }
+        read.push(")");
+        let rows = read.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .map(outbox_event_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<bool, StoreError> {
+        let (next, error) = attempt_binds(&record);
+        let changed = sqlx::query(
+            "UPDATE webhook_outbox SET state = ?, last_status = ?, last_error = ?, \
+             next_attempt_at = ?, updated_at = ? \
+             WHERE event_id = ? AND attempts = ? AND state = 'pending'",
+        )
+        .bind(record.state.as_str())
+        .bind(record.status.map(i64::from))
+        .bind(error)
+        .bind(next)
+        .bind(record.now_ms)
+        .bind(&record.event_id)
+        .bind(i64::from(record.attempt))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn list_webhooks(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        let state = filter.state.map(DeliveryState::as_str).unwrap_or("");
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM webhook_outbox WHERE (? = '' OR state = ?) AND event_id > ? \
+             ORDER BY event_id LIMIT ?"
+        ))
+        .bind(state)
+        .bind(state)
+        .bind(filter.after.unwrap_or_default())
+        .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -28,9 +28,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row};
 
+use super::outbox::{AttemptRecord, Delivery, DeliveryFilter, DeliveryState, OutboxEvent};
 use super::sql::{
-    order_columns, order_from_row, orders_insert, read_snapshot, sale_columns, sale_from_row,
-    sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings, MAX_BATCH,
+    attempt_binds, claimed_columns, delivery_columns, delivery_from_row, order_columns,
+    order_from_row, orders_insert, outbox_event_from_row, read_snapshot, sale_columns,
+    sale_from_row, sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings,
+    MAX_BATCH,
 };
 use super::{
     Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
@@ -42,6 +45,34 @@ use crate::domain::{Order, OrderStatus, Sale};
 pub struct PgOrderStore {
     pool: PgPool,
     writer: GroupCommit,
+    outbox: bool,
+}
+
+/// The event id of an order row (`order_id`, `status` in scope) in SQL:
+/// the same text as [`super::outbox::event_id`].
+macro_rules! pg_event_id {
+    () => {
+        "'evt_' || order_id || '_' || CASE status WHEN 'pending_payment' THEN 'accepted' \
+         ELSE status END"
+    };
+}
+
+/// A data-modifying CTE named `ob` writing the outbox row of every order
+/// row of CTE `$from` (at its `updated_at`), when `$enabled` (a
+/// placeholder) is true. A comma precedes it.
+macro_rules! pg_outbox_cte {
+    ($from:literal, $enabled:literal) => {
+        concat!(
+            ", ob AS (INSERT INTO webhook_outbox (event_id, order_id, order_status, \
+             occurred_at, next_attempt_at, updated_at) SELECT ",
+            pg_event_id!(),
+            ", order_id, status, updated_at, updated_at, updated_at FROM ",
+            $from,
+            " WHERE ",
+            $enabled,
+            " ON CONFLICT (event_id) DO NOTHING)"
+        )
+    };
 }
 
 impl PgOrderStore {
@@ -68,13 +99,24 @@ impl PgOrderStore {
                  201 may be lost if the server crashes"
             );
         }
-        let writer = GroupCommit::start(PgSink { pool: pool.clone() }, settings.max_batch);
-        Ok(Self { pool, writer })
+        let writer = GroupCommit::start(
+            PgSink {
+                pool: pool.clone(),
+                outbox: settings.outbox,
+            },
+            settings.max_batch,
+        );
+        Ok(Self {
+            pool,
+            writer,
+            outbox: settings.outbox,
+        })
     }
 }
 
 struct PgSink {
     pool: PgPool,
+    outbox: bool,
 }
 
 #[async_trait]
@@ -84,8 +126,21 @@ impl OrderSink for PgSink {
         // DO NOTHING without a target also skips a clash on the idempotency
         // index; such an order is missing from RETURNING and from the check
         // below, and fails alone.
-        let mut insert = orders_insert!(sqlx::Postgres, orders);
-        insert.push(" ON CONFLICT DO NOTHING RETURNING order_id");
+        // With the outbox on, the accepted events are written by the same
+        // statement (a data-modifying CTE): one transaction, as before.
+        let mut insert = if self.outbox {
+            let mut insert = orders_insert!(sqlx::Postgres, orders, "WITH ins AS (");
+            insert.push(concat!(
+                " ON CONFLICT DO NOTHING RETURNING order_id, status, updated_at)",
+                pg_outbox_cte!("ins", "TRUE"),
+                " SELECT order_id FROM ins"
+            ));
+            insert
+        } else {
+            let mut insert = orders_insert!(sqlx::Postgres, orders);
+            insert.push(" ON CONFLICT DO NOTHING RETURNING order_id");
+            insert
+        };
         let mut stored: HashSet<u64> = insert
             .build_query_scalar::<i64>()
             .fetch_all(&self.pool)
@@ -178,18 +233,25 @@ impl OrderStore for PgOrderStore {
         };
         // The status condition makes this the one winner among racing
         // calls; a payment past the deadline expires the order instead.
+        // The outbox row (when on) is written by the same statement.
         let won = sqlx::query(concat!(
-            "UPDATE orders SET status = CASE WHEN $4 AND expires_at <= $5 \
+            "WITH t AS (UPDATE orders SET status = CASE WHEN $4 AND expires_at <= $5 \
              THEN 'expired' ELSE $3 END, updated_at = $5 \
              WHERE order_id = $1 AND user_id = $2 AND status = 'pending_payment' \
              RETURNING ",
-            order_columns!()
+            order_columns!(),
+            ")",
+            pg_outbox_cte!("t", "$6"),
+            " SELECT ",
+            order_columns!(),
+            " FROM t"
         ))
         .bind(order_id as i64)
         .bind(user_id)
         .bind(target.as_str())
         .bind(transition == Transition::Pay)
         .bind(now_ms)
+        .bind(self.outbox)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = won {
@@ -216,17 +278,22 @@ impl OrderStore for PgOrderStore {
         // SKIP LOCKED: concurrent sweepers (and payments holding a row) are
         // stepped over rather than waited for; the status check in the
         // UPDATE keeps an order that changed meanwhile out.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "WITH due AS (SELECT order_id FROM orders \
              WHERE status = 'pending_payment' AND expires_at <= $1 \
-             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE orders o SET status = 'expired', updated_at = $1 FROM due \
+             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             t AS (UPDATE orders o SET status = 'expired', updated_at = $1 FROM due \
              WHERE o.order_id = due.order_id AND o.status = 'pending_payment' \
              RETURNING o.order_id, o.sale_id, o.user_id, o.quantity, o.status, \
-             o.idempotency_key, o.created_at, o.updated_at, o.expires_at",
-        )
+             o.idempotency_key, o.created_at, o.updated_at, o.expires_at)",
+            pg_outbox_cte!("t", "$3"),
+            " SELECT ",
+            order_columns!(),
+            " FROM t"
+        ))
         .bind(now_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(self.outbox)
         .fetch_all(&self.pool)
         .await?;
         Ok(decode_orders(&rows)?)
@@ -292,6 +359,75 @@ impl OrderStore for PgOrderStore {
 
     async fn sale_audit(&self, sale_id: u64, since_ms: i64) -> Result<SaleAudit, StoreError> {
         sale_audit(&self.pool, sale_id, since_ms).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        // SKIP LOCKED: dispatchers on other nodes step over rows another
+        // claim holds; the state check keeps a row that moved on out.
+        let rows = sqlx::query(concat!(
+            "WITH due AS (SELECT event_id FROM webhook_outbox \
+             WHERE state = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             w AS (UPDATE webhook_outbox x SET attempts = x.attempts + 1, \
+             next_attempt_at = $2, updated_at = $1 FROM due \
+             WHERE x.event_id = due.event_id AND x.state = 'pending' \
+             RETURNING x.event_id, x.order_id, x.order_status, x.occurred_at, x.attempts) \
+             SELECT ",
+            claimed_columns!(),
+            " FROM w JOIN orders o ON o.order_id = w.order_id"
+        ))
+        .bind(now_ms)
+        .bind(now_ms.saturating_add(lease_ms))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(outbox_event_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn record_webhook_attempt(&self, record: AttemptRecord) -> Result<bool, StoreError> {
+        let (next, error) = attempt_binds(&record);
+        let changed = sqlx::query(
+            "UPDATE webhook_outbox SET state = $3, last_status = $4, last_error = $5, \
+             next_attempt_at = $6, updated_at = $7 \
+             WHERE event_id = $1 AND attempts = $2 AND state = 'pending'",
+        )
+        .bind(&record.event_id)
+        .bind(i64::from(record.attempt))
+        .bind(record.state.as_str())
+        .bind(record.status.map(i64::from))
+        .bind(error)
+        .bind(next)
+        .bind(record.now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn list_webhooks(&self, filter: DeliveryFilter) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM webhook_outbox WHERE ($1 = '' OR state = $1) AND event_id > $2 \
+             ORDER BY event_id LIMIT $3"
+        ))
+        .bind(filter.state.map(DeliveryState::as_str).unwrap_or(""))
+        .bind(filter.after.unwrap_or_default())
+        .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -24,6 +24,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::outbox::{bounded_error, AttemptRecord, Delivery, DeliveryState, OutboxEvent};
 use super::StoreError;
 use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
 
@@ -38,6 +39,9 @@ const BATCH_ATTEMPTS: u32 = 3;
 /// Settings shared by the SQL order stores.
 #[derive(Debug, Clone)]
 pub struct SqlSettings {
+    /// Write a webhook outbox row with every order change (on when
+    /// webhooks are configured; see [`super::outbox`]).
+    pub outbox: bool,
     /// Most orders written by one insert (clamped to `1..=`[`MAX_BATCH`];
     /// 1 = one commit per order, the baseline).
     pub max_batch: usize,
@@ -50,6 +54,7 @@ pub struct SqlSettings {
 impl Default for SqlSettings {
     fn default() -> Self {
         Self {
+            outbox: false,
             max_batch: MAX_BATCH,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
@@ -246,9 +251,16 @@ pub(crate) use read_snapshot;
 /// A multi-row `INSERT INTO orders (…) VALUES (…), (…)` of `$orders` for
 /// database `$db`, ready for the dialect's conflict clause.
 macro_rules! orders_insert {
-    ($db:ty, $orders:expr) => {{
-        let mut insert =
-            sqlx::QueryBuilder::<$db>::new(concat!("INSERT INTO orders (", order_columns!(), ") "));
+    ($db:ty, $orders:expr) => {
+        orders_insert!($db, $orders, "")
+    };
+    ($db:ty, $orders:expr, $prefix:expr) => {{
+        let mut insert = sqlx::QueryBuilder::<$db>::new(concat!(
+            $prefix,
+            "INSERT INTO orders (",
+            order_columns!(),
+            ") "
+        ));
         insert.push_values($orders, |mut row, o| {
             row.push_bind(o.id as i64)
                 .push_bind(o.sale_id as i64)
@@ -308,6 +320,95 @@ where
         created_at_ms: row.try_get(7)?,
         front_door: FrontDoor::from_stored(row.try_get::<Option<String>, _>(8)?.as_deref()),
     })
+}
+
+/// Columns of a claimed event joined with its order, in
+/// [`outbox_event_from_row`]'s order (`w` the outbox row, `o` the order;
+/// `attempts` already counts the claimed attempt).
+macro_rules! claimed_columns {
+    () => {
+        "w.event_id, w.order_status, w.occurred_at, w.attempts, o.order_id, o.sale_id, \
+         o.user_id, o.quantity, o.idempotency_key, o.created_at, o.expires_at"
+    };
+}
+pub(crate) use claimed_columns;
+
+/// Columns of a delivery-log line, in [`delivery_from_row`]'s order.
+macro_rules! delivery_columns {
+    () => {
+        "event_id, order_id, order_status, occurred_at, state, attempts, last_status, \
+         last_error, next_attempt_at, updated_at"
+    };
+}
+pub(crate) use delivery_columns;
+
+fn status_of(raw: &str) -> Result<OrderStatus, sqlx::Error> {
+    OrderStatus::parse(raw)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status {raw:?}").into()))
+}
+
+/// Decodes a row selected with [`claimed_columns!`].
+pub(crate) fn outbox_event_from_row<R>(row: &R) -> Result<OutboxEvent, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let occurred_at_ms: i64 = row.try_get(2)?;
+    Ok(OutboxEvent {
+        event_id: row.try_get(0)?,
+        occurred_at_ms,
+        attempt: to_u32(row.try_get(3)?, "attempts")?,
+        order: Order {
+            id: to_u64(row.try_get(4)?),
+            sale_id: to_u64(row.try_get(5)?),
+            user_id: text_column(row, 6)?,
+            quantity: to_u32(row.try_get(7)?, "quantity")?,
+            status: status_of(&row.try_get::<String, _>(1)?)?,
+            idempotency_key: text_column(row, 8)?,
+            created_at_ms: row.try_get(9)?,
+            updated_at_ms: occurred_at_ms,
+            expires_at_ms: row.try_get(10)?,
+        },
+    })
+}
+
+/// Decodes a row selected with [`delivery_columns!`].
+pub(crate) fn delivery_from_row<R>(row: &R) -> Result<Delivery, sqlx::Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let state: String = row.try_get(4)?;
+    Ok(Delivery {
+        event_id: row.try_get(0)?,
+        order_id: to_u64(row.try_get(1)?),
+        order_status: status_of(&row.try_get::<String, _>(2)?)?,
+        occurred_at_ms: row.try_get(3)?,
+        state: DeliveryState::parse(&state).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown delivery state {state:?}").into())
+        })?,
+        attempts: to_u32(row.try_get(5)?, "attempts")?,
+        last_status: row
+            .try_get::<Option<i64>, _>(6)?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: row.try_get(7)?,
+        next_attempt_at_ms: row.try_get(8)?,
+        updated_at_ms: row.try_get(9)?,
+    })
+}
+
+/// `(next_attempt_at, error)` bound by both SQL stores' attempt update.
+pub(crate) fn attempt_binds(r: &AttemptRecord) -> (i64, Option<String>) {
+    let next = if r.state == DeliveryState::Pending {
+        r.next_attempt_at_ms
+    } else {
+        r.now_ms
+    };
+    (next, bounded_error(r.error.as_deref()))
 }
 
 /// Where the group-commit writer puts a batch.

@@ -48,6 +48,7 @@ mod orders;
 mod room;
 mod sales;
 pub mod server;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -59,6 +60,7 @@ use crate::auth::Authenticator;
 use crate::engine::{Engine, SaleRuntime};
 pub use error::ApiError;
 pub use fast_lane::FastLane;
+pub use orders::OrderBody;
 
 /// Shared state of every handler: one `Arc`, so the per-request clone that
 /// axum's `State` makes is a single atomic increment.
@@ -104,8 +106,9 @@ pub struct RouteModule {
 }
 
 /// The modules [`api_router`] merges: the only list of them.
-const API_MODULES: [RouteModule; 5] = [
+const API_MODULES: [RouteModule; 6] = [
     sales::MODULE,
+    webhooks::MODULE,
     orders::MODULE,
     room::MODULE,
     antibot::MODULE,

@@ -53,6 +53,7 @@ super::routes! {
         super::orders::get_order,
         super::orders::pay_order,
         super::orders::cancel_order,
+        super::webhooks::list_webhooks,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -63,6 +64,7 @@ super::routes! {
     tags(
         (name = "sales", description = "Sales: create, read, buy, counters, missed buyers, live events"),
         (name = "orders", description = "A buyer's own orders: read, pay, cancel"),
+        (name = "webhooks", description = "The webhook delivery log (docs/WEBHOOKS.md)"),
         (name = "ops", description = "Probes and metrics"),
         (name = "meta", description = "This document"),
     )

@@ -1,4 +1,5 @@
-//! Background workers: the expiry sweeper and housekeeping; in the
+//! Background workers: the expiry sweeper, housekeeping and (when
+//! configured) the webhook dispatcher; in the
 //! distributed mode also the order writer and the stock watcher (relay and
 //! reconciler).
 
@@ -8,6 +9,7 @@
 
 pub mod order_writer;
 pub mod stock_watch;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,8 @@
 //! processes, the distributed backends) on a free port with its own data
 //! directory; `durability` and `cli` also drive the real binary (SIGKILL
 //! and SIGTERM mid-flood, generated secrets). `store_contract` runs the
-//! `OrderStore` contract against every order store.
+//! `OrderStore` contract against every order store; `webhooks` delivers
+//! order events to a local receiver across a `kill -9`.
 
 mod antibot;
 mod auth;
@@ -33,3 +34,4 @@ mod slow_clients;
 mod stock_contract;
 mod store_contract;
 mod tls;
+mod webhooks;

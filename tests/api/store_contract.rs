@@ -23,6 +23,9 @@ use std::time::Duration;
 
 use flashsale::backend::embedded::{SqliteSettings, SqliteStore};
 use flashsale::backend::mysql::MySqlOrderStore;
+use flashsale::backend::outbox::{
+    event_id, AttemptRecord, Delivery, DeliveryFilter, DeliveryState, OutboxEvent,
+};
 use flashsale::backend::postgres::PgOrderStore;
 use flashsale::backend::sql::{redact_url, SqlSettings};
 use flashsale::backend::{Intent, OrderStore, StoreError};
@@ -206,18 +209,37 @@ impl Fixture {
 
     /// Opens a store (a node) on this fixture's data.
     async fn open(&self) -> Arc<dyn OrderStore> {
+        self.open_with(false).await
+    }
+
+    /// Opens a store whose webhook outbox is on.
+    async fn open_outbox(&self) -> Arc<dyn OrderStore> {
+        self.open_with(true).await
+    }
+
+    async fn open_with(&self, outbox: bool) -> Arc<dyn OrderStore> {
+        let sql = SqlSettings {
+            outbox,
+            ..sql_settings()
+        };
         let store: Arc<dyn OrderStore> = match &self.place {
             Place::Embedded(dir) => Arc::new(
-                SqliteStore::open(dir.path(), &SqliteSettings::default())
-                    .expect("opening the embedded store"),
+                SqliteStore::open(
+                    dir.path(),
+                    &SqliteSettings {
+                        outbox,
+                        ..SqliteSettings::default()
+                    },
+                )
+                .expect("opening the embedded store"),
             ),
             Place::Postgres { .. } => Arc::new(
-                PgOrderStore::connect(self.url.as_deref().unwrap(), &sql_settings())
+                PgOrderStore::connect(self.url.as_deref().unwrap(), &sql)
                     .await
                     .expect("connecting the PostgreSQL store"),
             ),
             Place::MySql { .. } => Arc::new(
-                MySqlOrderStore::connect(self.url.as_deref().unwrap(), &sql_settings())
+                MySqlOrderStore::connect(self.url.as_deref().unwrap(), &sql)
                     .await
                     .expect("connecting the MySQL store"),
             ),
@@ -320,6 +342,9 @@ contract_suite!(
     payment_racing_expiry_has_one_winner,
     intents_dedupe_and_paginate,
     shutdown_flushes_then_refuses,
+    outbox_records_each_order_change_once,
+    claims_lease_events_and_stale_results_change_nothing,
+    concurrent_claims_hand_each_event_out_once,
 );
 
 // ---------------------------------------------------------------------------
@@ -925,6 +950,322 @@ async fn shutdown_flushes_then_refuses(fx: Arc<Fixture>) {
 
 // ---------------------------------------------------------------------------
 // The application on a SQL database, through the shared harness.
+
+/// The whole delivery log.
+async fn log_of(store: &Arc<dyn OrderStore>, state: Option<DeliveryState>) -> Vec<Delivery> {
+    store
+        .list_webhooks(DeliveryFilter {
+            state,
+            after: None,
+            limit: 1000,
+        })
+        .await
+        .expect("listing the outbox")
+}
+
+fn ids_of(log: &[Delivery]) -> Vec<String> {
+    log.iter().map(|d| d.event_id.clone()).collect()
+}
+
+async fn outbox_records_each_order_change_once(fx: Arc<Fixture>) {
+    let store = fx.open_outbox().await;
+    store.create_sale(&sale(1)).await.unwrap();
+    // 11: paid; 12: cancelled; 13: swept; 14: paid too late (expired);
+    // 15: stays pending.
+    for (id, expiry) in [
+        (11, Some(T + 60_000)),
+        (12, Some(T + 60_000)),
+        (13, Some(T - 10)),
+        (14, Some(T - 5)),
+        (15, Some(T + 60_000)),
+    ] {
+        store
+            .commit_order(order(id, 1, &format!("u{id}"), 1, expiry))
+            .await
+            .unwrap();
+    }
+    // A second commit of a stored order writes no second event.
+    let again = store
+        .commit_order(order(11, 1, "u11", 1, Some(T + 60_000)))
+        .await;
+    if fx.commits_are_idempotent() {
+        again.expect("a repeated commit of a stored order is Ok");
+    }
+    let paid = store
+        .transition(11, "u11", Transition::Pay, T)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(paid.applied);
+    let cancelled = store
+        .transition(12, "u12", Transition::Cancel, T)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cancelled.applied);
+    let late = store
+        .transition(14, "u14", Transition::Pay, T)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.order.status, OrderStatus::Expired);
+    let swept = store.expire_due(T, 100).await.unwrap();
+    assert_eq!(swept.iter().map(|o| o.id).collect::<Vec<_>>(), [13]);
+    // Refused changes write nothing.
+    assert!(
+        !store
+            .transition(11, "u11", Transition::Cancel, T)
+            .await
+            .unwrap()
+            .unwrap()
+            .applied
+    );
+    assert!(store
+        .transition(15, "mallory", Transition::Cancel, T)
+        .await
+        .unwrap()
+        .is_none());
+
+    let mut expected: Vec<String> = [11, 12, 13, 14, 15]
+        .map(|id| event_id(id, OrderStatus::PendingPayment))
+        .into_iter()
+        .chain([
+            event_id(11, OrderStatus::Paid),
+            event_id(12, OrderStatus::Cancelled),
+            event_id(13, OrderStatus::Expired),
+            event_id(14, OrderStatus::Expired),
+        ])
+        .collect();
+    expected.sort();
+    let log = log_of(&store, None).await;
+    assert_eq!(
+        ids_of(&log),
+        expected,
+        "one event per change, ordered by id"
+    );
+    for d in &log {
+        assert_eq!(d.state, DeliveryState::Pending);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.last_status, None);
+        assert_eq!(event_id(d.order_id, d.order_status), d.event_id);
+        let want_at = if d.order_status == OrderStatus::PendingPayment {
+            T - 1_000
+        } else {
+            T
+        };
+        assert_eq!(d.occurred_at_ms, want_at, "{d:?}");
+    }
+    // Pages follow the cursor.
+    let page = store
+        .list_webhooks(DeliveryFilter {
+            state: Some(DeliveryState::Pending),
+            after: Some(expected[3].clone()),
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&page), expected[4..6]);
+    assert!(log_of(&store, Some(DeliveryState::Dead)).await.is_empty());
+
+    // A store with the outbox off (webhooks not configured) writes none.
+    let plain = Fixture::embedded();
+    let off = plain.open().await;
+    off.create_sale(&sale(1)).await.unwrap();
+    off.commit_order(order(21, 1, "u21", 1, None))
+        .await
+        .unwrap();
+    off.transition(21, "u21", Transition::Pay, T).await.unwrap();
+    assert!(log_of(&off, None).await.is_empty());
+    plain.cleanup().await;
+}
+
+fn record(
+    e: &OutboxEvent,
+    state: DeliveryState,
+    status: Option<u16>,
+    now_ms: i64,
+) -> AttemptRecord {
+    AttemptRecord {
+        event_id: e.event_id.clone(),
+        attempt: e.attempt,
+        state,
+        status,
+        error: (state != DeliveryState::Delivered).then(|| format!("HTTP {status:?}")),
+        next_attempt_at_ms: now_ms + 1_000,
+        now_ms,
+    }
+}
+
+async fn claims_lease_events_and_stale_results_change_nothing(fx: Arc<Fixture>) {
+    let store = fx.open_outbox().await;
+    store.create_sale(&sale(1)).await.unwrap();
+    let mut keyed = order(31, 1, "u31", 2, Some(T + 60_000));
+    keyed.idempotency_key = Some("k-31".into());
+    store.commit_order(keyed.clone()).await.unwrap();
+    store
+        .commit_order(order(32, 1, "u32", 1, None))
+        .await
+        .unwrap();
+    store
+        .transition(32, "u32", Transition::Pay, T)
+        .await
+        .unwrap();
+    // Not due before the change happened.
+    assert!(store
+        .claim_webhooks(T - 2_000, 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = store.claim_webhooks(T, 10_000, 10).await.unwrap();
+    let mut ids: Vec<_> = claimed.iter().map(|e| e.event_id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            event_id(31, OrderStatus::PendingPayment),
+            event_id(32, OrderStatus::PendingPayment),
+            event_id(32, OrderStatus::Paid)
+        ]
+    );
+    // The payload's order is the order at the event.
+    let e31 = claimed.iter().find(|e| e.order.id == 31).unwrap();
+    assert_eq!(e31.attempt, 1);
+    assert_eq!(e31.order, keyed);
+    assert_eq!(e31.occurred_at_ms, T - 1_000);
+    let paid = claimed
+        .iter()
+        .find(|e| e.event_id == event_id(32, OrderStatus::Paid))
+        .unwrap();
+    assert_eq!(paid.order.status, OrderStatus::Paid);
+    assert_eq!(paid.order.updated_at_ms, T);
+    let accepted32 = claimed
+        .iter()
+        .find(|e| e.event_id == event_id(32, OrderStatus::PendingPayment))
+        .unwrap();
+    assert_eq!(accepted32.order.status, OrderStatus::PendingPayment);
+
+    // Leased: nobody else gets them until the lease ends.
+    assert!(store
+        .claim_webhooks(T + 9_999, 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let reclaimed = store.claim_webhooks(T + 10_000, 10_000, 10).await.unwrap();
+    assert_eq!(reclaimed.len(), 3);
+    assert!(reclaimed.iter().all(|e| e.attempt == 2));
+    // The first lease's late result is stale.
+    let stale = record(e31, DeliveryState::Delivered, Some(200), T + 10_001);
+    assert!(!store.record_webhook_attempt(stale).await.unwrap());
+    let now = T + 10_002;
+    let r31 = reclaimed.iter().find(|e| e.order.id == 31).unwrap();
+    let rpaid = reclaimed
+        .iter()
+        .find(|e| e.order.status == OrderStatus::Paid)
+        .unwrap();
+    let r32 = reclaimed
+        .iter()
+        .find(|e| e.order.id == 32 && e.order.status == OrderStatus::PendingPayment)
+        .unwrap();
+    assert!(store
+        .record_webhook_attempt(record(r31, DeliveryState::Delivered, Some(200), now))
+        .await
+        .unwrap());
+    assert!(store
+        .record_webhook_attempt(record(rpaid, DeliveryState::Pending, Some(503), now))
+        .await
+        .unwrap());
+    assert!(store
+        .record_webhook_attempt(record(r32, DeliveryState::Dead, None, now))
+        .await
+        .unwrap());
+    // Recorded once: a repeat is stale too.
+    assert!(!store
+        .record_webhook_attempt(record(r31, DeliveryState::Pending, Some(500), now))
+        .await
+        .unwrap());
+
+    let log = log_of(&store, None).await;
+    let line = |id: &str| log.iter().find(|d| d.event_id == id).unwrap().clone();
+    let d31 = line(&r31.event_id);
+    assert_eq!(
+        (
+            d31.state,
+            d31.attempts,
+            d31.last_status,
+            d31.last_error.clone()
+        ),
+        (DeliveryState::Delivered, 2, Some(200), None)
+    );
+    let dpaid = line(&rpaid.event_id);
+    assert_eq!(
+        (
+            dpaid.state,
+            dpaid.attempts,
+            dpaid.last_status,
+            dpaid.next_attempt_at_ms
+        ),
+        (DeliveryState::Pending, 2, Some(503), now + 1_000)
+    );
+    assert!(dpaid.last_error.is_some());
+    let d32 = line(&r32.event_id);
+    assert_eq!((d32.state, d32.last_status), (DeliveryState::Dead, None));
+    assert_eq!(
+        ids_of(&log_of(&store, Some(DeliveryState::Delivered)).await),
+        [r31.event_id.clone()]
+    );
+    // Only the pending one comes back, and only once due.
+    assert!(store
+        .claim_webhooks(now + 999, 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let third = store.claim_webhooks(now + 1_000, 10_000, 10).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(
+        (third[0].event_id.clone(), third[0].attempt),
+        (rpaid.event_id.clone(), 3)
+    );
+    // The log survives a restart.
+    store.shutdown().await;
+    let reopened = fx.open_outbox().await;
+    assert_eq!(log_of(&reopened, None).await.len(), 3);
+}
+
+async fn concurrent_claims_hand_each_event_out_once(fx: Arc<Fixture>) {
+    let nodes = {
+        let mut nodes = Vec::new();
+        for _ in 0..fx.nodes() {
+            nodes.push(fx.open_outbox().await);
+        }
+        nodes
+    };
+    nodes[0].create_sale(&sale(1)).await.unwrap();
+    let orders: Vec<_> = (0..60u64)
+        .map(|i| order(100 + i, 1, &format!("c{i}"), 1, None))
+        .collect();
+    join_all(orders.into_iter().map(|o| nodes[0].commit_order(o)))
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    // Each node claims in small rounds, twice per node at once.
+    let claims = nodes
+        .iter()
+        .flat_map(|n| [n.clone(), n.clone()])
+        .map(|n| async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = n.claim_webhooks(T, 60_000, 7).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|e| e.event_id));
+            }
+        });
+    let all: Vec<String> = join_all(claims).await.into_iter().flatten().collect();
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60, "every event claimed once: {all:?}");
+    assert_eq!(unique.len(), 60);
+}
 
 async fn app_sells_stock_once_and_restarts(fx: Arc<Fixture>) {
     let url = fx.url.clone().expect("a SQL fixture");
