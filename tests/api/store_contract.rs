@@ -1211,7 +1211,7 @@ async fn claims_lease_events_and_stale_results_change_nothing(fx: Arc<Fixture>) 
     assert_eq!((d32.state, d32.last_status), (DeliveryState::Dead, None));
     assert_eq!(
         ids_of(&log_of(&store, Some(DeliveryState::Delivered)).await),
-        [r31.event_id.clone()]
+        vec![r31.event_id.clone()]
     );
     // Only the pending one comes back, and only once due.
     assert!(store

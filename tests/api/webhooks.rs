@@ -683,3 +683,22 @@ async fn two_distributed_nodes_deliver_every_event_once() {
     }
     backends.cleanup().await;
 }
+
+/// A webhook URL without a usable secret stops the start, naming the flag.
+#[tokio::test]
+async fn a_webhook_url_without_a_secret_is_refused_at_start() {
+    for secret in ["", "whsec_not base64!"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::with_data_dir(dir.path());
+        settings.listen = "127.0.0.1:0".parse().unwrap();
+        settings.webhooks = Some(WebhookSettings::new(
+            "http://127.0.0.1:9/".parse().unwrap(),
+            Secret::new(secret),
+        ));
+        let err = flashsale::Application::build(settings)
+            .await
+            .err()
+            .expect("the start is refused");
+        assert!(format!("{err:#}").contains("--webhook-secret"), "{err:#}");
+    }
+}
