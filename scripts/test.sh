@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, then schemathesis against the served
-# OpenAPI document (scripts/schemathesis.sh): the README's test command and
-# CI's last step.
+# OpenAPI document (scripts/schemathesis.sh) and the webhook signatures
+# against the Standard Webhooks library (scripts/webhooks-interop.sh): the
+# README's test command and CI's last step.
 #
 #   ./scripts/test.sh [extra nextest arguments, e.g. a test-name filter]
 set -euo pipefail
@@ -46,8 +47,13 @@ cargo nextest run --workspace --no-fail-fast -j 1 -E "$DRILLS" "$@" || nextest_s
 schemathesis_status=0
 ./scripts/schemathesis.sh || schemathesis_status=$?
 
-if [ "$doc_status" -ne 0 ] || [ "$nextest_status" -ne 0 ] || [ "$schemathesis_status" -ne 0 ]; then
+# Webhook signatures against the Standard Webhooks library a shop would use.
+interop_status=0
+./scripts/webhooks-interop.sh || interop_status=$?
+
+if [ "$doc_status" -ne 0 ] || [ "$nextest_status" -ne 0 ] || [ "$schemathesis_status" -ne 0 ] \
+    || [ "$interop_status" -ne 0 ]; then
     echo "test.sh: FAILED (doctests exit $doc_status, nextest exit $nextest_status," \
-        "schemathesis exit $schemathesis_status)" >&2
+        "schemathesis exit $schemathesis_status, webhooks interop exit $interop_status)" >&2
     exit 1
 fi
