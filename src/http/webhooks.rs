@@ -92,7 +92,7 @@ struct LogQuery {
     security(("admin" = [])),
     responses(
         (status = 200, description = "The delivery log, a page", body = WebhookPage),
-        (status = 400, description = "`invalid_request`: bad `status` or `limit`", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: bad `status`, `after` or `limit`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
         (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
@@ -109,6 +109,17 @@ async fn list_webhooks(
                 ApiError::invalid("status: must be one of pending, delivered, dead")
             })?),
         };
+    // A cursor is an event id (`evt_<digits>_<kind>`): anything else is
+    // refused here rather than handed to a database that may reject it.
+    let after = q.after.filter(|a| !a.is_empty());
+    if after
+        .as_deref()
+        .is_some_and(|a| a.len() > 64 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(ApiError::invalid(
+            "after: must be an event id (next_cursor)",
+        ));
+    }
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(raw) => match raw.parse::<usize>() {
@@ -121,7 +132,7 @@ async fn list_webhooks(
         .store()
         .list_webhooks(DeliveryFilter {
             state: status,
-            after: q.after.filter(|a| !a.is_empty()),
+            after,
             limit,
         })
         .await?;

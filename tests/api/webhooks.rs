@@ -499,7 +499,13 @@ async fn the_delivery_log_needs_the_admin_token_and_valid_filters() {
         .await
         .unwrap();
     assert_error(buyer, StatusCode::FORBIDDEN, "forbidden").await;
-    for query in [[("status", "lost")], [("limit", "0")], [("limit", "1001")]] {
+    for query in [
+        [("status", "lost")],
+        [("limit", "0")],
+        [("limit", "1001")],
+        [("after", "evt_1\u{0}")],
+        [("after", "évt")],
+    ] {
         let bad = app
             .client
             .get(&url)
