@@ -411,10 +411,27 @@ async fn wait_delivered(
 /// refused attempts per event and a receiver stopped and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_arrives_signed_through_failures_and_a_receiver_restart() {
+    delivers_through_failures_and_a_restart(|_| {}).await;
+}
+
+/// The same on one node over MariaDB (`--database mysql://…`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_over_mysql_through_failures_and_a_receiver_restart() {
+    let backends = Backends::new(Db::MySql).await;
+    let url = backends.db_url.clone();
+    delivers_through_failures_and_a_restart(move |s| s.database = Some(url)).await;
+    backends.cleanup().await;
+}
+
+async fn delivers_through_failures_and_a_restart(backend: impl FnOnce(&mut Settings)) {
     let mut receiver = Receiver::new(2);
     receiver.start().await;
     let url = receiver.url();
-    let app = spawn_app_with(|s| configure(s, &url, 50)).await;
+    let app = spawn_app_with(|s| {
+        backend(s);
+        configure(s, &url, 50);
+    })
+    .await;
 
     let mut expected = small_sale(&app, "w").await;
     // Mid-way: the receiver goes away while events are still pending.
@@ -482,6 +499,7 @@ async fn every_event_arrives_signed_through_failures_and_a_receiver_restart() {
     assert_eq!(ids, sorted, "the log is ordered by event id");
     assert!(delivery_log(&app, Some("dead")).await.is_empty());
     receiver.stop().await;
+    app.stop().await;
 }
 
 /// The delivery log is the admin's, and its filters are checked.
