@@ -216,15 +216,17 @@ impl Dispatcher {
             match claimed {
                 Ok(events) if !events.is_empty() => {
                     full = events.len() == CLAIM_BATCH;
-                    let round = futures::future::join_all(events.into_iter().map(|e| {
+                    // A stop lets the round in flight finish (each attempt
+                    // is bounded by the timeout) so a clean restart sends
+                    // nothing twice; if the app aborts it first, the leases
+                    // run out and the next start sends those events again.
+                    futures::future::join_all(events.into_iter().map(|e| {
                         let this = self.clone();
                         async move { this.deliver(e).await }
-                    }));
-                    // A stop abandons attempts in flight: their leases run
-                    // out and the next start sends them again.
-                    tokio::select! {
-                        _ = round => {}
-                        () = stop.cancelled() => return,
+                    }))
+                    .await;
+                    if stop.is_cancelled() {
+                        return;
                     }
                 }
                 Ok(_) => {}
