@@ -100,8 +100,13 @@ async fn given_secrets_never_appear_in_the_output() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let admin = unique_admin_token();
+    // A webhook secret too, with the hook failing (nothing listens on the
+    // discard port) so its attempts are logged at debug level.
+    let webhook_secret = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTEyMzQ1Njc4OTA=";
     let mut child = serve_command(dir.path(), port, &admin)
         .env("RUST_LOG", "debug")
+        .env("FLASHSALE_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+        .env("FLASHSALE_WEBHOOK_SECRET", webhook_secret)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -136,7 +141,8 @@ async fn given_secrets_never_appear_in_the_output() {
     let output = [out.await.unwrap(), err.await.unwrap()].concat();
     let output = String::from_utf8_lossy(&output);
     assert!(output.contains("listening"), "no output captured: {output}");
-    for secret in [admin.as_str(), JWT_SECRET] {
+    assert!(output.contains("webhooks on"), "webhooks were not on: {output}");
+    for secret in [admin.as_str(), JWT_SECRET, webhook_secret, &webhook_secret[6..]] {
         assert!(!output.contains(secret), "{secret} printed:\n{output}");
     }
 }
