@@ -141,8 +141,16 @@ async fn given_secrets_never_appear_in_the_output() {
     let output = [out.await.unwrap(), err.await.unwrap()].concat();
     let output = String::from_utf8_lossy(&output);
     assert!(output.contains("listening"), "no output captured: {output}");
-    assert!(output.contains("webhooks on"), "webhooks were not on: {output}");
-    for secret in [admin.as_str(), JWT_SECRET, webhook_secret, &webhook_secret[6..]] {
+    assert!(
+        output.contains("webhooks on"),
+        "webhooks were not on: {output}"
+    );
+    for secret in [
+        admin.as_str(),
+        JWT_SECRET,
+        webhook_secret,
+        &webhook_secret[6..],
+    ] {
         assert!(!output.contains(secret), "{secret} printed:\n{output}");
     }
 }
