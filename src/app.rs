@@ -142,6 +142,10 @@ impl Application {
                     stop.clone(),
                 ),
             ));
+            tasks.push((
+                "queue gauges",
+                worker::order_writer::spawn_queue_gauges(queue.clone(), stop.clone()),
+            ));
             if shared {
                 tasks.push((
                     "stock watcher",
@@ -314,16 +318,21 @@ fn buyer_keys(settings: &Settings) -> anyhow::Result<(Vec<VerifyingKey>, Option<
 const WORKER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState> {
+    let http_metrics = http::metrics::HttpMetrics::new();
+    let counted = http_metrics.clone();
     router
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|err: BoxError| async move {
-                    if !err.is::<tower::load_shed::error::Overloaded>()
-                        && !err.is::<tower::timeout::error::Elapsed>()
-                    {
-                        tracing::error!(error = %err, "request failed in middleware");
+                .layer(HandleErrorLayer::new(move |err: BoxError| {
+                    counted.count_refusal(&err);
+                    async move {
+                        if !err.is::<tower::load_shed::error::Overloaded>()
+                            && !err.is::<tower::timeout::error::Elapsed>()
+                        {
+                            tracing::error!(error = %err, "request failed in middleware");
+                        }
+                        ApiError::Overloaded
                     }
-                    ApiError::Overloaded
                 }))
                 // Shed instead of queueing: in a flash crowd a fast "try
                 // again" beats a slow timeout.
@@ -332,6 +341,8 @@ fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState
                 .timeout(settings.request_timeout),
         )
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        // Outside shedding and the timeout, so their 503s are counted too.
+        .layer(http_metrics.layer())
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))

@@ -55,6 +55,22 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // Another recorder may already be installed (tests run many apps in
         // one process); the handle still renders this recorder's registry.
         let _ = metrics::set_global_recorder(recorder);
+        register_at_zero(&[
+            "flashsale_intents_recorded_total",
+            "flashsale_intents_shed_total",
+            "flashsale_stock_returned_units_total",
+            "flashsale_connections_refused_total",
+        ]);
         handle
     })
+}
+
+/// Registers counters of rare events at zero, so they are exported before
+/// the first event: `rate()` and `increase()` then see the first one, and
+/// a dashboard or an alert finds the series. Parts that run only in one
+/// mode register theirs when they start.
+pub fn register_at_zero(counters: &[&'static str]) {
+    for &name in counters {
+        metrics::counter!(name).increment(0);
+    }
 }

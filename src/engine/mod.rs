@@ -65,6 +65,8 @@ pub struct SaleCounters {
     pub expired: AtomicU64,
     /// Orders cancelled (stock returned).
     pub cancelled: AtomicU64,
+    /// The reconciler's last findings (distributed mode).
+    pub reconciled: metrics::Reconciled,
 }
 
 impl SaleCounters {

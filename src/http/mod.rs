@@ -42,6 +42,7 @@ pub mod error;
 pub mod extract;
 pub mod fast_lane;
 mod json_errors;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 mod orders;

@@ -1,4 +1,8 @@
 //! Operations: liveness, readiness, Prometheus metrics.
+//!
+//! `/metrics` is the recorder's text plus the per-sale families of the
+//! active sales (`engine::metrics::render_sale_families`); the metric
+//! reference is docs/OPERATIONS.md.
 
 use std::sync::atomic::Ordering;
 
@@ -39,11 +43,25 @@ async fn bounded(check: impl std::future::Future<Output = bool>) -> bool {
     (status = 503, description = "Not ready, or stopping", body = Readiness),
 ))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (ready, body) = readiness(&state).await;
+    if !ready && body["status"] != "stopping" {
+        tracing::warn!(checks = %body, "readiness check failed");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Whether the node is ready, and the answer's body: the checks of each
+/// backend and the circuit breakers. Also sets `flashsale_ready` and
+/// `flashsale_backend_up{backend}`, so a scrape records what a probe saw.
+async fn readiness(state: &AppState) -> (bool, serde_json::Value) {
     if !state.accepting.load(Ordering::Acquire) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "stopping"})),
-        );
+        metrics::gauge!("flashsale_ready").set(0.0);
+        return (false, json!({"status": "stopping"}));
     }
     let engine = &state.engine;
     // The checks run at once, each bounded: a stalled backend makes the
@@ -56,6 +74,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         bounded(async { !shared || engine.handoff_probe().await }),
     );
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let up = |backend: &'static str, ok: bool| {
+        metrics::gauge!("flashsale_backend_up", "backend" => backend).set(f64::from(u8::from(ok)));
+    };
+    up("store", store_ok);
     let mut body = json!({"store": word(store_ok)});
     let ready = if shared {
         // Over a shared stock, purchases need it and the order queue; the
@@ -63,6 +85,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         // the writer resumes).
         body["redis"] = json!(word(stock_ok));
         body["queue"] = json!(word(queue_ok));
+        up("redis", stock_ok);
+        up("queue", queue_ok);
         stock_ok && queue_ok
     } else {
         store_ok
@@ -76,15 +100,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             .into();
     }
     body["status"] = json!(if ready { "ready" } else { "not_ready" });
-    if !ready {
-        tracing::warn!(checks = %body, "readiness check failed");
-    }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body))
+    metrics::gauge!("flashsale_ready").set(f64::from(u8::from(ready)));
+    (ready, body)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses(
@@ -92,18 +109,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
      content_type = "text/plain; version=0.0.4"),
 ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    for rt in state.engine.sales() {
-        let id = rt.sale.id.to_string();
-        let remaining = rt.ledger.remaining();
-        metrics::gauge!("flashsale_sale_remaining_units", "sale_id" => id.clone())
-            .set(remaining as f64);
-        metrics::gauge!("flashsale_sale_sold_units", "sale_id" => id)
-            .set((rt.sale.stock - remaining) as f64);
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::prometheus().render(),
-    )
+    // The readiness checks run at each scrape too (bounded, as for a
+    // probe), so `flashsale_ready` is fresh whoever probes the node.
+    readiness(&state).await;
+    let mut text = crate::telemetry::prometheus().render();
+    crate::engine::metrics::render_sale_families(
+        &state.engine.sales(),
+        crate::domain::now_ms(),
+        &mut text,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// The operations port (`--ops-listen`): `/healthz`, `/readyz` and

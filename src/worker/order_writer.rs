@@ -28,6 +28,42 @@ const LINGER: Duration = Duration::from_millis(2);
 /// Unacknowledged deliveries the broker sends ahead (bounded prefetch).
 const PREFETCH: u16 = 1000;
 
+/// How often [`spawn_queue_gauges`] reads the queue's depth.
+pub const QUEUE_GAUGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Exports the order queue's depth every [`QUEUE_GAUGE_EVERY`]:
+/// `flashsale_queue_ready_messages{queue="orders"|"dead_letter"}` (for
+/// RabbitMQ a passive `queue.declare`, whose answer carries the count), and
+/// `flashsale_queue_unacked_messages` where the queue can tell (RabbitMQ's
+/// AMQP interface cannot: see `flashsale_writer_unacked_messages` and the
+/// broker's own exporter). A failed read leaves the last values.
+pub fn spawn_queue_gauges(queue: Arc<dyn OrderQueue>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let ready = metrics::gauge!("flashsale_queue_ready_messages", "queue" => "orders");
+        let dead = metrics::gauge!("flashsale_queue_ready_messages", "queue" => "dead_letter");
+        let mut tick = tokio::time::interval(QUEUE_GAUGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            // Bounded, so a stalled broker never stacks reads up.
+            match tokio::time::timeout(Duration::from_secs(1), queue.depth()).await {
+                Ok(Ok(depth)) => {
+                    ready.set(f64::from(depth.ready));
+                    dead.set(f64::from(depth.dead));
+                    if let Some(unacked) = depth.unacked {
+                        metrics::gauge!("flashsale_queue_unacked_messages").set(f64::from(unacked));
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the queue depth"),
+                Err(_) => tracing::debug!("reading the queue depth timed out"),
+            }
+        }
+    })
+}
+
 /// Starts the order writer of this node (every node runs one; they share the
 /// queue as competing consumers).
 pub fn spawn_order_writer(
@@ -37,6 +73,16 @@ pub fn spawn_order_writer(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let tag = format!("writer-{:08x}", rand::random::<u32>());
+        // Deliveries this writer holds and has not settled yet: its batch in
+        // hand (the broker's own unacked count adds what the client library
+        // buffered ahead, up to the prefetch).
+        crate::telemetry::register_at_zero(&[
+            "flashsale_writer_orders_total",
+            "flashsale_writer_dead_lettered_total",
+            "flashsale_writer_retries_total",
+        ]);
+        let unacked = metrics::gauge!("flashsale_writer_unacked_messages");
+        unacked.set(0.0);
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let opened = tokio::select! {
@@ -72,7 +118,9 @@ pub fn spawn_order_writer(
                         _ => break,
                     }
                 }
+                unacked.set(batch.len() as f64);
                 write_batch(&engine, batch, &stop).await;
+                unacked.set(0.0);
             }
             consumer.close().await;
         }

@@ -13,8 +13,10 @@
 //!   once confirmed. Several nodes may relay the same entry; the writer's
 //!   idempotent insert makes that harmless.
 //! - **Reconciler** (every [`RECONCILE_EVERY`]): compares Redis, the outbox
-//!   and the database per sale, exports the drift as
-//!   `flashsale_stock_drift_units{sale_id}`, and returns units of orders
+//!   and the database per sale, keeps the drift, the writer lag and the
+//!   outbox length for `/metrics` (`flashsale_stock_drift_units{sale_id}`,
+//!   `flashsale_writer_lag_units`, `flashsale_outbox_entries`; see
+//!   `engine::metrics`), and returns units of orders
 //!   that expired or were cancelled recently (the release is once per order,
 //!   so this only repairs a node that crashed between the database change
 //!   and the Redis release).
@@ -63,6 +65,11 @@ pub fn spawn_stock_watch(
     queue: Arc<dyn OrderQueue>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
+    crate::telemetry::register_at_zero(&[
+        "flashsale_reseeds_total",
+        "flashsale_relayed_orders_total",
+        "flashsale_reconciler_fences_total",
+    ]);
     tokio::spawn(async move {
         let cluster = Shared {
             stock: engine.stock().clone(),
@@ -278,7 +285,14 @@ async fn reconcile(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     // and the outbox hold more than Redis counts (for a moment an order is
     // in both; for longer, Redis lost decisions — see below).
     let drift = st.sold as i64 - audit.sold as i64 - st.outbox as i64;
-    metrics::gauge!("flashsale_stock_drift_units", "sale_id" => id.to_string()).set(drift as f64);
+    // Exported per active sale at scrape time (engine::metrics), not through
+    // the recorder, so a finished sale's series end.
+    let seen = &rt.counters.reconciled;
+    seen.drift_units.store(drift, Ordering::Relaxed);
+    seen.lag_units
+        .store(st.sold.saturating_sub(audit.sold), Ordering::Relaxed);
+    seen.outbox_entries.store(st.outbox, Ordering::Relaxed);
+    seen.at_ms.store(now_ms(), Ordering::Relaxed);
     // The database holding more units than Redis counts as sold at all
     // means Redis lost decisions that the fence did not catch. A release
     // (database first, then Redis) racing the two reads could fake that for
