@@ -12,6 +12,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod clock;
+mod deploy_files;
 mod distributed;
 mod durability;
 mod failover;
