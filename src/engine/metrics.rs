@@ -193,7 +193,9 @@ pub fn render_sale_families(sales: &[Arc<SaleRuntime>], now_ms: i64, out: &mut S
     if reconciled.is_empty() {
         return;
     }
-    let gauges: [(&str, &str, fn(&Reconciled) -> i64); 3] = [
+    /// A family's name, help text, and its value in the findings.
+    type Family = (&'static str, &'static str, fn(&Reconciled) -> i64);
+    let gauges: [Family; 3] = [
         (
             "flashsale_stock_drift_units",
             "Redis sold units minus the database's and the outbox's, per active sale.",
