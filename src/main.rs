@@ -14,7 +14,29 @@ use flashsale::{telemetry, Application};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process.
+///
+/// mimalloc commits its arenas eagerly, and where the kernel backs them
+/// with 2 MiB huge pages (THP `always` or `madvise`) every touched arena
+/// region counts whole: measured with 5,000 idle keep-alive connections,
+/// 30.5 KiB of resident memory per connection with huge pages, 18.2 KiB
+/// without — the difference between 1.5 GB and 0.9 GB for a waiting room
+/// of 50,000. `FLASHSALE_HUGE_PAGES=1` keeps the kernel's choice.
+fn without_huge_pages() {
+    if std::env::var_os("FLASHSALE_HUGE_PAGES").is_some_and(|v| v == "1") {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no
+    // memory of ours; a kernel without it answers EINVAL, which is ignored
+    // (the process then runs with the kernel's default).
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
+    without_huge_pages();
     let result = match Cli::parse().command {
         // The load tool is a binary of its own: hand over before any runtime.
         Command::Bench { args } => flashsale::cli::run_bench(args),

@@ -379,8 +379,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
         .fold((i64::MAX, i64::MIN), |(lo, hi), &(_, t)| {
             (lo.min(t), hi.max(t))
         });
-    let admission_rate = if admitted.len() > 1 && last > first {
-        (admitted.len() - 1) as f64 * 1000.0 / (last - first) as f64
+    // The room lets buyers in by the tick, a batch at one instant: the
+    // rate is what came in after the first instant over the time since
+    // (counting the first batch too would overstate it by one batch).
+    let after_first = admitted.iter().filter(|&&(_, t)| t > first).count();
+    let admission_rate = if after_first > 0 && last > first {
+        after_first as f64 * 1000.0 / (last - first) as f64
     } else {
         0.0
     };
