@@ -5,7 +5,7 @@
 # once. Prints flashsale bench's JSON report (admission rate and order, the
 # sold-out broadcast, the server's peak memory).
 #
-#   WAITERS=19000 STOCK=2000 RATE=1000 ./scripts/bench-room.sh
+#   WAITERS=19000 STOCK=6000 RATE=1000 ./scripts/bench-room.sh
 #
 # Each stream is one descriptor on each side: the open-file limit of the
 # server and of the load tool bounds WAITERS (both are raised to the hard
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WAITERS="${WAITERS:-19000}"
-STOCK="${STOCK:-2000}"
+STOCK="${STOCK:-6000}"
 RATE="${RATE:-1000}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 ulimit -n "$(ulimit -Hn)"
