@@ -148,6 +148,17 @@ impl Application {
             ));
             if shared {
                 tasks.push((
+                    "buyer events",
+                    worker::buyer_events::spawn_buyer_events(
+                        engine.clone(),
+                        queue.clone(),
+                        // Subscribed before the port opens; a failure here
+                        // is retried by the worker.
+                        queue.subscribe_events().await.ok(),
+                        stop.clone(),
+                    ),
+                ));
+                tasks.push((
                     "stock watcher",
                     worker::stock_watch::spawn_stock_watch(
                         engine.clone(),

@@ -284,6 +284,55 @@ impl OrderQueue for AmqpQueue {
             .await
     }
 
+    /// A queue of the subscriber's own (server-named, exclusive, deleted
+    /// with its connection) bound to every order event; deliveries need no
+    /// ack (events are best effort).
+    async fn subscribe_events(
+        &self,
+    ) -> Result<Box<dyn super::queue::EventSubscription>, QueueError> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let conn = connect(&self.url).await?;
+            let ch = conn.create_channel().await?;
+            let queue = ch
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            ch.queue_bind(
+                queue.name().as_str().into(),
+                self.names.events.as_str().into(),
+                "order.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+            let consumer = ch
+                .basic_consume(
+                    queue.name().as_str().into(),
+                    "buyer-streams".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(Box::new(AmqpEvents {
+                _conn: conn,
+                _channel: ch,
+                consumer,
+            }) as Box<dyn super::queue::EventSubscription>)
+        })
+        .await
+        .unwrap_or_else(|_| Err(QueueError::new("subscribing to events timed out")))
+    }
+
     /// Each consumer has its own connection, so a writer's stall never
     /// holds up the publishers' channel.
     async fn consume(
@@ -390,6 +439,21 @@ impl OrderConsumer for AmqpConsumer {
             let _ = self.conn.close(200, "consumer closing".into()).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+    }
+}
+
+/// A subscription to the events exchange, on a connection of its own.
+struct AmqpEvents {
+    _conn: Connection,
+    _channel: Channel,
+    consumer: Consumer,
+}
+
+#[async_trait]
+impl super::queue::EventSubscription for AmqpEvents {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let d = self.consumer.next().await?.ok()?;
+        Some(d.data)
     }
 }
 

@@ -596,6 +596,12 @@ impl OrderQueue for BreakerQueue {
         self.run(self.inner.consume(tag, prefetch)).await
     }
 
+    async fn subscribe_events(
+        &self,
+    ) -> Result<Box<dyn super::queue::EventSubscription>, QueueError> {
+        self.run(self.inner.subscribe_events()).await
+    }
+
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.run(self.inner.depth()).await
     }

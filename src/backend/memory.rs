@@ -92,9 +92,36 @@ impl Shared {
 
 /// An at-least-once order queue inside the process (tests and the contract
 /// suite).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct InProcessQueue {
     shared: Arc<Shared>,
+    events: tokio::sync::broadcast::Sender<Vec<u8>>,
+}
+
+impl Default for InProcessQueue {
+    fn default() -> Self {
+        Self {
+            shared: Arc::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// A subscription to an [`InProcessQueue`]'s events.
+struct InProcessEvents(tokio::sync::broadcast::Receiver<Vec<u8>>);
+
+#[async_trait]
+impl super::queue::EventSubscription for InProcessEvents {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.0.recv().await {
+                Ok(body) => return Some(body),
+                // Best effort, like the broker: a slow subscriber skips.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for InProcessQueue {
@@ -132,7 +159,16 @@ impl OrderQueue for InProcessQueue {
             .lock()
             .events
             .push((routing_key.to_owned(), body.to_vec()));
+        // No subscriber is not an error: the event is dropped, as a broker
+        // drops one no queue is bound to.
+        let _ = self.events.send(body.to_vec());
         Ok(())
+    }
+
+    async fn subscribe_events(
+        &self,
+    ) -> Result<Box<dyn super::queue::EventSubscription>, QueueError> {
+        Ok(Box::new(InProcessEvents(self.events.subscribe())))
     }
 
     async fn consume(

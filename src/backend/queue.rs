@@ -86,6 +86,15 @@ pub trait OrderConsumer: Send {
     async fn close(self: Box<Self>);
 }
 
+/// Every node's order events, as they are published (best effort: a
+/// subscription that was cut off misses what was published meanwhile).
+#[async_trait]
+pub trait EventSubscription: Send {
+    /// The next event message's body; `None` once the subscription is cut
+    /// off (subscribe again).
+    async fn next(&mut self) -> Option<Vec<u8>>;
+}
+
 /// The durable queue of accepted orders, plus best-effort order events.
 #[async_trait]
 pub trait OrderQueue: Send + Sync + std::fmt::Debug {
@@ -102,6 +111,13 @@ pub trait OrderQueue: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`QueueError`] when the queue is unreachable.
     async fn publish_event(&self, routing_key: &str, body: &[u8]) -> Result<(), QueueError>;
+
+    /// Subscribes to the order events every node publishes (for the
+    /// buyers' streams).
+    ///
+    /// # Errors
+    /// [`QueueError`] when the queue is unreachable.
+    async fn subscribe_events(&self) -> Result<Box<dyn EventSubscription>, QueueError>;
 
     /// Opens a consumer with at most `prefetch` unsettled deliveries.
     ///

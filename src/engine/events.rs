@@ -3,9 +3,12 @@
 //! The engine tells its [`OrderNotifier`] about every order whose state
 //! changed (accepted once stored, paid, expired, cancelled). Notifiers are
 //! best effort: a buyer's answer never waits for one. Today: the order
-//! queue's event exchange in the distributed mode ([`QueueEvents`]), nothing
-//! in the embedded default ([`NoEvents`]). A new notifier (webhooks, a
-//! buyer's stream) is one implementation of the trait.
+//! queue's event exchange in the distributed mode ([`QueueEvents`], whose
+//! subscribers feed every node's buyer streams), the node's own buyer
+//! streams in the embedded default
+//! ([`BuyerStreams`](super::buyer_stream::BuyerStreams)); [`NoEvents`] for
+//! engine tests. Webhooks do not go through here: they leave from a
+//! transactional outbox in the order store (`backend::outbox`).
 
 use std::sync::Arc;
 
@@ -59,20 +62,10 @@ impl OrderNotifier for QueueEvents {
         let Some(first) = orders.first() else {
             return;
         };
-        let body: Vec<serde_json::Value> = orders
-            .iter()
-            .map(|order| {
-                serde_json::json!({
-                    "order_id": order.id.to_string(),
-                    "sale_id": order.sale_id.to_string(),
-                    "user_id": order.user_id,
-                    "quantity": order.quantity,
-                    "status": order.status.as_str(),
-                    "at": order.updated_at_ms,
-                })
-            })
-            .collect();
-        let body = serde_json::Value::Array(body).to_string();
+        let body: Vec<super::buyer_stream::OrderEvent> = orders.iter().map(Into::into).collect();
+        let Ok(body) = serde_json::to_string(&body) else {
+            return;
+        };
         if let Err(e) = self
             .queue
             .publish_event(routing_key(first.status), body.as_bytes())

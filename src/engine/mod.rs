@@ -19,6 +19,7 @@
 //! spawned task.
 
 pub mod admission;
+pub mod buyer_stream;
 pub mod clock;
 pub mod events;
 pub mod handoff;
@@ -39,7 +40,7 @@ use crate::backend::{Backends, OrderStore, StoreError, TransitionReport};
 use crate::domain::order::Transition;
 use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Rejection, Sale};
 pub use admission::{Admission, Attempt, Proof, Refusal};
-use events::{NoEvents, OrderNotifier, QueueEvents};
+use events::{OrderNotifier, QueueEvents};
 use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
 use idempotency::{Claim, IdempotencyCache};
 use intents::{IntentRecorder, MissedBuyers};
@@ -218,6 +219,9 @@ pub struct EngineParts {
     pub handoff: Arc<dyn OrderHandoff>,
     /// Order state changes go here.
     pub notifier: Arc<dyn OrderNotifier>,
+    /// This node's open buyer streams (fed by the notifier in the embedded
+    /// default, by the events exchange's subscriber in the distributed mode).
+    pub buyers: Arc<buyer_stream::BuyerStreams>,
     /// Waiting rooms.
     pub room: Arc<dyn crate::backend::room::RoomStore>,
     /// The cluster-wide rate limiter (`None`: per node).
@@ -229,6 +233,7 @@ impl EngineParts {
     /// published to it and events go to its exchange; without one, the
     /// store commits them and nobody is notified.
     pub fn from_backends(backends: &Backends) -> Self {
+        let buyers = buyer_stream::BuyerStreams::new();
         let (handoff, notifier): (Arc<dyn OrderHandoff>, Arc<dyn OrderNotifier>) =
             match &backends.queue {
                 Some(queue) => (
@@ -237,7 +242,7 @@ impl EngineParts {
                 ),
                 None => (
                     Arc::new(StoreHandoff::new(backends.store.clone())),
-                    Arc::new(NoEvents),
+                    buyers.clone(),
                 ),
             };
         Self {
@@ -245,6 +250,7 @@ impl EngineParts {
             stock: backends.stock.clone(),
             handoff,
             notifier,
+            buyers,
             room: backends.room.clone(),
             rates: backends.rates.clone(),
         }
@@ -258,6 +264,7 @@ pub struct Engine {
     stock: Arc<dyn StockStore>,
     handoff: Arc<dyn OrderHandoff>,
     notifier: Arc<dyn OrderNotifier>,
+    buyers: Arc<buyer_stream::BuyerStreams>,
     admission: Admission,
     rooms: Arc<room::Rooms>,
     gear: admission::Gear,
@@ -288,6 +295,7 @@ impl Engine {
             stock,
             handoff,
             notifier,
+            buyers,
             room,
             rates,
         } = parts;
@@ -333,6 +341,7 @@ impl Engine {
             stock,
             handoff,
             notifier,
+            buyers,
             admission: Admission::standard(settings, &gear),
             rooms: gear.rooms.clone(),
             gear,
@@ -666,6 +675,12 @@ impl Engine {
                 let order = Arc::try_unwrap(reservation)
                     .map(|r| r.order)
                     .unwrap_or_else(|r| r.order.clone());
+                // Stored here (no queue): the node's own streams hear it now;
+                // a queued order is announced by the writer that stores it.
+                if to == HandedOff::Stored && self.buyers.open() > 0 {
+                    self.buyers
+                        .publish([buyer_stream::OrderEvent::from(&order)]);
+                }
                 if let Some(g) = guard {
                     g.finish(Ok(order.clone()), order.created_at_ms);
                 }
@@ -842,6 +857,11 @@ impl Engine {
         .into_iter()
         .filter_map(|(name, state)| state.map(|s| (name, s)))
         .collect()
+    }
+
+    /// This node's open buyer streams.
+    pub fn buyer_streams(&self) -> &Arc<buyer_stream::BuyerStreams> {
+        &self.buyers
     }
 
     /// Tells the notifier about orders that moved to one status (the order

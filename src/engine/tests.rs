@@ -93,6 +93,7 @@ async fn the_store_hand_off_sells_exactly_the_stock() {
         stock: Arc::new(EmbeddedStock),
         handoff: Arc::new(StoreHandoff::new(store.clone())),
         notifier: Arc::new(events::NoEvents),
+        buyers: super::buyer_stream::BuyerStreams::new(),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
         rates: None,
     })
@@ -115,6 +116,7 @@ async fn the_queue_hand_off_runs_the_same_path_and_the_writer_stores_every_order
         stock: stock.clone(),
         handoff: Arc::new(QueueHandoff::new(Arc::new(queue.clone()), stock)),
         notifier: Arc::new(events::QueueEvents::new(Arc::new(queue.clone()))),
+        buyers: super::buyer_stream::BuyerStreams::new(),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
         rates: None,
     })
@@ -178,6 +180,7 @@ async fn failing_engine(durable_elsewhere: bool) -> (Arc<Engine>, tempfile::Temp
             calls: AtomicUsize::new(0),
         }),
         notifier: Arc::new(events::NoEvents),
+        buyers: super::buyer_stream::BuyerStreams::new(),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
         rates: None,
     })
@@ -223,6 +226,7 @@ async fn refusals_are_counted_once_by_their_rejection() {
         stock: Arc::new(EmbeddedStock),
         handoff: Arc::new(StoreHandoff::new(store)),
         notifier: Arc::new(events::NoEvents),
+        buyers: super::buyer_stream::BuyerStreams::new(),
         room: Arc::new(crate::backend::room::MemoryRoom::default()),
         rates: None,
     })

@@ -211,3 +211,30 @@ impl FromRequestParts<AppState> for FrontDoorProof {
         }))
     }
 }
+
+/// `?access_token=` of a server-sent-events route.
+#[derive(serde::Deserialize)]
+pub struct TokenQuery {
+    /// The buyer token, for clients that cannot send headers.
+    pub access_token: Option<String>,
+}
+
+/// The buyer of a stream: the bearer header, else the query's token
+/// (`EventSource` cannot send headers).
+///
+/// # Errors
+/// `401` when neither holds a valid buyer token.
+pub fn stream_buyer(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    query: &TokenQuery,
+) -> Result<String, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer);
+    let token = header
+        .or(query.access_token.as_deref())
+        .ok_or(ApiError::from(crate::auth::AuthError::Missing))?;
+    Ok(String::from(&*state.auth.verify_buyer(token)?))
+}

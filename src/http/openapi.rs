@@ -50,6 +50,7 @@ super::routes! {
         super::room::join,
         super::room::poll,
         super::room::events,
+        super::orders::order_events,
         super::orders::get_order,
         super::orders::pay_order,
         super::orders::cancel_order,
@@ -59,7 +60,7 @@ super::routes! {
         super::ops::metrics,
         openapi_json,
     ),
-    components(schemas(ErrorCode, RejectedCounts)),
+    components(schemas(ErrorCode, RejectedCounts, crate::engine::buyer_stream::OrderEvent)),
     modifiers(&Security),
     tags(
         (name = "sales", description = "Sales: create, read, buy, counters, missed buyers, live events"),

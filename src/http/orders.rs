@@ -4,13 +4,14 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-use super::extract::{Buyer, Path};
+use super::extract::{stream_buyer, Buyer, Path, Query, TokenQuery};
 use super::openapi::ErrorBody;
 use super::{parse_id, ApiError, AppState};
 use crate::domain::order::Transition;
 use crate::domain::{Order, OrderStatus};
 
 super::routes! {
+    "/api/v1/orders/events" => get(order_events),
     "/api/v1/orders/{order_id}" => get(get_order),
     "/api/v1/orders/{order_id}/pay" => post(pay_order),
     "/api/v1/orders/{order_id}/cancel" => post(cancel_order),
@@ -121,4 +122,60 @@ async fn cancel_order(
         .transition(id, user, Transition::Cancel)
         .await?;
     Ok(Json(order.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/orders/events", tag = "orders",
+    params(("access_token" = Option<String>, Query,
+        description = "The buyer token, for clients that cannot send headers (EventSource)")),
+    security(("buyer" = [])),
+    responses(
+        (status = 200, description = "Server-sent events, one per change of one of the buyer's \
+            orders from now on, named by the change (`accepted`, `paid`, `expired`, `cancelled`; \
+            data: an `OrderEvent`); `lagged` when the stream fell behind and skipped events \
+            (read the orders again)",
+         content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_request`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`", body = ErrorBody),
+    ))]
+/// The buyer's order stream: every change of their orders, from any node.
+async fn order_events(
+    State(state): State<AppState>,
+    Query(query): Query<TokenQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    use tokio::sync::broadcast::error::RecvError;
+    let user = stream_buyer(&state, &headers, &query)?;
+    let subscription = state.engine.buyer_streams().subscribe(&user);
+    let stopping = state.stopping.clone().cancelled_owned();
+    let stream = futures::stream::unfold(subscription, |mut sub| async move {
+        let event = match sub.events.recv().await {
+            Ok(event) => Event::default()
+                .event(event_name(&event.status))
+                .json_data(&*event)
+                .unwrap_or_else(|_| Event::default().comment("serialization failed")),
+            Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), sub))
+    });
+    Ok(Sse::new(stream.take_until(stopping)).keep_alive(KeepAlive::default()))
+}
+
+/// The event name of a change to `status`.
+fn event_name(status: &str) -> &'static str {
+    match status {
+        "pending_payment" => "accepted",
+        "paid" => "paid",
+        "expired" => "expired",
+        "cancelled" => "cancelled",
+        _ => "changed",
+    }
 }

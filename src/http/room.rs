@@ -20,10 +20,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::{Buyer, Path, Query};
+use super::extract::{stream_buyer, Buyer, Path, Query, TokenQuery};
 use super::openapi::{ErrorBody, SaleId, Standing as StandingBody};
 use super::{sale, ApiError, AppState};
 use crate::backend::room::Place;
@@ -130,27 +129,6 @@ pub(super) async fn poll(
     let now = state.engine.clock().now_ms();
     let standing = state.engine.rooms().standing(&rt, &buyer.0, now).await?;
     Ok(Json(body(rt.sale.id, &standing)).into_response())
-}
-
-#[derive(Deserialize)]
-pub(super) struct TokenQuery {
-    access_token: Option<String>,
-}
-
-/// The buyer of a stream: the bearer header, else the query's token.
-fn stream_buyer(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &TokenQuery,
-) -> Result<String, ApiError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer);
-    let token = header
-        .or(query.access_token.as_deref())
-        .ok_or(ApiError::from(crate::auth::AuthError::Missing))?;
-    Ok(String::from(&*state.auth.verify_buyer(token)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/sales/{sale_id}/queue/events", tag = "sales",

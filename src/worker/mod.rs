@@ -7,6 +7,7 @@
 //! Each runs until its cancellation token fires; the application awaits them
 //! during a graceful stop.
 
+pub mod buyer_events;
 pub mod order_writer;
 pub mod stock_watch;
 pub mod webhooks;

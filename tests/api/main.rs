@@ -10,6 +10,7 @@
 mod antibot;
 mod auth;
 mod bad_input;
+mod buyer_stream;
 mod cli;
 mod clock;
 mod deploy_files;

@@ -4,8 +4,9 @@
 //! What a queue must do: hand every published message to a consumer, keep a
 //! delivery until it is acknowledged (a consumer closed with unsettled
 //! deliveries gives them back), send dead letters aside for good, bound
-//! the unsettled deliveries by the prefetch, and lose nothing under
-//! concurrent publishers.
+//! the unsettled deliveries by the prefetch, lose nothing under
+//! concurrent publishers, and hand every order event to every subscriber
+//! (the buyers' streams of every node), apart from the orders.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -49,6 +50,26 @@ async fn contract(q: Arc<dyn OrderQueue>) {
     dead_letters_are_kept_aside(&*q).await;
     prefetch_bounds_unsettled_deliveries(&*q).await;
     concurrent_publishers_lose_nothing(q.clone()).await;
+    every_subscriber_hears_every_event(&*q).await;
+}
+
+async fn every_subscriber_hears_every_event(q: &dyn OrderQueue) {
+    let before = q.depth().await.unwrap();
+    let mut a = q.subscribe_events().await.unwrap();
+    let mut b = q.subscribe_events().await.unwrap();
+    q.publish_event("order.accepted", b"[1]").await.unwrap();
+    q.publish_event("order.paid", b"[2]").await.unwrap();
+    for s in [&mut a, &mut b] {
+        for want in [b"[1]", b"[2]"] {
+            let got = tokio::time::timeout(WAIT, s.next())
+                .await
+                .expect("an event within 10 s")
+                .expect("the subscription is open");
+            assert_eq!(got, want);
+        }
+    }
+    // Events are not orders: the orders queue holds none of them.
+    depth_becomes(q, before.ready, before.dead).await;
 }
 
 async fn delivers_what_was_published(q: &dyn OrderQueue) {

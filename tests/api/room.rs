@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::kit::{assert_error, json_ok, spawn_app_with, time_in, token, Backends, Db, TestApp};
+use crate::kit::{
+    assert_error, json_ok, spawn_app_with, time_in, token, Backends, Db, EventReader, TestApp,
+};
 
 fn room_sale(stock: u64, rate: u32, starts_in_secs: i64) -> Value {
     json!({
@@ -205,38 +206,6 @@ async fn early_arrivals_are_drawn_fairly_at_the_start() {
     app.stop().await;
 }
 
-/// Reads server-sent events from `resp` until `want` arrives (its data) or
-/// `limit` passes.
-async fn next_event(
-    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    buf: &mut String,
-    want: &str,
-    limit: Duration,
-) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let mut name = "";
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = v.trim();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if name == want {
-                return serde_json::from_str(&data).ok();
-            }
-        }
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(chunk))) => buf.push_str(&String::from_utf8_lossy(&chunk)),
-            _ => return None,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sold_out_moment_reaches_every_waiting_stream_and_a_returned_unit_lets_the_next_in() {
     let app = spawn_app_with(|_| {}).await;
@@ -254,11 +223,12 @@ async fn the_sold_out_moment_reaches_every_waiting_stream_and_a_returned_unit_le
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        streams.push((Box::pin(resp.bytes_stream()), String::new()));
+        streams.push(EventReader::new(Box::pin(resp.bytes_stream())));
     }
     let mut passes = Vec::new();
-    for (i, (s, buf)) in streams.iter_mut().take(2).enumerate() {
-        let ev = next_event(s, buf, "admitted", Duration::from_secs(5))
+    for (i, s) in streams.iter_mut().take(2).enumerate() {
+        let ev = s
+            .until("admitted", Duration::from_secs(5))
             .await
             .unwrap_or_else(|| panic!("sse-{i} never admitted"));
         passes.push(ev["pass"].as_str().unwrap().to_owned());
@@ -272,11 +242,9 @@ async fn the_sold_out_moment_reaches_every_waiting_stream_and_a_returned_unit_le
         orders.push(resp.json::<Value>().await.unwrap());
     }
     let sold_at = Instant::now();
-    for (i, (s, buf)) in streams.iter_mut().enumerate().skip(2) {
+    for (i, s) in streams.iter_mut().enumerate().skip(2) {
         assert!(
-            next_event(s, buf, "sold_out", Duration::from_secs(2))
-                .await
-                .is_some(),
+            s.until("sold_out", Duration::from_secs(2)).await.is_some(),
             "sse-{i} was not told sold out"
         );
     }
@@ -294,8 +262,7 @@ async fn the_sold_out_moment_reaches_every_waiting_stream_and_a_returned_unit_le
     let order_id = orders[0]["order_id"].as_str().unwrap();
     let resp = app.cancel(order_id, &token("sse-0")).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let (s, buf) = &mut streams[2];
-    let ev = next_event(s, buf, "admitted", Duration::from_secs(5)).await;
+    let ev = streams[2].until("admitted", Duration::from_secs(5)).await;
     assert!(ev.is_some(), "the next buyer was not let in");
     app.stop().await;
 }

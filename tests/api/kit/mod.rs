@@ -8,6 +8,7 @@
 //! | [`raw`] | raw HTTP: hand-written requests, a purchase held open with `100 Continue` |
 //! | [`process`] | child processes: the real `flashsale serve` binary, free ports, SIGTERM |
 //! | [`backends`] | the distributed mode's services, isolated per test; private Redis servers |
+//! | [`sse`] | server-sent events read from an answer's body |
 //! | [`redis_ha`] | replicated Redis, Sentinels and network-playing proxies for the failover drills |
 //!
 //! Tests import from here (`use crate::kit::{spawn_app, token};`).
@@ -19,6 +20,7 @@ pub mod flood;
 pub mod process;
 pub mod raw;
 pub mod redis_ha;
+pub mod sse;
 
 pub use app::{
     eventually, spawn_app, spawn_app_on, spawn_app_on_with, spawn_app_with, TestApp, ADMIN_TOKEN,
@@ -36,3 +38,4 @@ pub use process::{
     free_port, serve_command, serving, sigterm, start_binary, start_binary_with, unique_admin_token,
 };
 pub use raw::{parse_raw_answer, raw_http, SlowPurchase};
+pub use sse::EventReader;
