@@ -306,7 +306,7 @@ pub struct ServeArgs {
     /// the siteverify form POST (reCAPTCHA, hCaptcha, Turnstile, or a local
     /// sidecar in front of one). Unset: sales cannot ask for a captcha.
     #[arg(long, env = "FLASHSALE_CAPTCHA_VERIFY_URL", hide_env_values = true,
-          value_parser = crate::engine::admission::captcha::parse_verify_url)]
+          value_parser = crate::outbound::parse_http_url)]
     pub captcha_verify_url: Option<axum::http::Uri>,
     /// The site secret sent to the captcha verify service.
     #[arg(long, env = "FLASHSALE_CAPTCHA_SECRET", hide_env_values = true)]
@@ -318,7 +318,7 @@ pub struct ServeArgs {
     /// http:// URL, signed the Standard Webhooks way (docs/WEBHOOKS.md).
     /// Needs --webhook-secret. Unset: no webhooks.
     #[arg(long, env = "FLASHSALE_WEBHOOK_URL",
-          value_parser = crate::worker::webhooks::parse_webhook_url)]
+          value_parser = crate::outbound::parse_http_url)]
     pub webhook_url: Option<axum::http::Uri>,
     /// The webhook signing secret: `whsec_<base64>` (the Standard Webhooks
     /// form: the key is the decoded bytes) or any other text (its bytes).

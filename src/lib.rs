@@ -19,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod outbound;
 pub mod signed;
 pub mod telemetry;
 pub mod worker;

@@ -28,9 +28,6 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, Uri};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -80,21 +77,6 @@ impl WebhookSettings {
     /// How long a claim holds an event: past any attempt's end.
     fn lease(&self) -> Duration {
         self.timeout * 2 + Duration::from_secs(1)
-    }
-}
-
-/// Reads a `--webhook-url`: an absolute `http://` URL.
-///
-/// # Errors
-/// A message naming what is wrong.
-pub fn parse_webhook_url(raw: &str) -> Result<Uri, String> {
-    let uri: Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => {
-            Err("https is not supported: point it at a local proxy or sidecar over http://".into())
-        }
-        _ => Err("must be an absolute http:// URL".into()),
     }
 }
 
@@ -178,13 +160,7 @@ pub fn spawn_webhook_dispatcher(
     stop: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let signer = Signer::new(&settings.secret).context("--webhook-secret")?;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
+    let client = crate::outbound::client(settings.timeout);
     tracing::info!(url = %settings.url, "webhooks on");
     let dispatcher = Arc::new(Dispatcher {
         engine,
@@ -197,7 +173,7 @@ pub fn spawn_webhook_dispatcher(
 
 struct Dispatcher {
     engine: Arc<Engine>,
-    client: Client<HttpConnector, Body>,
+    client: crate::outbound::HttpClient,
     signer: Signer,
     settings: WebhookSettings,
 }
@@ -386,15 +362,6 @@ mod tests {
         let seen: std::collections::HashSet<_> =
             (0..50).map(|_| backoff(5, base, max, &mut rng)).collect();
         assert!(seen.len() > 1);
-    }
-
-    #[test]
-    fn urls_must_be_plain_http() {
-        assert!(parse_webhook_url("http://127.0.0.1:9000/hook").is_ok());
-        assert!(parse_webhook_url("https://shop.example/hook")
-            .unwrap_err()
-            .contains("https"));
-        assert!(parse_webhook_url("/hook").is_err());
     }
 
     #[test]

@@ -139,29 +139,20 @@ async fn a_buyer_hears_each_change_of_their_orders_in_order_and_nobody_elses() {
 #[tokio::test]
 async fn the_stream_needs_a_buyer_token() {
     let app = spawn_app_with(|_| {}).await;
-    let resp = app
-        .client
-        .get(app.url("/api/v1/orders/events"))
-        .send()
-        .await
-        .unwrap();
-    assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let resp = app
-        .client
-        .get(app.url("/api/v1/orders/events?access_token=not-a-token"))
-        .send()
-        .await
-        .unwrap();
-    assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    // The admin token is not a buyer.
-    let resp = app
-        .client
-        .get(app.url("/api/v1/orders/events"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_client_error(), "{}", resp.status());
+    let get = |query: &str| {
+        app.client
+            .get(app.url(&format!("/api/v1/orders/events{query}")))
+    };
+    let unauthorized = [
+        get(""),
+        get("?access_token=not-a-token"),
+        // The admin token is not a buyer's.
+        get("").bearer_auth(&app.admin_token),
+    ];
+    for request in unauthorized {
+        let resp = request.send().await.unwrap();
+        assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
     // An ordinary order id still reads as one.
     let sale = app.open_sale(1, 1).await;
     let order = app.buy_ok(&sale, "dave", 1).await;
@@ -179,17 +170,7 @@ async fn the_stream_needs_a_buyer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn across_nodes_a_buyer_hears_of_orders_made_and_paid_on_another_node() {
     let backends = Backends::new(Db::Postgres).await;
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(
-            spawn_app_with(|s| {
-                backends.configure(s);
-                s.engine.node_id = i + 1;
-                s.lease_node_id = false;
-            })
-            .await,
-        );
-    }
+    let nodes = backends.nodes(2).await;
     let sale = nodes[0].open_sale(10, 2).await;
     let mut stream = open_stream(&nodes[1], "erin").await;
     // (Each node subscribes to the events exchange before it serves.)

@@ -9,23 +9,11 @@ use serde_json::json;
 
 use crate::kit::{
     accepted_orders, check_stored, flood_nodes, json_status, no_answer, open_sale_body, redis_sold,
-    spawn_app_with, start_binary_with, token, unique_admin_token, Backends, Db, RedisServers,
-    TestApp,
+    start_binary_with, token, unique_admin_token, Backends, Db, RedisServers, TestApp,
 };
 
 async fn nodes(backends: &Backends, n: usize) -> Vec<TestApp> {
-    let mut nodes = Vec::with_capacity(n);
-    for i in 0..n {
-        nodes.push(
-            spawn_app_with(|s| {
-                backends.configure(s);
-                s.engine.node_id = i as u16 + 1;
-                s.lease_node_id = false;
-            })
-            .await,
-        );
-    }
-    nodes
+    backends.nodes(n).await
 }
 
 async fn stop_all(nodes: Vec<TestApp>) {

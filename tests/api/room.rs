@@ -270,17 +270,7 @@ async fn the_sold_out_moment_reaches_every_waiting_stream_and_a_returned_unit_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_distributed_nodes_share_one_line_and_one_rate() {
     let backends = Backends::new(Db::Postgres).await;
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(
-            spawn_app_with(|s| {
-                backends.configure(s);
-                s.engine.node_id = i + 1;
-                s.lease_node_id = false;
-            })
-            .await,
-        );
-    }
+    let nodes = backends.nodes(2).await;
     let sale = create(&nodes[0], room_sale(100, 5, -1)).await;
     // Joins alternate between the nodes; the line is one.
     for i in 0..10 {

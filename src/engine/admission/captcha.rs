@@ -16,9 +16,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{Attempt, Check, Pass, Refusal};
 use crate::auth::Secret;
@@ -42,24 +39,9 @@ pub struct CaptchaSettings {
     pub timeout: Duration,
 }
 
-/// Reads a `--captcha-verify-url`: an absolute `http://` URL.
-///
-/// # Errors
-/// A message naming what is wrong.
-pub fn parse_verify_url(raw: &str) -> Result<Uri, String> {
-    let uri: Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(uri),
-        (Some("https"), _) => {
-            Err("https is not supported: point it at a local sidecar or proxy over http://".into())
-        }
-        _ => Err("must be an absolute http:// URL".into()),
-    }
-}
-
 /// The verify service's client.
 pub struct CaptchaVerifier {
-    client: Client<HttpConnector, Body>,
+    client: crate::outbound::HttpClient,
     settings: CaptchaSettings,
 }
 
@@ -72,14 +54,10 @@ impl std::fmt::Debug for CaptchaVerifier {
 impl CaptchaVerifier {
     /// A client for `settings`.
     pub fn new(settings: CaptchaSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Self { client, settings }
+        Self {
+            client: crate::outbound::client(settings.timeout),
+            settings,
+        }
     }
 
     /// True only when the service answers `{"success": true}` in time.
@@ -173,18 +151,5 @@ impl Check for CaptchaCheck {
                 Err(Rejection::CaptchaRequired.into())
             }
         })))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_http_urls_are_taken() {
-        assert!(parse_verify_url("http://127.0.0.1:9/siteverify").is_ok());
-        for bad in ["https://x/siteverify", "/siteverify", "x", "", "ftp://x/"] {
-            assert!(parse_verify_url(bad).is_err(), "{bad}");
-        }
     }
 }

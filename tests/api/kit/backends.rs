@@ -145,6 +145,22 @@ impl Backends {
         s.sweep_interval = Duration::from_millis(100);
     }
 
+    /// Starts `n` nodes on these backends, node ids 1..=n.
+    pub async fn nodes(&self, n: usize) -> Vec<super::TestApp> {
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            nodes.push(
+                super::spawn_app_with(|s| {
+                    self.configure(s);
+                    s.engine.node_id = i as u16 + 1;
+                    s.lease_node_id = false;
+                })
+                .await,
+            );
+        }
+        nodes
+    }
+
     /// The flags of the real binary for these backends.
     pub fn flags(&self) -> Vec<String> {
         let mut f = vec![
