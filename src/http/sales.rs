@@ -18,7 +18,7 @@ use super::openapi::{
     ErrorBody, IntentPage, PurchaseRequest, SaleId, SaleList, SaleRequest, SaleStats,
 };
 use super::orders::OrderBody;
-use super::{parse_id, ApiError, AppState};
+use super::{parse_id, sale, ApiError, AppState};
 use crate::backend::Intent;
 use crate::domain::{now_ms, FrontDoor, NewSale, Rejection, SaleStatus};
 use crate::engine::{PurchaseOutcome, SaleRuntime};
@@ -146,11 +146,7 @@ async fn get_sale(
     State(state): State<AppState>,
     Path(sale_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rt = state
-        .engine
-        .find_sale(parse_id(&sale_id)?)
-        .await
-        .map_err(sale_lookup_error)?;
+    let rt = sale(&state, &sale_id).await?;
     // Cacheable for a second: a CDN or proxy can absorb the page-refresh storm.
     Ok((
         [(header::CACHE_CONTROL, "public, max-age=1")],
@@ -255,11 +251,7 @@ async fn stats(
     _: Admin,
     Path(sale_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rt = state
-        .engine
-        .find_sale(parse_id(&sale_id)?)
-        .await
-        .map_err(sale_lookup_error)?;
+    let rt = sale(&state, &sale_id).await?;
     let c = &rt.counters;
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let remaining = rt.ledger.remaining();
@@ -310,12 +302,7 @@ async fn intents(
     Path(sale_id): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let sale_id = parse_id(&sale_id)?;
-    state
-        .engine
-        .find_sale(sale_id)
-        .await
-        .map_err(sale_lookup_error)?;
+    let sale_id = sale(&state, &sale_id).await?.sale.id;
     let limit = match page.limit.as_deref() {
         None => 100,
         Some(raw) => match raw.parse::<usize>() {
@@ -374,11 +361,7 @@ async fn events(
     State(state): State<AppState>,
     Path(sale_id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let rt = state
-        .engine
-        .find_sale(parse_id(&sale_id)?)
-        .await
-        .map_err(sale_lookup_error)?;
+    let rt = sale(&state, &sale_id).await?;
     let stopping = state.stopping.clone().cancelled_owned();
     let stream = futures::stream::unfold((rt, None), |(rt, last)| async move {
         loop {
@@ -397,14 +380,6 @@ async fn events(
     });
     // Ends when a graceful stop begins, so an open stream never holds it up.
     Ok(Sse::new(stream.take_until(stopping)).keep_alive(KeepAlive::default()))
-}
-
-/// A failed sale lookup: unknown id, or the store could not be asked.
-fn sale_lookup_error(e: crate::engine::EngineError) -> ApiError {
-    match e {
-        crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
-        other => other.into(),
-    }
 }
 
 #[cfg(test)]
