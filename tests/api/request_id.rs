@@ -268,3 +268,67 @@ async fn the_request_id_is_in_every_log_line_of_its_request() {
         }
     }
 }
+
+/// With `--features otel` and an endpoint, the request spans reach an
+/// OTLP/HTTP receiver (a local one counting `POST /v1/traces`), the last
+/// batch flushed by the clean stop, under `OTEL_SERVICE_NAME`.
+#[cfg(feature = "otel")]
+#[tokio::test]
+async fn request_spans_are_exported_over_otlp_and_flushed_on_stop() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use axum::routing::post;
+
+    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let receiver = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/v1/traces",
+            post(move |body: Bytes| async move {
+                received.lock().unwrap().push(body);
+                StatusCode::OK
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, app) =
+        crate::kit::start_binary_with(dir.path(), &unique_admin_token(), |cmd| {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
+                .env("OTEL_SERVICE_NAME", "flashsale-otel-test");
+        })
+        .await;
+    let resp = app
+        .client
+        .get(app.url("/api/v1/sales/999999"))
+        .header("x-request-id", "otel-probe-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id_of(&resp), "otel-probe-1");
+    assert_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("no exit within 20 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    // Protobuf keeps strings as they are: the span's id and the service
+    // name are in the bytes of some export.
+    let exports = received.lock().unwrap().concat();
+    let has = |needle: &[u8]| exports.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !exports.is_empty(),
+        "no POST /v1/traces reached the receiver"
+    );
+    assert!(has(b"otel-probe-1"), "the request's span was not exported");
+    assert!(
+        has(b"flashsale-otel-test"),
+        "OTEL_SERVICE_NAME was not used"
+    );
+}
