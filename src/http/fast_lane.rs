@@ -23,6 +23,10 @@
 //! the fast lane can only answer what the full path would have answered
 //! (`tests/api/fast_lane_equivalence.rs` checks it on random requests).
 //!
+//! Every answer, its own and the router's, carries the request's
+//! `x-request-id` ([`request_id::take_or_make`], called first, so the
+//! router's request span and handlers see the same id).
+//!
 //! It sits in front of load shedding on purpose: an answer computed without
 //! waiting on the network holds no resources and cannot pile up. Every
 //! answer of the router passes [`json_errors::ensure`] on its way out.
