@@ -15,12 +15,14 @@ use anyhow::Context;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::{BoxError, Router};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-use tracing::Level;
+
+use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 use crate::auth::{self, Authenticator, Secret, VerifyingKey};
 use crate::backend::{self, OrderStore};
@@ -110,7 +112,9 @@ impl Application {
                 let ops_stop = CancellationToken::new();
                 let port = http::ops::OpsPort::start(
                     addr,
-                    http::ops_router().with_state(state.clone()),
+                    http::ops_router()
+                        .layer(axum::middleware::from_fn(http::request_id::echo))
+                        .with_state(state.clone()),
                     ops_stop.clone(),
                 )?;
                 Some((port, ops_stop))
@@ -356,9 +360,44 @@ fn with_layers(router: Router<AppState>, settings: &Settings) -> Router<AppState
         .layer(http_metrics.layer())
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(
+                    |response: &axum::response::Response, latency: Duration, span: &Span| {
+                        span.record("status", response.status().as_u16());
+                        tracing::debug!(
+                            status = response.status().as_u16(),
+                            latency_us = latency.as_micros() as u64,
+                            "answered"
+                        );
+                    },
+                ),
         )
+}
+
+/// The span of a routed request: every line logged while the request is
+/// served carries its `request_id` (set by the fast lane before routing),
+/// with the method, the matched route and, once answered, the status.
+///
+/// At INFO, so the warnings and errors of a request are tied to it at the
+/// default level; its one event ("answered", with the latency) is at DEBUG,
+/// so nothing is logged per request at the default level. The fast lane's
+/// answers, the flood's, have a DEBUG span of their own. Its target is
+/// `flashsale::request`: `RUST_LOG=info,flashsale::request=off` turns the
+/// spans off.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str);
+    tracing::info_span!(
+        target: "flashsale::request",
+        "request",
+        request_id = http::request_id::of(req.headers()),
+        method = %req.method(),
+        route,
+        status = tracing::field::Empty,
+    )
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

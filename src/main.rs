@@ -80,8 +80,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             tracing::info!(addr = %app.local_addr(), "flashsale listening");
             println!("flashsale listening on http://{}", app.local_addr());
-            app.run_until_stopped(flashsale::app::shutdown_signal())
-                .await?;
+            let served = app
+                .run_until_stopped(flashsale::app::shutdown_signal())
+                .await;
+            // The exporter's last batch, whether the stop was clean or not
+            // (its blocking client must not run on the runtime's threads).
+            let _ = tokio::task::spawn_blocking(telemetry::shutdown_tracing).await;
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(args) => {

@@ -4,6 +4,11 @@
 //! lines when `FLASHSALE_LOG_FORMAT=json`. Nothing is logged per rejected
 //! request; rejections are counted instead.
 //!
+//! Spans: every request has one carrying its `request_id` (see
+//! `http::request_id` and `app`); with the `otel` cargo feature and
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans that pass the filter are
+//! also exported over OTLP/HTTP, and [`shutdown_tracing`] flushes them.
+//!
 //! Metrics: the `metrics` facade with the Prometheus exporter; names carry
 //! units and labels stay low-cardinality. Each part registers its own
 //! handles (the engine's are in `engine::metrics`); this module only
@@ -20,7 +25,9 @@ pub fn init_tracing() {
     ONCE.get_or_init(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let json = std::env::var("FLASHSALE_LOG_FORMAT").is_ok_and(|v| v == "json");
-        let registry = tracing_subscriber::registry().with(filter);
+        let registry = tracing_subscriber::registry()
+            .with(filter)
+            .with(otel::layer());
         let _ = if json {
             registry
                 .with(fmt::layer().json().with_target(false))
@@ -29,6 +36,90 @@ pub fn init_tracing() {
             registry.with(fmt::layer().with_target(false)).try_init()
         };
     });
+}
+
+/// Exports the spans not yet sent and stops the exporter (a no-op without
+/// the `otel` feature or an endpoint); called once the server has stopped.
+pub fn shutdown_tracing() {
+    otel::shutdown();
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing::Subscriber;
+    use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::Layer;
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    /// The OTLP layer when an endpoint is configured (the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
+    /// the exporter reads them, and `OTEL_EXPORTER_OTLP_HEADERS`, itself),
+    /// under `OTEL_SERVICE_NAME` (default `flashsale`). Spans go out in
+    /// batches from the SDK's own thread, never from a request.
+    pub(super) fn layer<S>() -> Option<Box<dyn Layer<S> + Send + Sync>>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    {
+        let configured = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+        if !configured {
+            return None;
+        }
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                // No subscriber yet to log it to.
+                eprintln!("flashsale: OTLP export off: {e}");
+                return None;
+            }
+        };
+        let service = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "flashsale".to_owned());
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service)
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("flashsale");
+        let _ = PROVIDER.set(provider);
+        Some(Box::new(tracing_opentelemetry::layer().with_tracer(tracer)))
+    }
+
+    pub(super) fn shutdown() {
+        if let Some(provider) = PROVIDER.get() {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "flushing the OTLP spans failed");
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+mod otel {
+    use tracing_subscriber::layer::Identity;
+
+    pub(super) fn layer() -> Option<Identity> {
+        None
+    }
+
+    pub(super) fn shutdown() {}
 }
 
 /// The process-wide Prometheus recorder; installed on first use.

@@ -23,6 +23,10 @@
 //! the fast lane can only answer what the full path would have answered
 //! (`tests/api/fast_lane_equivalence.rs` checks it on random requests).
 //!
+//! Every answer, its own and the router's, carries the request's
+//! `x-request-id` ([`request_id::take_or_make`], called first, so the
+//! router's request span and handlers see the same id).
+//!
 //! It sits in front of load shedding on purpose: an answer computed without
 //! waiting on the network holds no resources and cannot pile up. Every
 //! answer of the router passes [`json_errors::ensure`] on its way out.
@@ -44,6 +48,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tower::Service;
 
 use super::extract::idempotency_key;
+use super::request_id::{self, X_REQUEST_ID};
 use super::sales::{body_quantity, MAX_QUANTITY};
 use super::{json_errors, ApiError, AppState};
 use crate::auth::bearer;
@@ -172,7 +177,12 @@ impl FastLane {
 
     /// Reads what has arrived of the body; answers from memory if it can,
     /// else routes the request with the body rebuilt.
-    async fn read_body_then_route(mut self, req: Request, pending: Pending) -> Response {
+    async fn read_body_then_route(
+        mut self,
+        req: Request,
+        pending: Pending,
+        id: HeaderValue,
+    ) -> Response {
         let (parts, mut body) = req.into_parts();
         let mut read = Bytes::new();
         let state = std::future::poll_fn(|cx| {
@@ -187,7 +197,9 @@ impl FastLane {
                     .and_then(|quantity| {
                         self.decide(pending.sale_id, &pending.user, quantity, key)
                     });
-                if let Some(response) = answer {
+                if let Some(mut response) = answer {
+                    answered_span(&parts.method, &id, &response);
+                    response.headers_mut().insert(&X_REQUEST_ID, id);
                     return response;
                 }
                 Body::from(read)
@@ -203,24 +215,47 @@ impl FastLane {
                 rest: body,
             }),
         };
+        let mut parts = parts;
+        parts.headers.insert(&X_REQUEST_ID, id.clone());
         // Boxed apart, so the common case above stays a small future.
-        match self.route(Request::from_parts(parts, body)).await {
+        match self.route(Request::from_parts(parts, body), id).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     }
 
-    /// The full router, its answer passed through [`json_errors::ensure`].
-    fn route(&mut self, req: Request) -> <Self as Service<Request>>::Future {
+    /// The full router, its answer passed through [`json_errors::ensure`]
+    /// and given the request's `id`.
+    fn route(&mut self, req: Request, id: HeaderValue) -> <Self as Service<Request>>::Future {
         let routed = self.router.call(req);
         LaneFuture::Pending(Box::pin(async move {
             let response = match routed.await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
-            Ok(json_errors::ensure(response).await)
+            let mut response = json_errors::ensure(response).await;
+            response.headers_mut().insert(&X_REQUEST_ID, id);
+            Ok(response)
         }))
     }
+}
+
+/// The span of a request this lane answered, at DEBUG: nothing is logged
+/// inside it (rejections are counted, not logged), so at the default level
+/// it is never built and costs one check of the callsite's interest; its
+/// fields are formatted only where it is enabled (debug logs, or an OTLP
+/// exporter with a filter that lets it through).
+fn answered_span(method: &Method, id: &HeaderValue, response: &Response) {
+    let span = tracing::debug_span!(
+        target: "flashsale::request",
+        "request",
+        request_id = request_id::as_text(id),
+        method = %method,
+        route = "/api/v1/sales/{sale_id}/purchase",
+        status = response.status().as_u16(),
+        fast_lane = true,
+    );
+    drop(span);
 }
 
 /// The bearer token of an `Authorization` value, read exactly as the full
@@ -400,14 +435,24 @@ impl Service<Request<Body>> for FastLane {
         <Router as Service<Request>>::poll_ready(&mut self.router, cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        // Every answer carries the request's id, this lane's included; the
+        // router's requests carry it too, for their span and handlers.
+        let id = request_id::take_or_make(req.headers_mut());
         match self.triage(&req) {
-            Triage::Answer(response) => LaneFuture::Ready(Some(response)),
-            Triage::Route => self.route(req),
+            Triage::Answer(mut response) => {
+                answered_span(req.method(), &id, &response);
+                response.headers_mut().insert(&X_REQUEST_ID, id);
+                LaneFuture::Ready(Some(response))
+            }
+            Triage::Route => {
+                req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+                self.route(req, id)
+            }
             Triage::ReadBody(pending) => {
                 let lane = self.clone();
                 LaneFuture::Pending(Box::pin(async move {
-                    Ok(lane.read_body_then_route(req, pending).await)
+                    Ok(lane.read_body_then_route(req, pending, id).await)
                 }))
             }
         }

@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 mod orders;
+pub mod request_id;
 mod room;
 mod sales;
 pub mod server;

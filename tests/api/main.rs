@@ -30,6 +30,7 @@ mod openapi;
 mod orders;
 mod purchase;
 mod queue_contract;
+mod request_id;
 mod room;
 mod sales;
 mod slow_clients;
