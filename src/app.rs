@@ -65,6 +65,27 @@ impl Application {
         let (buyer_keys, jwt_secret) = buyer_keys(&settings)?;
         let backends = backend::connect(&settings.backend()?).await?;
         let store = backends.store.clone();
+        let stop = CancellationToken::new();
+        let built = Self::start(settings, backends, buyer_keys, jwt_secret, stop.clone()).await;
+        if built.is_err() {
+            // Workers may have started: stop them, and close the store so
+            // its data directory is free again (the embedded store's lock).
+            stop.cancel();
+            store.shutdown().await;
+        }
+        built
+    }
+
+    /// [`Self::build`] once the backends are open: rebuilds state, starts
+    /// the workers under `stop`, binds the listener.
+    async fn start(
+        settings: Settings,
+        backends: backend::Backends,
+        buyer_keys: Vec<VerifyingKey>,
+        jwt_secret: Option<Secret>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let store = backends.store.clone();
         let shared = backends.stock.is_shared();
         let mut engine_settings = settings.engine.clone();
         if shared && settings.lease_node_id {
@@ -78,7 +99,6 @@ impl Application {
                 "leased a node id from the shared stock"
             );
         }
-        let stop = CancellationToken::new();
         let (engine, intent_task) = Engine::load(
             EngineParts::from_backends(&backends),
             &engine_settings,

@@ -1,10 +1,16 @@
-//! The command line: `serve`, `token`, `bench`.
+//! The command line: `serve`, `token`, `bench`, `backup`, `restore`.
 //!
 //! `bench` is an external subcommand, as with cargo and git: the load tool
 //! is its own binary, `flashsale-bench`, so the server does not link an HTTP
 //! client, a progress bar and histograms. `flashsale bench ARGS` runs the
 //! `flashsale-bench` that sits next to the running executable with `ARGS`
 //! untouched, and refuses with the command that builds it when it is absent.
+//!
+//! `backup` and `restore` (the embedded store's, in
+//! [`crate::backend::embedded::backup`]) print one summary line, or one JSON
+//! document with `--json`, success or error. Exit status: 0 done, 2 refused
+//! (a bad file, a busy or non-empty directory: the caller's to fix), 1 a
+//! step failed.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::backend::embedded::backup::{self, BackupError, Summary};
 use crate::config::ServeArgs;
 
 /// File name of the load tool's binary.
@@ -42,6 +49,46 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Write a consistent copy of the embedded store to a file, while
+    /// `serve` runs on it or not.
+    Backup(BackupArgs),
+    /// Put a backup in place as the embedded store of a data directory
+    /// (no server may run on it).
+    Restore(RestoreArgs),
+}
+
+/// Flags of `flashsale backup`.
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// Directory of the embedded store to back up.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The backup file to write (replaced, once the new copy is complete,
+    /// if it exists).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Print the summary, or the error, as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `flashsale restore`.
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file (written by `flashsale backup`).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Directory to restore into; created if missing, must be empty unless
+    /// --force.
+    #[arg(long, env = "FLASHSALE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Replace the store already in --data-dir (never while a server runs
+    /// on it).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the summary, or the error, as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `flashsale token`.
@@ -106,6 +153,66 @@ pub fn run_bench(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             None => ExitCode::FAILURE,
         })
     }
+}
+
+/// Runs `flashsale backup` and prints its outcome.
+pub fn run_backup(args: &BackupArgs) -> ExitCode {
+    report(
+        "backup",
+        backup::backup(&args.data_dir, &args.to),
+        args.json,
+    )
+}
+
+/// Runs `flashsale restore` and prints its outcome.
+pub fn run_restore(args: &RestoreArgs) -> ExitCode {
+    report(
+        "restore",
+        backup::restore(&args.from, &args.data_dir, args.force),
+        args.json,
+    )
+}
+
+/// The one line a person reads after a backup or restore.
+pub fn summary_line(command: &str, s: &Summary) -> String {
+    let (verb, place) = match command {
+        "backup" => ("written to", s.file.display()),
+        _ => ("restored into", s.data_dir.display()),
+    };
+    let migrated = s
+        .migrated_to
+        .map(|v| format!(", migrated to schema {v}"))
+        .unwrap_or_default();
+    format!(
+        "{command}: {} sales, {} orders, {} bytes, schema {}{migrated}, integrity ok, {verb} {place} \
+         in {} ms",
+        s.sales, s.orders, s.bytes, s.schema_version, s.duration_ms
+    )
+}
+
+/// Prints `outcome` (stdout for a summary or a `--json` error, stderr for
+/// a plain error) and picks the exit status.
+fn report(command: &str, outcome: Result<Summary, BackupError>, json: bool) -> ExitCode {
+    match (outcome, json) {
+        (Ok(summary), false) => println!("{}", summary_line(command, &summary)),
+        (Ok(summary), true) => {
+            let mut value = serde_json::to_value(&summary).unwrap_or_default();
+            value["command"] = command.into();
+            println!("{value}");
+        }
+        (Err(error), json) => {
+            if json {
+                let body = serde_json::json!({
+                    "error": {"code": error.code(), "message": error.to_string()}
+                });
+                println!("{body}");
+            } else {
+                eprintln!("flashsale {command}: {error} [{}]", error.code());
+            }
+            return ExitCode::from(if error.is_refusal() { 2 } else { 1 });
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         // The load tool is a binary of its own: hand over before any runtime.
         Command::Bench { args } => flashsale::cli::run_bench(args),
+        // Blocking file work on the calling thread: no runtime, no telemetry.
+        Command::Backup(args) => Ok(flashsale::cli::run_backup(&args)),
+        Command::Restore(args) => Ok(flashsale::cli::run_restore(&args)),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             // Idle blocking threads exit after a second: with mimalloc, memory a
@@ -106,5 +109,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { args } => flashsale::cli::run_bench(args),
+        Command::Backup(args) => Ok(flashsale::cli::run_backup(&args)),
+        Command::Restore(args) => Ok(flashsale::cli::run_restore(&args)),
     }
 }

@@ -13,7 +13,14 @@
 //! rusqlite rather than sqlx here: the writer is a single blocking thread by
 //! design, and rusqlite's cached prepared statements avoid sqlx's per-query
 //! hop through its own worker thread, which would cap the writer's rate.
+//!
+//! One process owns a data directory: the store holds an exclusive lock on
+//! `flashsale.lock` ([`DirLock`]) from `open` to `shutdown`, since two
+//! servers on one store would each sell the full stock from their own
+//! ledger. `flashsale restore` takes the same lock; `flashsale backup` reads
+//! beside a running server and needs none ([`backup`]).
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +34,18 @@ use super::outbox::{self, AttemptRecord, Delivery, DeliveryFilter, DeliveryState
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
 use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
+
+pub mod backup;
+
+/// File name of the store in its data directory (beside it SQLite keeps
+/// `-wal` and `-shm`).
+pub const DB_FILE: &str = "flashsale.db";
+
+/// File name of the data directory's owner lock.
+pub const LOCK_FILE: &str = "flashsale.lock";
+
+/// The schema version this binary migrates to (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
@@ -161,6 +180,8 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     stop_checkpoints: Arc<AtomicBool>,
     checkpoints: Mutex<Option<JoinHandle<()>>>,
+    /// Released by `shutdown`, once every write is on disk.
+    lock: Mutex<Option<DirLock>>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -174,7 +195,37 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// An exclusive lock on a data directory's [`LOCK_FILE`] (`flock` on Unix),
+/// held for as long as the value lives. The kernel drops it when the
+/// process dies, `kill -9` included, so a crash never leaves it stale.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Takes the lock of `dir` (which must exist) without waiting.
+    /// `Ok(None)` when another process — or another open store of this one —
+    /// holds it.
+    ///
+    /// # Errors
+    /// When the lock file cannot be created or locked for another reason.
+    pub fn try_acquire(dir: &Path) -> std::io::Result<Option<Self>> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// Brings `conn` to [`SCHEMA_VERSION`], one transaction per migration.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
@@ -190,10 +241,19 @@ impl SqliteStore {
     ///
     /// # Errors
     /// [`StoreError`] when the directory or database cannot be opened or
-    /// migrated.
+    /// migrated, or another process holds the directory's [`DirLock`].
     pub fn open(dir: &Path, settings: &SqliteSettings) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let path = dir.join("flashsale.db");
+        let lock = DirLock::try_acquire(dir)
+            .map_err(|e| StoreError::Backend(format!("locking {LOCK_FILE}: {e}")))?
+            .ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "{} is in use by another flashsale process ({LOCK_FILE} is locked): \
+                     one server per data directory",
+                    dir.display()
+                ))
+            })?;
+        let path = dir.join(DB_FILE);
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
         let readers: Vec<_> = (0..settings.readers.max(1))
@@ -224,6 +284,7 @@ impl SqliteStore {
             next_reader: AtomicUsize::new(0),
             stop_checkpoints: stop,
             checkpoints: Mutex::new(Some(checkpoints)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -891,5 +952,8 @@ impl OrderStore for SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // Everything is on disk and checkpointed: the directory is free for
+        // the next owner (a restart in this process, a restore).
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }

@@ -2,13 +2,15 @@
 //! one binary. Each test starts its own server with the shared test kit
 //! ([`kit`]: app harness, typed client, floods and checks, raw HTTP, child
 //! processes, the distributed backends) on a free port with its own data
-//! directory; `durability` and `cli` also drive the real binary (SIGKILL
-//! and SIGTERM mid-flood, generated secrets). `store_contract` runs the
+//! directory; `durability`, `cli` and `backup` also drive the real binary
+//! (SIGKILL and SIGTERM mid-flood, generated secrets, a backup taken
+//! mid-flood and restored). `store_contract` runs the
 //! `OrderStore` contract against every order store; `webhooks` delivers
 //! order events to a local receiver across a `kill -9`.
 
 mod antibot;
 mod auth;
+mod backup;
 mod bad_input;
 mod buyer_stream;
 mod cli;

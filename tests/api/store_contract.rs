@@ -421,7 +421,10 @@ async fn sales_round_trip(fx: Arc<Fixture>) {
     );
     store.ping().await.unwrap();
 
-    // Every node sees the sales, ordered by id; they survive a restart.
+    // Every node sees the sales, ordered by id; they survive a restart
+    // (the first store stopped first: an embedded store's directory has
+    // one owner at a time).
+    store.shutdown().await;
     for node in fx.open_nodes().await {
         let snapshot = node.load().await.unwrap();
         assert_eq!(snapshot.sales, vec![full.clone(), plain.clone()]);
