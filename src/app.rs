@@ -127,21 +127,7 @@ impl Application {
             .merge(with_layers(http::api_router(), &settings))
             .method_not_allowed_fallback(http::method_not_allowed)
             .with_state(state.clone());
-        let ops = match settings.ops_listen {
-            Some(addr) => {
-                let ops_stop = CancellationToken::new();
-                let port = http::ops::OpsPort::start(
-                    addr,
-                    http::ops_router()
-                        .layer(axum::middleware::from_fn(http::request_id::echo))
-                        .with_state(state.clone()),
-                    ops_stop.clone(),
-                )?;
-                Some((port, ops_stop))
-            }
-            None => None,
-        };
-        let service = FastLane::new(router, state).with_body_limit(settings.body_limit);
+        let service = FastLane::new(router, state.clone()).with_body_limit(settings.body_limit);
         let mut tasks = vec![
             ("intent writer", intent_task),
             (
@@ -209,6 +195,22 @@ impl Application {
         let listener = http::server::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let addr = listener.local_addr()?;
+        // Last: nothing after it can fail, so a failed start leaves no
+        // operations thread behind.
+        let ops = match settings.ops_listen {
+            Some(addr) => {
+                let ops_stop = CancellationToken::new();
+                let port = http::ops::OpsPort::start(
+                    addr,
+                    http::ops_router()
+                        .layer(axum::middleware::from_fn(http::request_id::echo))
+                        .with_state(state.clone()),
+                    ops_stop.clone(),
+                )?;
+                Some((port, ops_stop))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             addr,
