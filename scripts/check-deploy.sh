@@ -42,23 +42,9 @@ fail() {
 # Debian installs nginx under /usr/sbin, which a non-root PATH may lack.
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
-python=""
-for candidate in python3 /root/.pyenv/shims/python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv' 2>/dev/null; then
-        python="$candidate"
-        break
-    fi
-done
-[ -n "$python" ] || fail "no python3 with venv found"
-if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qF "$KUBERNETES_VALIDATE_VERSION" ||
-    ! "$VENV/bin/check-jsonschema" --version 2>/dev/null | grep -qF "$CHECK_JSONSCHEMA_VERSION"; then
-    step "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and check-jsonschema $CHECK_JSONSCHEMA_VERSION into $VENV"
-    rm -rf "$VENV"
-    "$python" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-        "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
-fi
+./scripts/python-venv.sh "$VENV" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" || fail "installing the Python tools"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-check-deploy.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -17,23 +17,7 @@ SCHEMATHESIS_VERSION=4.32.5
 VENV="${FLASHSALE_SCHEMATHESIS_VENV:-$HOME/.cache/flashsale/schemathesis-$SCHEMATHESIS_VERSION}"
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-30}"
 
-python=""
-for candidate in python3 /root/.pyenv/shims/python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv' 2>/dev/null; then
-        python="$candidate"
-        break
-    fi
-done
-if [ -z "$python" ]; then
-    echo "schemathesis.sh: no python3 with venv found" >&2
-    exit 1
-fi
-if [ "$("$VENV/bin/st" --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)" != "$SCHEMATHESIS_VERSION" ]; then
-    echo "schemathesis.sh: installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
-    rm -rf "$VENV"
-    "$python" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+./scripts/python-venv.sh "$VENV" "schemathesis==$SCHEMATHESIS_VERSION"
 
 cargo build --quiet --bin flashsale
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"

@@ -17,25 +17,7 @@ cd "$(dirname "$0")/.."
 STANDARDWEBHOOKS_VERSION=1.1.0
 VENV="${FLASHSALE_WEBHOOKS_VENV:-$HOME/.cache/flashsale/standardwebhooks-$STANDARDWEBHOOKS_VERSION}"
 
-python=""
-for candidate in python3 /root/.pyenv/shims/python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import venv' 2>/dev/null; then
-        python="$candidate"
-        break
-    fi
-done
-if [ -z "$python" ]; then
-    echo "webhooks-interop.sh: no python3 with venv found" >&2
-    exit 1
-fi
-if ! "$VENV/bin/python" -c "import importlib.metadata as m; \
-assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null; then
-    echo "webhooks-interop.sh: installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $VENV"
-    rm -rf "$VENV"
-    "$python" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
-fi
+./scripts/python-venv.sh "$VENV" "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
 
 cargo build --quiet --bin flashsale
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
