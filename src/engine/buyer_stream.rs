@@ -129,9 +129,9 @@ impl BuyerStreams {
 #[async_trait]
 impl OrderNotifier for BuyerStreams {
     async fn notify(&self, orders: &[Order]) {
-        if self.open() > 0 {
-            self.publish(orders.iter().map(OrderEvent::from));
-        }
+        // `publish` returns at once while no stream is open, before any
+        // event is built (the iterator is lazy).
+        self.publish(orders.iter().map(OrderEvent::from));
     }
 }
 

@@ -677,9 +677,9 @@ impl Engine {
                     .unwrap_or_else(|r| r.order.clone());
                 // Stored here (no queue): the node's own streams hear it now;
                 // a queued order is announced by the writer that stores it.
-                if to == HandedOff::Stored && self.buyers.open() > 0 {
+                if to == HandedOff::Stored {
                     self.buyers
-                        .publish([buyer_stream::OrderEvent::from(&order)]);
+                        .publish(std::iter::once(&order).map(buyer_stream::OrderEvent::from));
                 }
                 if let Some(g) = guard {
                     g.finish(Ok(order.clone()), order.created_at_ms);

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use reqwest::{Client, Url};
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -56,8 +55,7 @@ impl Probe {
             .build()?;
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut latency =
-                Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+            let mut latency = crate::load::histogram();
             let (mut sent, mut ok, mut failed, mut slow) = (0, 0, 0, 0);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
