@@ -30,8 +30,9 @@ trap cleanup EXIT
 PID=$!
 for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.1; done
 echo "server pid $PID, open-file limit $(ulimit -n), $CONNS connections, max in flight $MAX_IN_FLIGHT" >&2
-# Stock for every buyer: the whole flood is on the accept path (each
+# What a buy button sends (`{"quantity":1}`, JSON). Stock for every buyer:
+# the whole flood is on the accept path (each
 # purchase waits for its group commit), the node's most expensive request.
 "$BIN/flashsale-bench" --mode purchase --url "$URL" --concurrency "$CONNS" \
-    --users "$USERS" --stock "$USERS" --per-user-limit 1 --duration "${SECS}s" \
+    --users "$USERS" --stock "$USERS" --per-user-limit 1 --duration "${SECS}s" --shape json \
     --probe /healthz --probe "http://127.0.0.1:$((PORT + 1))/healthz" --probe-every 100ms --verify-sample 5000 --timeout 30s --json
