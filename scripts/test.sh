@@ -51,9 +51,14 @@ schemathesis_status=0
 interop_status=0
 ./scripts/webhooks-interop.sh || interop_status=$?
 
+# The sale page and the admin dashboard in headless Chromium (Playwright).
+browser_status=0
+./scripts/browser-tests.sh || browser_status=$?
+
 if [ "$doc_status" -ne 0 ] || [ "$nextest_status" -ne 0 ] || [ "$schemathesis_status" -ne 0 ] \
-    || [ "$interop_status" -ne 0 ]; then
+    || [ "$interop_status" -ne 0 ] || [ "$browser_status" -ne 0 ]; then
     echo "test.sh: FAILED (doctests exit $doc_status, nextest exit $nextest_status," \
-        "schemathesis exit $schemathesis_status, webhooks interop exit $interop_status)" >&2
+        "schemathesis exit $schemathesis_status, webhooks interop exit $interop_status," \
+        "browser tests exit $browser_status)" >&2
     exit 1
 fi

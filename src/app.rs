@@ -110,6 +110,13 @@ impl Application {
             .admin_token
             .clone()
             .unwrap_or_else(Secret::generate);
+        let demo = match (settings.demo, &jwt_secret) {
+            (false, _) => None,
+            (true, Some(secret)) => Some(secret.clone()),
+            (true, None) => anyhow::bail!(
+                "--demo mints HS256 buyer tokens: it needs --jwt-secret (or no public key)"
+            ),
+        };
         let accepting = Arc::new(AtomicBool::new(true));
         let stopping = CancellationToken::new();
         let state = AppState::new(AppInner {
@@ -122,6 +129,7 @@ impl Application {
             accepting: accepting.clone(),
             stopping: stopping.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
+            demo,
         });
         let router = http::ops_router()
             .merge(with_layers(http::api_router(), &settings))
@@ -258,6 +266,31 @@ impl Application {
     /// The engine (for in-process inspection by tests and tools).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Demo mode's sale: the newest open or upcoming sale, else a new one —
+    /// 20 units, 2 per buyer, opening 30 s from now for 15 minutes, unpaid
+    /// orders expiring after 5 minutes. Returns its id.
+    ///
+    /// # Errors
+    /// When the sale cannot be stored.
+    pub async fn demo_sale(&self) -> anyhow::Result<u64> {
+        let now = self.engine.clock().now_ms();
+        if let Some(rt) = self.engine.sales().iter().rev().find(|rt| {
+            rt.sale.window(now) != crate::domain::Window::Ended && rt.ledger.remaining() > 0
+        }) {
+            return Ok(rt.sale.id);
+        }
+        let new = crate::domain::NewSale::parse(&serde_json::json!({
+            "item": "Demo: limited-edition sneakers",
+            "stock": 20,
+            "per_user_limit": 2,
+            "starts_at": crate::domain::rfc3339(now + 30_000),
+            "ends_at": crate::domain::rfc3339(now + 30_000 + 15 * 60_000),
+            "payment_window_secs": 300,
+        }))
+        .map_err(|e| anyhow::anyhow!("the demo sale: {e}"))?;
+        Ok(self.engine.create_sale(new).await?.sale.id)
     }
 
     /// Serves until `shutdown` resolves, then stops cleanly.

@@ -79,6 +79,10 @@ pub struct Settings {
     pub trusted_proxies: crate::http::client_ip::TrustedProxies,
     /// Signed webhooks of order events (`None`: off, and no outbox rows).
     pub webhooks: Option<WebhookSettings>,
+    /// Demo mode: `POST /api/v1/demo/token` hands out buyer tokens, and
+    /// `serve` creates a demo sale when there is none. For trying the sale
+    /// page locally, never for a real sale.
+    pub demo: bool,
 }
 
 impl Settings {
@@ -110,6 +114,7 @@ impl Settings {
             connections: crate::http::server::ConnectionSettings::default(),
             tls: None,
             trusted_proxies: crate::http::client_ip::TrustedProxies::default(),
+            demo: false,
             webhooks: None,
         }
     }
@@ -280,6 +285,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_TRUSTED_PROXIES", default_value = "",
           value_parser = crate::http::client_ip::TrustedProxies::parse)]
     pub trusted_proxies: crate::http::client_ip::TrustedProxies,
+    /// Demo mode, for trying the sale page locally: anyone may get a buyer
+    /// token from `POST /api/v1/demo/token`, and a demo sale is created
+    /// when there is none. Never for a real sale.
+    #[arg(long, env = "FLASHSALE_DEMO")]
+    pub demo: bool,
     /// Expiry sweep interval in milliseconds.
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
@@ -379,6 +389,7 @@ impl ServeArgs {
         s.engine.sale_rate_per_sec = self.sale_rate;
         s.engine.sale_burst = self.sale_burst;
         s.trusted_proxies = self.trusted_proxies;
+        s.demo = self.demo;
         s.engine.node_id = self.node_id.unwrap_or(0);
         s.engine.pass_secret = match (self.pass_secret.filter(|p| !p.is_empty()), &s.jwt_secret) {
             (Some(secret), _) => Secret::new(secret),

@@ -68,6 +68,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             telemetry::init_tracing();
             let settings = args.into_settings();
+            let demo = settings.demo;
             let generated = (
                 settings.admin_token.is_none(),
                 settings.jwt_secret.is_none(),
@@ -83,6 +84,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             tracing::info!(addr = %app.local_addr(), "flashsale listening");
             println!("flashsale listening on http://{}", app.local_addr());
+            println!("admin dashboard: http://{}/admin", app.local_addr());
+            if demo {
+                let sale = app.demo_sale().await?;
+                println!("demo sale page: http://{}/s/{sale}", app.local_addr());
+            }
             let served = app
                 .run_until_stopped(flashsale::app::shutdown_signal())
                 .await;

@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 mod orders;
+mod pages;
 pub mod request_id;
 mod room;
 mod sales;
@@ -96,6 +97,9 @@ pub struct AppInner {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Proxies whose `X-Forwarded-For` names the client (see [`client_ip`]).
     pub trusted_proxies: client_ip::TrustedProxies,
+    /// Demo mode (`--demo`): the HS256 secret `POST /api/v1/demo/token`
+    /// mints buyer tokens with; `None` when off.
+    pub demo: Option<crate::auth::Secret>,
 }
 
 /// One route module: what [`routes!`] declares.
@@ -108,13 +112,14 @@ pub struct RouteModule {
 }
 
 /// The modules [`api_router`] merges: the only list of them.
-const API_MODULES: [RouteModule; 6] = [
+const API_MODULES: [RouteModule; 7] = [
     sales::MODULE,
     webhooks::MODULE,
     orders::MODULE,
     room::MODULE,
     antibot::MODULE,
     openapi::MODULE,
+    pages::MODULE,
 ];
 /// The modules [`ops_router`] merges.
 const OPS_MODULES: [RouteModule; 1] = [ops::MODULE];

@@ -55,6 +55,12 @@ super::routes! {
         super::orders::pay_order,
         super::orders::cancel_order,
         super::webhooks::list_webhooks,
+        super::pages::index,
+        super::pages::sale_page,
+        super::pages::admin_page,
+        super::pages::asset,
+        super::pages::server_time,
+        super::pages::demo_token,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -66,6 +72,7 @@ super::routes! {
         (name = "sales", description = "Sales: create, read, buy, counters, missed buyers, live events"),
         (name = "orders", description = "A buyer's own orders: read, pay, cancel"),
         (name = "webhooks", description = "The webhook delivery log (docs/WEBHOOKS.md)"),
+        (name = "pages", description = "The buyer's sale page, the admin dashboard and their assets"),
         (name = "ops", description = "Probes and metrics"),
         (name = "meta", description = "This document"),
     )
@@ -354,6 +361,27 @@ mod bodies {
         paid: u64,
         expired: u64,
         cancelled: u64,
+    }
+
+    /// `GET /api/v1/time`.
+    #[derive(ToSchema, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServerTime {
+        /// Epoch milliseconds.
+        now_ms: i64,
+        #[schema(format = DateTime)]
+        now: String,
+    }
+
+    /// `POST /api/v1/demo/token`.
+    #[derive(ToSchema, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct DemoToken {
+        /// A buyer token (HS256) for `user_id`.
+        token: String,
+        user_id: String,
+        #[schema(format = DateTime)]
+        expires_at: String,
     }
 
     /// `GET /healthz`.

@@ -62,6 +62,7 @@ async fn twin() -> Twin {
         accepting: Arc::new(AtomicBool::new(true)),
         stopping: tokio_util::sync::CancellationToken::new(),
         trusted_proxies: Default::default(),
+        demo: None,
     });
     // The app's router without its overload layers (shedding, timeout),
     // which answer nothing below their limits.

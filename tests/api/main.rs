@@ -30,6 +30,7 @@ mod load;
 mod malformed;
 mod openapi;
 mod orders;
+mod pages;
 mod purchase;
 mod queue_contract;
 mod request_id;

@@ -302,8 +302,11 @@ async fn unknown_routes_and_bad_queries_are_4xx_with_the_error_body() {
     let admin = credentials(&app, Caller::Admin);
     let auth: &[(&str, &[u8])] = &[("Authorization", &admin)];
     let mut wrong = Vec::new();
+    // (`/` is a route: it leads to the dashboard.)
     for target in [
-        "/".to_owned(),
+        "/s/".to_owned(),
+        "/assets/".to_owned(),
+        "/admin/x".to_owned(),
         "//".to_owned(),
         "/api".to_owned(),
         "/api/v1".to_owned(),
