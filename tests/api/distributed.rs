@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::kit::drill::DrillReport;
 use crate::kit::{
     accepted_orders, check_stored, flood_nodes, json_status, no_answer, open_sale_body, redis_sold,
     start_binary_with, token, unique_admin_token, Backends, Db, RedisServers, TestApp,
@@ -340,6 +341,7 @@ async fn kill_9_of_a_node_mid_flood_loses_no_accepted_order_and_oversells_nothin
         let _ = victim.wait().await;
     });
     let result = flood_nodes(&apps, &sale, 3000, 3000).await;
+    let flood_ended = std::time::Instant::now();
     killer.await.unwrap();
     let dropped = no_answer(&result);
     assert!(
@@ -372,6 +374,22 @@ async fn kill_9_of_a_node_mid_flood_loses_no_accepted_order_and_oversells_nothin
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // A drill of scripts/drills.sh (docs/RELIABILITY.md).
+    let rows = backends.orders(&sale).await;
+    let mut report = DrillReport::from_rows(
+        "node_killed_distributed",
+        "distributed",
+        "one of three nodes killed (`kill -9`) 0.4 s into a flood",
+        &rows,
+        &accepted_orders(&result),
+        stock,
+        1,
+    );
+    report.refused_during = dropped as usize;
+    // Until every 201 is stored and Redis agrees with the database.
+    report.recovered_ms = Some(flood_ended.elapsed().as_millis() as u64);
+    report.leaked = Some(0);
+    report.write();
     for mut c in children {
         let _ = c.start_kill();
         let _ = c.wait().await;

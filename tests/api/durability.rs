@@ -9,10 +9,11 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use crate::kit::drill::{sqlite_orders, DrillReport};
 use crate::kit::{
-    assert_error, assert_only, check_flood, check_orders_readable, eventually, flood, flood_with,
-    json_ok, json_status, no_answer, num, sigterm, spawn_app, spawn_app_on, spawn_app_on_with,
-    start_binary, time_in, token, SlowPurchase, TestApp, NO_ANSWER,
+    assert_error, assert_only, check_flood, check_orders_readable, check_stored, eventually, flood,
+    flood_with, json_ok, json_status, no_answer, num, sigterm, spawn_app, spawn_app_on,
+    spawn_app_on_with, start_binary, time_in, token, SlowPurchase, TestApp, NO_ANSWER,
 };
 
 /// `n` one-unit purchases by users `prefix-0`, `prefix-1`, …
@@ -213,6 +214,7 @@ async fn kill_9_mid_flood_loses_no_accepted_order() {
     let (client, base) = (app.client.clone(), app.address.clone());
     let mut accepted = 0;
     let mut killed = false;
+    let mut killed_at = None;
     let answers = flood_with(
         &client,
         &base,
@@ -224,6 +226,7 @@ async fn kill_9_mid_flood_loses_no_accepted_order() {
             if accepted >= 300 && !killed {
                 child.start_kill().expect("sending SIGKILL");
                 killed = true;
+                killed_at = Some(std::time::Instant::now());
             }
         },
     )
@@ -242,8 +245,36 @@ async fn kill_9_mid_flood_loses_no_accepted_order() {
     assert_eq!(first_ids.len() as u64, first, "duplicate order ids");
 
     let (_child, app) = start_binary(dir.path()).await;
+    let serving_again = killed_at.unwrap().elapsed();
     check_orders_readable(&app, &sale_id, &answers).await;
     let (sold, remaining, persisted) = accounting(&app, &sale_id).await;
+    // The same invariants in the database file itself (a drill of
+    // scripts/drills.sh: docs/RELIABILITY.md).
+    let rows = sqlite_orders(dir.path(), &sale_id);
+    let told: Vec<(String, String)> = answers
+        .accepted
+        .iter()
+        .map(|a| (a.order_id.clone(), format!("crowd-{}", a.user)))
+        .collect();
+    check_stored(&rows, &told, STOCK, 2, false);
+    let mut report = DrillReport::from_rows(
+        "node_killed_embedded",
+        "embedded",
+        "the node killed (`kill -9`) mid-flood after 300 orders, restarted on its data directory",
+        &rows,
+        &told,
+        STOCK,
+        2,
+    );
+    report.recovered_ms = Some(serving_again.as_millis() as u64);
+    let db_units: u64 = rows.iter().map(|r| r.quantity).sum();
+    report.leaked = Some((STOCK - remaining) as i64 - db_units as i64);
+    assert_eq!(
+        report.leaked,
+        Some(0),
+        "the rebuilt ledger disagrees with the file"
+    );
+    report.write();
     eprintln!(
         "killed after {} answers ({first} accepted); {sold} units on disk",
         answers.requests - no_answer(&answers),

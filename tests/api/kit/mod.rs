@@ -9,6 +9,7 @@
 //! | [`process`] | child processes: the real `flashsale serve` binary, free ports, SIGTERM |
 //! | [`backends`] | the distributed mode's services, isolated per test; private Redis servers |
 //! | [`sse`] | server-sent events read from an answer's body |
+//! | [`drill`] | the fault drills' reports (docs/RELIABILITY.md, `scripts/drills.sh`) |
 //! | [`redis_ha`] | replicated Redis, Sentinels and network-playing proxies for the failover drills |
 //!
 //! Tests import from here (`use crate::kit::{spawn_app, token};`).
@@ -16,6 +17,7 @@
 pub mod app;
 pub mod backends;
 pub mod client;
+pub mod drill;
 pub mod flood;
 pub mod process;
 pub mod raw;
