@@ -168,6 +168,51 @@ async fn settle(backends: &Backends, sale: &str, accepted: &[(String, String)], 
     }
 }
 
+/// A drill under way: steady buyers on one sale over its nodes.
+struct Flooding {
+    nodes: Arc<Vec<TestApp>>,
+    sale: String,
+    started: tokio::time::Instant,
+    stop: Arc<AtomicBool>,
+    buyers: tokio::task::JoinHandle<(Flood, Vec<(u64, u16)>)>,
+}
+
+impl Flooding {
+    /// Opens a sale of `stock` (one per buyer) on the first node and sets
+    /// the buyers going.
+    async fn start(nodes: Vec<TestApp>, stock: u64) -> Self {
+        let sale = nodes[0].open_sale(stock, 1).await;
+        let nodes = Arc::new(nodes);
+        let (started, stop) = (
+            tokio::time::Instant::now(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let buyers = tokio::spawn(steady_buyers(
+            nodes.clone(),
+            sale.clone(),
+            started,
+            stop.clone(),
+        ));
+        Self {
+            nodes,
+            sale,
+            started,
+            stop,
+            buyers,
+        }
+    }
+
+    /// Stops the buyers: the nodes back, and what the buyers were told.
+    async fn end(self) -> (Vec<TestApp>, Flood, Vec<(u64, u16)>) {
+        self.stop.store(true, Ordering::Release);
+        let (flood, timeline) = self.buyers.await.unwrap();
+        let nodes = Arc::try_unwrap(self.nodes)
+            .ok()
+            .expect("the buyers are done");
+        (nodes, flood, timeline)
+    }
+}
+
 async fn two_nodes(backends: &Backends, first_id: u16) -> Vec<TestApp> {
     let mut nodes = Vec::new();
     for i in 0..2 {
@@ -189,18 +234,8 @@ async fn rabbitmq_down_for_10_s_buffers_orders_then_they_flow() {
     let backends = Backends::new(Db::Postgres).await;
     let nodes = two_nodes(&backends, 10).await;
     let stock = 100_000;
-    let sale = nodes[0].open_sale(stock, 1).await;
-    let nodes = Arc::new(nodes);
-    let (started, stop) = (
-        tokio::time::Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let buyers = tokio::spawn(steady_buyers(
-        nodes.clone(),
-        sale.clone(),
-        started,
-        stop.clone(),
-    ));
+    let flooding = Flooding::start(nodes, stock).await;
+    let (sale, started) = (flooding.sale.clone(), flooding.started);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let down_ms = started.elapsed().as_millis() as u64;
     assert!(run("rabbitmqctl", &["stop_app"]), "rabbitmqctl stop_app");
@@ -215,8 +250,7 @@ async fn rabbitmq_down_for_10_s_buffers_orders_then_they_flow() {
     let up = started.elapsed().as_secs();
     // Buy on until the nodes have had 6 s to reconnect.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    stop.store(true, Ordering::Release);
-    let (flood, timeline) = buyers.await.unwrap();
+    let (nodes, flood, timeline) = flooding.end().await;
     let end = started.elapsed().as_secs() + 1;
     let by_status: HashMap<u16, usize> = flood.statuses.clone();
     // Before: sales. During: refused with 503 (no stock taken without a
@@ -246,7 +280,7 @@ async fn rabbitmq_down_for_10_s_buffers_orders_then_they_flow() {
     )
     .await
     .write();
-    for n in Arc::try_unwrap(nodes).ok().unwrap() {
+    for n in nodes {
         n.stop().await;
     }
     backends.cleanup().await;
@@ -258,18 +292,8 @@ async fn the_database_down_for_10_s_queues_orders_and_the_writer_resumes() {
     let backends = Backends::new(Db::Postgres).await;
     let nodes = two_nodes(&backends, 20).await;
     let stock = 100_000;
-    let sale = nodes[0].open_sale(stock, 1).await;
-    let nodes = Arc::new(nodes);
-    let (started, stop) = (
-        tokio::time::Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let buyers = tokio::spawn(steady_buyers(
-        nodes.clone(),
-        sale.clone(),
-        started,
-        stop.clone(),
-    ));
+    let flooding = Flooding::start(nodes, stock).await;
+    let (sale, started) = (flooding.sale.clone(), flooding.started);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let version = std::fs::read_dir("/etc/postgresql")
         .ok()
@@ -293,8 +317,7 @@ async fn the_database_down_for_10_s_queues_orders_and_the_writer_resumes() {
     services("check", "postgres");
     let up_ms = started.elapsed().as_millis() as u64;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Release);
-    let (flood, timeline) = buyers.await.unwrap();
+    let (nodes, flood, timeline) = flooding.end().await;
     // Purchases never needed the database: sales go on through the outage.
     assert!(
         count(&timeline, down + 1..restarting, 201) > 0,
@@ -316,7 +339,7 @@ async fn the_database_down_for_10_s_queues_orders_and_the_writer_resumes() {
     // Sales never stopped: there is nothing to recover from.
     r.recovered_ms = None;
     r.write();
-    for n in Arc::try_unwrap(nodes).ok().unwrap() {
+    for n in nodes {
         n.stop().await;
     }
     backends.cleanup().await;
@@ -328,18 +351,8 @@ async fn redis_down_for_10_s_refuses_then_reseeds_and_sells_on() {
     let backends = Backends::new(Db::Postgres).await;
     let nodes = two_nodes(&backends, 30).await;
     let stock = 100_000;
-    let sale = nodes[0].open_sale(stock, 1).await;
-    let nodes = Arc::new(nodes);
-    let (started, stop) = (
-        tokio::time::Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let buyers = tokio::spawn(steady_buyers(
-        nodes.clone(),
-        sale.clone(),
-        started,
-        stop.clone(),
-    ));
+    let flooding = Flooding::start(nodes, stock).await;
+    let (sale, started) = (flooding.sale.clone(), flooding.started);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let down_ms = started.elapsed().as_millis() as u64;
     // The machine's Redis keeps nothing on disk: stopped, it comes back
@@ -354,8 +367,7 @@ async fn redis_down_for_10_s_refuses_then_reseeds_and_sells_on() {
     services("check", "redis");
     let up_ms = started.elapsed().as_millis() as u64;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.store(true, Ordering::Release);
-    let (flood, timeline) = buyers.await.unwrap();
+    let (nodes, flood, timeline) = flooding.end().await;
     assert!(count(&timeline, 0..3, 201) > 0, "{:?}", flood.statuses);
     // Nothing is sold without the stock's decision.
     let during = down_ms / 1000 + 1..restarting;
@@ -383,7 +395,7 @@ async fn redis_down_for_10_s_refuses_then_reseeds_and_sells_on() {
     )
     .await
     .write();
-    for n in Arc::try_unwrap(nodes).ok().unwrap() {
+    for n in nodes {
         n.stop().await;
     }
     backends.cleanup().await;
@@ -534,18 +546,8 @@ async fn the_embedded_data_disk_full_refuses_orders_it_cannot_store_then_sells_o
     let data = disk.dir.path().join("data");
     let (mut child, app) = start_binary(&data).await;
     let stock = 100_000;
-    let sale = app.open_sale(stock, 1).await;
-    let nodes = Arc::new(vec![app]);
-    let (started, stop) = (
-        tokio::time::Instant::now(),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let buyers = tokio::spawn(steady_buyers(
-        nodes.clone(),
-        sale.clone(),
-        started,
-        stop.clone(),
-    ));
+    let flooding = Flooding::start(vec![app], stock).await;
+    let (sale, started) = (flooding.sale.clone(), flooding.started);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let full_ms = started.elapsed().as_millis() as u64;
     let filler = disk.fill();
@@ -553,8 +555,7 @@ async fn the_embedded_data_disk_full_refuses_orders_it_cannot_store_then_sells_o
     std::fs::remove_file(&filler).unwrap();
     let freed_ms = started.elapsed().as_millis() as u64;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::Release);
-    let (flood, timeline) = buyers.await.unwrap();
+    let (nodes, flood, timeline) = flooding.end().await;
     assert!(
         first_sale_after(&timeline, freed_ms).is_some(),
         "no sale once the disk had room again: {:?}",
@@ -568,7 +569,7 @@ async fn the_embedded_data_disk_full_refuses_orders_it_cannot_store_then_sells_o
         .collect();
     assert!(odd.is_empty(), "unexpected answers: {:?}", flood.statuses);
     // A clean stop, then the file itself: every 201 stored once.
-    let app = Arc::try_unwrap(nodes).ok().unwrap().remove(0);
+    let app = nodes.into_iter().next().unwrap();
     let remaining = crate::kit::num(&app.sale(&sale).await, "remaining");
     crate::kit::sigterm(&child);
     let status = child.wait().await.unwrap();
