@@ -16,7 +16,7 @@ pub use ids::IdGenerator;
 pub use ledger::{Ledger, Reserve};
 pub use order::{Order, OrderStatus};
 pub use rejection::Rejection;
-pub use sale::{NewSale, Sale, SaleStatus};
+pub use sale::{LiveSchedule, NewSale, Sale, SaleStatus, Schedule, WindowMove};
 
 /// A request field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

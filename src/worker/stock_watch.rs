@@ -142,7 +142,11 @@ async fn measure_clock(engine: &Engine, cluster: &Shared, may_warn: bool) {
 }
 
 async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
-    match cluster.stock.sync(&rt.ledger, rt.sale.id).await {
+    match cluster
+        .stock
+        .sync(&rt.ledger, &rt.schedule, rt.sale.id)
+        .await
+    {
         Ok(true) => {
             cluster
                 .lost_since
@@ -223,7 +227,13 @@ async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
         tracing::info!("orders are still arriving in the database; not re-seeding yet");
         return;
     }
-    match cluster.stock.seed(&rt.sale, &record).await {
+    // The window as stored now: an admin may have moved it while Redis did
+    // not hold the sale (their write to Redis then found nothing to move).
+    let Ok(Some(stored)) = engine.store().get_sale(rt.sale.id).await else {
+        return;
+    };
+    rt.schedule.advance(stored.schedule());
+    match cluster.stock.seed(&rt.current(), &record).await {
         Ok(true) => {
             tracing::info!(
                 sale_id = rt.sale.id,
@@ -267,6 +277,16 @@ async fn relay(cluster: &Shared, sale_id: u64) {
 async fn reconcile(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     let id = rt.sale.id;
     let since = now_ms() - RELEASE_WINDOW_MS;
+    // The window as stored, pushed to Redis and here: repairs a move whose
+    // write to Redis failed, or that a re-seed racing it wrote over. Both
+    // only ever move times earlier, so pushing a window read a moment
+    // before another move cannot undo that move.
+    if let Ok(Some(stored)) = engine.store().get_sale(id).await {
+        if let Err(e) = cluster.stock.set_schedule(id, stored.schedule()).await {
+            tracing::debug!(error = %e, "cannot push the sale's window to Redis");
+        }
+        rt.schedule.advance(stored.schedule());
+    }
     let Ok(audit) = engine.store().sale_audit(id, since).await else {
         return;
     };

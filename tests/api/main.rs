@@ -40,3 +40,4 @@ mod stock_contract;
 mod store_contract;
 mod tls;
 mod webhooks;
+mod window;
