@@ -171,10 +171,11 @@ async fn opening_an_ended_sale_is_a_conflict_and_buyers_cannot_move_a_window() {
             "not_found",
         )
         .await;
+        // As every route with an id: one that is not a number is not found.
         assert_error(
             app.move_window("not-a-number", action, None).await,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::NOT_FOUND,
+            "not_found",
         )
         .await;
     }
@@ -283,8 +284,17 @@ async fn closing_a_sale_tells_its_waiting_room_it_ended() {
 /// a second or two (B's early answers mirror the window from Redis, and
 /// Redis decides); a close on A makes B refuse with `ended`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_window_moved_on_one_node_holds_on_the_other() {
-    let backends = Backends::new(Db::Postgres).await;
+async fn a_window_moved_on_one_node_holds_on_the_other_over_postgres() {
+    moved_on_one_node_holds_on_the_other(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_window_moved_on_one_node_holds_on_the_other_over_mysql() {
+    moved_on_one_node_holds_on_the_other(Db::MySql).await;
+}
+
+async fn moved_on_one_node_holds_on_the_other(db: Db) {
+    let backends = Backends::new(db).await;
     let nodes = backends.nodes(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let sale = create(a, upcoming_body(10)).await;
