@@ -44,6 +44,11 @@
 //! (`TIME` inside the script), not the node's: a node whose clock runs ahead
 //! cannot open a sale early. Nodes read that clock to export their offset
 //! and to correct their local early answers.
+//!
+//! **One window.** The script decides by the `start` / `end` in `meta`,
+//! not by what a node believes: an admin's open / close now moves them
+//! ([`RedisStock::set_schedule`], only ever to earlier times) and every
+//! node mirrors them back with its counters ([`RedisStock::sync`]).
 
 pub(crate) mod limits;
 mod room;

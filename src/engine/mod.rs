@@ -487,7 +487,16 @@ impl Engine {
     /// (250 ms): they mirror the window from the shared stock with the
     /// counters they already read. The window is pushed to the stock and
     /// here even when the store says nothing changed, so a retry after a
-    /// failed step repairs it.
+    /// failed step repairs it (so does the reconciler, within 5 s).
+    ///
+    /// Why the window goes through Redis rather than a broadcast on the
+    /// events exchange (best effort: a node cut off from the broker would
+    /// miss it) or a periodic read of every sale from the database (a query
+    /// per sale per node per second): the script already decides by the
+    /// `meta` hash the watcher already reads, so the decision is right the
+    /// moment Redis is written and the mirror costs no extra round trip.
+    /// The purchase path pays two atomic loads. See docs/ARCHITECTURE.md,
+    /// "Moving a sale's window".
     ///
     /// # Errors
     /// [`EngineError::NotFound`]; [`EngineError::Refused`] with

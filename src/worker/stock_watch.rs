@@ -2,7 +2,10 @@
 //!
 //! - **Stock watcher** (every 250 ms): mirrors each sale's remaining units
 //!   from Redis into the local sold-out flag, so a unit returned by any node
-//!   reopens the sale on every node within a second, and notices a sale
+//!   reopens the sale on every node within a second — and, in the same
+//!   script call, the sale's window into its live window, so an admin's
+//!   "open now" / "close now" on any node reaches every node's early
+//!   answers within a tick (Redis itself decides by it at once) — and notices a sale
 //!   Redis lost (it restarted empty). Such a sale answers `503` until it is
 //!   re-seeded from the database — and the re-seed waits until the order
 //!   queue has been empty for a second, so every confirmed order is counted:
