@@ -219,8 +219,27 @@ async fn a_moved_window_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_sale_tells_its_waiting_room_it_ended() {
     let app = spawn_app().await;
+    room_hears_the_close(&app, &app).await;
+    app.stop().await;
+}
+
+/// The same over two distributed nodes (the room in Redis): closed on node
+/// A, the buyers waiting on node B are told within a second or two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_a_sale_on_one_node_tells_the_room_on_the_other() {
+    let backends = Backends::new(Db::Postgres).await;
+    let nodes = backends.nodes(2).await;
+    room_hears_the_close(&nodes[0], &nodes[1]).await;
+    for node in nodes {
+        node.stop().await;
+    }
+    backends.cleanup().await;
+}
+
+/// Buyers wait in a room on `buyers`; `admin` closes the sale.
+async fn room_hears_the_close(admin: &TestApp, buyers: &TestApp) {
     let sale = create(
-        &app,
+        admin,
         json!({
             "item": "room",
             "stock": 100,
@@ -231,13 +250,15 @@ async fn closing_a_sale_tells_its_waiting_room_it_ended() {
     )
     .await;
     let queue = |user: &str| {
-        app.client
-            .post(app.url(&format!("/api/v1/sales/{sale}/queue")))
+        buyers
+            .client
+            .post(buyers.url(&format!("/api/v1/sales/{sale}/queue")))
             .bearer_auth(token(user))
     };
     let poll = |user: &str| {
-        app.client
-            .get(app.url(&format!("/api/v1/sales/{sale}/queue")))
+        buyers
+            .client
+            .get(buyers.url(&format!("/api/v1/sales/{sale}/queue")))
             .bearer_auth(token(user))
     };
     for i in 0..5 {
@@ -252,7 +273,7 @@ async fn closing_a_sale_tells_its_waiting_room_it_ended() {
     let waiting = json_ok(poll("waiter-4").send().await.unwrap()).await;
     assert_eq!(waiting["state"], "waiting", "{waiting}");
 
-    app.close_now(&sale).await;
+    admin.close_now(&sale).await;
     eventually(
         Duration::from_secs(2),
         "the waiter told it ended",
@@ -268,16 +289,15 @@ async fn closing_a_sale_tells_its_waiting_room_it_ended() {
         "ended",
     )
     .await;
-    let with_pass = app
+    let with_pass = buyers
         .client
-        .post(app.url(&format!("/api/v1/sales/{sale}/purchase")))
+        .post(buyers.url(&format!("/api/v1/sales/{sale}/purchase")))
         .bearer_auth(token("waiter-0"))
         .header("X-Flashsale-Pass", pass)
         .send()
         .await
         .unwrap();
     assert_error(with_pass, StatusCode::FORBIDDEN, "ended").await;
-    app.stop().await;
 }
 
 /// Two distributed nodes: a sale opened on node A sells on node B within
