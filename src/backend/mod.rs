@@ -224,7 +224,8 @@ pub trait OrderStore: Send + Sync {
     /// closed it early), only if it is still `from`: a compare-and-set, so
     /// two admins racing (on two nodes) cannot undo each other's move.
     /// `false` when the sale's window is no longer `from`, or there is no
-    /// such sale; the caller reads the sale again and decides anew.
+    /// such sale; the caller reads the sale again and decides anew. `to`
+    /// differs from `from` (MySQL counts changed rows, not matched ones).
     ///
     /// # Errors
     /// [`StoreError`] when the change did not become durable.
