@@ -276,9 +276,11 @@ impl Application {
     /// When the sale cannot be stored.
     pub async fn demo_sale(&self) -> anyhow::Result<u64> {
         let now = self.engine.clock().now_ms();
-        if let Some(rt) = self.engine.sales().iter().rev().find(|rt| {
-            rt.sale.window(now) != crate::domain::Window::Ended && rt.ledger.remaining() > 0
-        }) {
+        if let Some(rt) =
+            self.engine.sales().iter().rev().find(|rt| {
+                rt.window(now) != crate::domain::Window::Ended && rt.ledger.remaining() > 0
+            })
+        {
             return Ok(rt.sale.id);
         }
         let new = crate::domain::NewSale::parse(&serde_json::json!({

@@ -48,7 +48,7 @@ use super::queue::{OrderConsumer, OrderQueue, QueueDepth, QueueError};
 use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
 use super::{Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
-use crate::domain::{Ledger, Order, Sale};
+use crate::domain::{Ledger, LiveSchedule, Order, Sale, Schedule};
 
 /// When a breaker opens and how it recovers.
 #[derive(Debug, Clone, PartialEq)]
@@ -475,7 +475,7 @@ impl StockStore for BreakerStock {
 
     async fn reserve(
         &self,
-        sale: &Sale,
+        schedule: Schedule,
         ledger: &Ledger,
         reservation: Arc<Reservation>,
     ) -> Result<Decision, StockError> {
@@ -483,9 +483,9 @@ impl StockStore for BreakerStock {
             if !self.breaker.would_admit() {
                 return Err(stock_refused());
             }
-            return self.inner.reserve(sale, ledger, reservation).await;
+            return self.inner.reserve(schedule, ledger, reservation).await;
         }
-        self.run(self.inner.reserve(sale, ledger, reservation))
+        self.run(self.inner.reserve(schedule, ledger, reservation))
             .await
     }
 
@@ -501,8 +501,17 @@ impl StockStore for BreakerStock {
         self.run(self.inner.seed_new(sale)).await
     }
 
-    async fn sync(&self, ledger: &Ledger, sale_id: u64) -> Result<bool, StockError> {
-        self.run(self.inner.sync(ledger, sale_id)).await
+    async fn sync(
+        &self,
+        ledger: &Ledger,
+        schedule: &LiveSchedule,
+        sale_id: u64,
+    ) -> Result<bool, StockError> {
+        self.run(self.inner.sync(ledger, schedule, sale_id)).await
+    }
+
+    async fn set_schedule(&self, sale_id: u64, schedule: Schedule) -> Result<(), StockError> {
+        self.run(self.inner.set_schedule(sale_id, schedule)).await
     }
 
     async fn ping(&self) -> Result<(), StockError> {
@@ -706,6 +715,15 @@ impl OrderStore for BreakerStore {
 
     async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
         self.run(self.inner.get_sale(sale_id)).await
+    }
+
+    async fn move_schedule(
+        &self,
+        sale_id: u64,
+        from: Schedule,
+        to: Schedule,
+    ) -> Result<bool, StoreError> {
+        self.run(self.inner.move_schedule(sale_id, from, to)).await
     }
 
     async fn sale_record(&self, sale_id: u64) -> Result<SaleRecord, StoreError> {

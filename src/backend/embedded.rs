@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::outbox::{self, AttemptRecord, Delivery, DeliveryFilter, DeliveryState, OutboxEvent};
 use super::{Holding, Intent, OrderStore, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
-use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
+use crate::domain::{FrontDoor, Order, OrderStatus, Sale, Schedule};
 
 pub mod backup;
 
@@ -155,6 +155,12 @@ enum Command {
         reply: Reply<Vec<OutboxEvent>>,
     },
     RecordAttempt(Box<AttemptRecord>, Reply<bool>),
+    MoveSchedule {
+        sale_id: u64,
+        from: Schedule,
+        to: Schedule,
+        reply: Reply<bool>,
+    },
 }
 
 /// A reply computed inside the transaction, delivered once the commit's
@@ -426,7 +432,9 @@ fn fail(cmd: Command) -> Deliver {
         Command::Transition { reply, .. } => deliver(reply, Ok(None)),
         Command::ExpireDue(_, _, r) => deliver(r, Ok(Vec::new())),
         Command::ClaimWebhooks { reply, .. } => deliver(reply, Ok(Vec::new())),
-        Command::RecordAttempt(_, r) => deliver(r, Ok(false)),
+        Command::RecordAttempt(_, r) | Command::MoveSchedule { reply: r, .. } => {
+            deliver(r, Ok(false))
+        }
     }
 }
 
@@ -465,7 +473,35 @@ fn apply(tx: &rusqlite::Transaction<'_>, cmd: Command, outbox: bool) -> (Deliver
             reply,
         } => done(reply, claim_webhooks(tx, now_ms, lease_ms, limit)),
         Command::RecordAttempt(record, r) => done(r, record_attempt(tx, &record)),
+        Command::MoveSchedule {
+            sale_id,
+            from,
+            to,
+            reply,
+        } => done(reply, move_schedule(tx, sale_id, from, to)),
     }
+}
+
+/// The window moves only while the row still holds `from` (`IS`: NULL-safe).
+fn move_schedule(
+    tx: &Connection,
+    sale_id: u64,
+    from: Schedule,
+    to: Schedule,
+) -> Result<bool, StoreError> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE sales SET starts_at = ?1, ends_at = ?2 \
+             WHERE sale_id = ?3 AND starts_at = ?4 AND ends_at IS ?5",
+        )?
+        .execute(params![
+            to.starts_at_ms,
+            to.ends_at_ms,
+            sale_id as i64,
+            from.starts_at_ms,
+            from.ends_at_ms
+        ])?;
+    Ok(changed == 1)
 }
 
 fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
@@ -825,6 +861,21 @@ impl OrderStore for SqliteStore {
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
         self.read(load_snapshot).await
+    }
+
+    async fn move_schedule(
+        &self,
+        sale_id: u64,
+        from: Schedule,
+        to: Schedule,
+    ) -> Result<bool, StoreError> {
+        self.call(|reply| Command::MoveSchedule {
+            sale_id,
+            from,
+            to,
+            reply,
+        })
+        .await
     }
 
     async fn commit_order(&self, order: Order) -> Result<(), StoreError> {

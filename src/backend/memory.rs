@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use super::queue::{Acker, Delivery, OrderConsumer, OrderQueue, QueueDepth, QueueError};
 use super::stock::{Decision, Reservation, StockError, StockStore};
 use crate::domain::sale::Window;
-use crate::domain::{Ledger, Order, Rejection, Sale};
+use crate::domain::{Ledger, LiveSchedule, Order, Rejection, Sale, Schedule};
 
 /// The embedded default's stock: each sale's in-memory ledger decides.
 #[derive(Debug, Default)]
@@ -32,12 +32,12 @@ impl StockStore for EmbeddedStock {
 
     async fn reserve(
         &self,
-        sale: &Sale,
+        schedule: Schedule,
         ledger: &Ledger,
         reservation: Arc<Reservation>,
     ) -> Result<Decision, StockError> {
         let o = &reservation.order;
-        match sale.window(o.created_at_ms) {
+        match schedule.window(o.created_at_ms) {
             Window::Upcoming => return Ok(Decision::Rejected(Rejection::NotStarted)),
             Window::Ended => return Ok(Decision::Rejected(Rejection::Ended)),
             Window::Open => {}
@@ -61,7 +61,12 @@ impl StockStore for EmbeddedStock {
         Ok(())
     }
 
-    async fn sync(&self, _ledger: &Ledger, _sale_id: u64) -> Result<bool, StockError> {
+    async fn sync(
+        &self,
+        _ledger: &Ledger,
+        _schedule: &LiveSchedule,
+        _sale_id: u64,
+    ) -> Result<bool, StockError> {
         Ok(true)
     }
 }

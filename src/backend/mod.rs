@@ -37,7 +37,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 
 use crate::domain::order::Transition;
-use crate::domain::{Order, Sale};
+use crate::domain::{Order, Sale, Schedule};
 
 /// Failure of a storage backend; the cause goes to the log, never to buyers.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +219,22 @@ pub trait OrderStore: Send + Sync {
             .into_iter()
             .find(|s| s.id == sale_id))
     }
+
+    /// Moves a sale's window from `from` to `to` (an admin opened or
+    /// closed it early), only if it is still `from`: a compare-and-set, so
+    /// two admins racing (on two nodes) cannot undo each other's move.
+    /// `false` when the sale's window is no longer `from`, or there is no
+    /// such sale; the caller reads the sale again and decides anew. `to`
+    /// differs from `from` (MySQL counts changed rows, not matched ones).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change did not become durable.
+    async fn move_schedule(
+        &self,
+        sale_id: u64,
+        from: Schedule,
+        to: Schedule,
+    ) -> Result<bool, StoreError>;
 
     /// What a re-seed of the shared stock needs: units held, holders, keyed
     /// orders and orders that gave their units back. Only the SQL stores

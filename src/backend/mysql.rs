@@ -44,7 +44,7 @@ use super::{
     Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
 };
 use crate::domain::order::Transition;
-use crate::domain::{Order, OrderStatus, Sale};
+use crate::domain::{Order, OrderStatus, Sale, Schedule};
 
 /// [`OrderStore`] on MariaDB or MySQL with a group-committing order writer.
 pub struct MySqlOrderStore {
@@ -403,6 +403,27 @@ impl OrderStore for MySqlOrderStore {
 
     async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
         get_sale(&self.pool, sale_id).await
+    }
+
+    /// One conditional `UPDATE`: the row changes only while it still holds
+    /// `from` (a NULL-safe comparison for "no end").
+    async fn move_schedule(
+        &self,
+        sale_id: u64,
+        from: Schedule,
+        to: Schedule,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sales SET starts_at = ?, ends_at = ? WHERE sale_id = ? AND starts_at = ? AND ends_at <=> ?",
+        )
+        .bind(to.starts_at_ms)
+        .bind(to.ends_at_ms)
+        .bind(sale_id as i64)
+        .bind(from.starts_at_ms)
+        .bind(from.ends_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn sale_record(&self, sale_id: u64) -> Result<SaleRecord, StoreError> {

@@ -39,7 +39,7 @@ use super::{
     Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
 };
 use crate::domain::order::Transition;
-use crate::domain::{Order, OrderStatus, Sale};
+use crate::domain::{Order, OrderStatus, Sale, Schedule};
 
 /// [`OrderStore`] on PostgreSQL with a group-committing order writer.
 pub struct PgOrderStore {
@@ -351,6 +351,27 @@ impl OrderStore for PgOrderStore {
 
     async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
         get_sale(&self.pool, sale_id).await
+    }
+
+    /// One conditional `UPDATE`: the row changes only while it still holds
+    /// `from` (a NULL-safe comparison for "no end").
+    async fn move_schedule(
+        &self,
+        sale_id: u64,
+        from: Schedule,
+        to: Schedule,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sales SET starts_at = $1, ends_at = $2 WHERE sale_id = $3 AND starts_at = $4 AND ends_at IS NOT DISTINCT FROM $5",
+        )
+        .bind(to.starts_at_ms)
+        .bind(to.ends_at_ms)
+        .bind(sale_id as i64)
+        .bind(from.starts_at_ms)
+        .bind(from.ends_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn sale_record(&self, sale_id: u64) -> Result<SaleRecord, StoreError> {

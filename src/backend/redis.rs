@@ -44,6 +44,11 @@
 //! (`TIME` inside the script), not the node's: a node whose clock runs ahead
 //! cannot open a sale early. Nodes read that clock to export their offset
 //! and to correct their local early answers.
+//!
+//! **One window.** The script decides by the `start` / `end` in `meta`,
+//! not by what a node believes: an admin's open / close now moves them
+//! ([`RedisStock::set_schedule`], only ever to earlier times) and every
+//! node mirrors them back with its counters ([`RedisStock::sync`]).
 
 pub(crate) mod limits;
 mod room;
@@ -62,7 +67,7 @@ use async_trait::async_trait;
 use super::breaker::Breaker;
 use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
 use super::SaleRecord;
-use crate::domain::{Ledger, Order, Rejection, Sale};
+use crate::domain::{Ledger, LiveSchedule, Order, Rejection, Sale, Schedule};
 
 /// Most purchases decided by one script call.
 const MAX_BATCH: usize = 256;
@@ -138,11 +143,33 @@ return tonumber(redis.call('HGET', KEYS[1], 'stock')) - sold
 
 const STATE_LUA: &str = r"
 -- KEYS: meta, outbox; ARGV: fence
--- answers {stock, sold, outbox length}, {} when unseeded, {-1} when fenced
-local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'rid')
+-- answers {stock, sold, outbox length, start, end}, {} when unseeded,
+-- {-1} when fenced
+local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'rid', 'start', 'end')
 if not m[1] then return {} end
 if ARGV[1] == '1' and m[3] ~= replid() then return {-1} end
-return {tonumber(m[1]), tonumber(m[2]), redis.call('ZCARD', KEYS[2])}
+return {tonumber(m[1]), tonumber(m[2]), redis.call('ZCARD', KEYS[2]),
+  tonumber(m[4]), tonumber(m[5])}
+";
+
+/// Moves the window the purchase script decides by (an admin opened or
+/// closed the sale early), for a sale Redis holds; 0 = absent (its re-seed
+/// writes the window from the database).
+///
+/// Each time only moves earlier (as every move of a window does), so a
+/// stale write — the reconciler pushing a window it read from the database
+/// just before an admin moved it — cannot undo a move. The strings are
+/// written as given (a Lua number would be formatted with 14 digits).
+const WINDOW_LUA: &str = r"
+-- KEYS: meta; ARGV: start, end (0 = none)
+local m = redis.call('HMGET', KEYS[1], 'start', 'end')
+if not m[1] then return 0 end
+local start = m[1]
+if tonumber(ARGV[1]) < tonumber(m[1]) then start = ARGV[1] end
+local fin, cur, new = m[2], tonumber(m[2]), tonumber(ARGV[2])
+if new > 0 and (cur == 0 or new < cur) then fin = ARGV[2] end
+redis.call('HSET', KEYS[1], 'start', start, 'end', fin)
+return 1
 ";
 
 /// Claims the re-seed of a sale that is absent or fenced: takes the seed
@@ -410,6 +437,7 @@ struct Scripts {
     seed_meta: Script,
     outbox_due: Script,
     time: Script,
+    window: Script,
 }
 
 impl Scripts {
@@ -422,10 +450,11 @@ impl Scripts {
             seed_meta: Script::new(SEED_META_LUA),
             outbox_due: Script::new(OUTBOX_DUE_LUA),
             time: Script::new(TIME_LUA),
+            window: Script::new(WINDOW_LUA),
         }
     }
 
-    fn all(&self) -> [&Script; 7] {
+    fn all(&self) -> [&Script; 8] {
         [
             &self.purchase,
             &self.release,
@@ -434,13 +463,15 @@ impl Scripts {
             &self.seed_meta,
             &self.outbox_due,
             &self.time,
+            &self.window,
         ]
     }
 }
 
 /// What Redis holds of a sale.
 enum Held {
-    Present(StockState),
+    /// The counters and the window the purchase script decides by.
+    Present(StockState, Schedule),
     Absent,
     /// Stamped by another replication history: a failover happened since.
     Fenced,
@@ -615,7 +646,7 @@ impl RedisStock {
         Ok(match left {
             -1 => None,
             -2 => match self.counters(s).await? {
-                Held::Present(st) => Some(st.remaining()),
+                Held::Present(st, _) => Some(st.remaining()),
                 Held::Absent | Held::Fenced => None,
             },
             n => Some(n.max(0) as u64),
@@ -630,11 +661,17 @@ impl RedisStock {
         let keys = [self.key(sale_id, "meta"), self.key(sale_id, "outbox")];
         let v: Vec<i64> = self.eval(&self.scripts.state, &keys, &[self.fence]).await?;
         Ok(match v[..] {
-            [stock, sold, outbox] => Held::Present(StockState {
-                stock: stock.max(0) as u64,
-                sold: sold.max(0) as u64,
-                outbox: outbox.max(0) as u64,
-            }),
+            [stock, sold, outbox, start, end] => Held::Present(
+                StockState {
+                    stock: stock.max(0) as u64,
+                    sold: sold.max(0) as u64,
+                    outbox: outbox.max(0) as u64,
+                },
+                Schedule {
+                    starts_at_ms: start,
+                    ends_at_ms: (end > 0).then_some(end),
+                },
+            ),
             [-1] => {
                 metrics::counter!("flashsale_redis_fenced_total").increment(1);
                 Held::Fenced
@@ -693,7 +730,7 @@ impl StockStore for RedisStock {
     /// batch are mirrored into `ledger`.
     async fn reserve(
         &self,
-        _sale: &Sale,
+        _schedule: Schedule,
         ledger: &Ledger,
         reservation: Arc<Reservation>,
     ) -> Result<Decision, StockError> {
@@ -726,19 +763,40 @@ impl StockStore for RedisStock {
 
     fn restore(&self, _ledger: &Ledger, _user: &str, _units: u32) {}
 
-    async fn sync(&self, ledger: &Ledger, sale_id: u64) -> Result<bool, StockError> {
+    /// Mirrors the units left and the window (which an admin on any node
+    /// may have moved) from the sale's `meta`, in the one script call.
+    async fn sync(
+        &self,
+        ledger: &Ledger,
+        schedule: &LiveSchedule,
+        sale_id: u64,
+    ) -> Result<bool, StockError> {
         Ok(match self.counters(sale_id).await? {
-            Held::Present(st) => {
+            Held::Present(st, window) => {
                 ledger.mirror_remaining(st.remaining());
+                schedule.advance(window);
                 true
             }
             Held::Absent | Held::Fenced => false,
         })
     }
 
+    async fn set_schedule(&self, sale_id: u64, schedule: Schedule) -> Result<(), StockError> {
+        let start = schedule.starts_at_ms.to_string();
+        let end = schedule.ends_at_ms.unwrap_or(0).to_string();
+        let _: i64 = self
+            .eval(
+                &self.scripts.window,
+                &[self.key(sale_id, "meta")],
+                &[start.as_bytes(), end.as_bytes()],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn state(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
         Ok(match self.counters(sale_id).await? {
-            Held::Present(st) => Some(st),
+            Held::Present(st, _) => Some(st),
             Held::Absent | Held::Fenced => None,
         })
     }

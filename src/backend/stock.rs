@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 
 use super::SaleRecord;
-use crate::domain::{Ledger, Order, Rejection, Sale};
+use crate::domain::{Ledger, LiveSchedule, Order, Rejection, Sale, Schedule};
 
 /// One purchase handed to [`StockStore::reserve`].
 #[derive(Debug)]
@@ -104,11 +104,12 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
     /// app then runs the stock watcher, relay and reconciler.
     fn is_shared(&self) -> bool;
 
-    /// Decides one purchase of `reservation.order` of `sale` against
-    /// `ledger` (the sale's local ledger), atomically: the window by the
-    /// stock's clock (the embedded stock: the order's `created_at_ms`, this
-    /// node's clock), stock and the per-user limit. A shared
-    /// stock also replays a keyed purchase any node already accepted.
+    /// Decides one purchase of `reservation.order` against `ledger` (the
+    /// sale's local ledger), atomically: the window by the stock's clock
+    /// (the embedded stock: `schedule`, the node's live window, at the
+    /// order's `created_at_ms`; a shared stock: the window it holds itself,
+    /// see [`StockStore::set_schedule`]), stock and the per-user limit. A
+    /// shared stock also replays a keyed purchase any node already accepted.
     ///
     /// # Errors
     /// [`StockError`] when the stock could not be asked; no units were
@@ -117,7 +118,7 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
     /// buyer was told neither way).
     async fn reserve(
         &self,
-        sale: &Sale,
+        schedule: Schedule,
         ledger: &Ledger,
         reservation: Arc<Reservation>,
     ) -> Result<Decision, StockError>;
@@ -144,12 +145,29 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
     /// watcher seeds it later).
     async fn seed_new(&self, sale: &Sale) -> Result<(), StockError>;
 
-    /// Brings `ledger` in step with the stock; `Ok(false)` when the stock
-    /// does not hold the sale (it must be re-seeded before it sells).
+    /// Brings `ledger` — and `schedule`, for a stock that holds the window
+    /// — in step with the stock; `Ok(false)` when the stock does not hold
+    /// the sale (it must be re-seeded before it sells).
     ///
     /// # Errors
     /// [`StockError`] when the stock could not be reached.
-    async fn sync(&self, ledger: &Ledger, sale_id: u64) -> Result<bool, StockError>;
+    async fn sync(
+        &self,
+        ledger: &Ledger,
+        schedule: &LiveSchedule,
+        sale_id: u64,
+    ) -> Result<bool, StockError>;
+
+    /// Moves the window a shared stock decides purchases by (an admin
+    /// opened or closed the sale early). A no-op for a stock that does not
+    /// hold the window, and for a sale the stock does not hold (its re-seed
+    /// writes the window from the database).
+    ///
+    /// # Errors
+    /// [`StockError`] when the stock could not be reached.
+    async fn set_schedule(&self, _sale_id: u64, _schedule: Schedule) -> Result<(), StockError> {
+        Ok(())
+    }
 
     /// Checks the stock answers.
     ///

@@ -16,7 +16,7 @@ pub use ids::IdGenerator;
 pub use ledger::{Ledger, Reserve};
 pub use order::{Order, OrderStatus};
 pub use rejection::Rejection;
-pub use sale::{NewSale, Sale, SaleStatus, Window};
+pub use sale::{LiveSchedule, NewSale, Sale, SaleStatus, Schedule, Window, WindowMove};
 
 /// A request field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

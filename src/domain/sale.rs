@@ -1,10 +1,12 @@
 //! A sale: N units of one item on sale in a time window, with a per-user limit.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::front_door::FrontDoor;
-use super::ValidationError;
+use super::{Rejection, ValidationError};
 
 /// Largest stock one sale may offer (contract: 1..10^9).
 pub const MAX_STOCK: u64 = 1_000_000_000;
@@ -169,7 +171,48 @@ impl Sale {
         }
     }
 
+    /// The sale's window as stored.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            starts_at_ms: self.starts_at_ms,
+            ends_at_ms: self.ends_at_ms,
+        }
+    }
+
+    /// The same sale with its window moved to `schedule`.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.starts_at_ms = schedule.starts_at_ms;
+        self.ends_at_ms = schedule.ends_at_ms;
+        self
+    }
+
     /// Where `now_ms` falls relative to the sale window.
+    pub fn window(&self, now_ms: i64) -> Window {
+        self.schedule().window(now_ms)
+    }
+
+    /// The buyer-facing status given the units left.
+    pub fn status(&self, now_ms: i64, remaining: u64) -> SaleStatus {
+        self.schedule().status(now_ms, remaining)
+    }
+}
+
+/// A sale's window: opening time and (exclusive) closing time, epoch ms.
+///
+/// Fixed at creation unless an admin opens or closes the sale early
+/// ([`Schedule::open_now`], [`Schedule::close_now`]); those moves only ever
+/// bring a time forward to "now", so a window never grows at its end and a
+/// closed sale never reopens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Opening time, epoch ms.
+    pub starts_at_ms: i64,
+    /// Closing time, epoch ms (exclusive), if any.
+    pub ends_at_ms: Option<i64>,
+}
+
+impl Schedule {
+    /// Where `now_ms` falls relative to the window.
     pub fn window(&self, now_ms: i64) -> Window {
         if now_ms < self.starts_at_ms {
             Window::Upcoming
@@ -187,6 +230,106 @@ impl Sale {
             Window::Ended => SaleStatus::Ended,
             Window::Open if remaining == 0 => SaleStatus::SoldOut,
             Window::Open => SaleStatus::Open,
+        }
+    }
+
+    /// The window once an admin opens the sale at `now_ms`: an upcoming
+    /// sale starts now, an open one is unchanged.
+    ///
+    /// # Errors
+    /// [`Rejection::Ended`] for a sale whose window has closed (opening it
+    /// again would sell outside the window buyers were told about).
+    pub fn open_now(self, now_ms: i64) -> Result<Self, Rejection> {
+        match self.window(now_ms) {
+            Window::Upcoming => Ok(Self {
+                starts_at_ms: now_ms,
+                ..self
+            }),
+            Window::Open => Ok(self),
+            Window::Ended => Err(Rejection::Ended),
+        }
+    }
+
+    /// The window once an admin closes the sale at `now_ms`: it ends now if
+    /// it ended later or never; an ended sale is unchanged. An upcoming sale
+    /// also "starts" now, so the window is empty (`starts_at == ends_at`)
+    /// and reads as ended rather than upcoming.
+    pub fn close_now(self, now_ms: i64) -> Self {
+        match self.window(now_ms) {
+            Window::Ended => self,
+            Window::Upcoming | Window::Open => Self {
+                starts_at_ms: self.starts_at_ms.min(now_ms),
+                ends_at_ms: Some(now_ms),
+            },
+        }
+    }
+}
+
+/// A sale's window as every check on one node reads it, in two atomics: the
+/// purchase path pays two loads, no lock and no allocation.
+///
+/// Every legitimate move of a window only brings its times earlier (see
+/// [`Schedule`]), so [`LiveSchedule::advance`] keeps the earlier of each
+/// time: a stale reading (a mirror read from the shared stock just before
+/// a move) cannot undo a move. The end is moved before the start and read
+/// after it, so a reader that sees a new start also sees the new end; one
+/// that sees the old start may pair it with the new end, and that window
+/// lies inside both the old and the new one — a torn read never admits a
+/// purchase outside the window.
+#[derive(Debug)]
+pub struct LiveSchedule {
+    starts_at_ms: AtomicI64,
+    /// `i64::MAX` for "no end".
+    ends_at_ms: AtomicI64,
+}
+
+impl LiveSchedule {
+    /// Starts at `schedule`.
+    pub fn new(schedule: Schedule) -> Self {
+        Self {
+            starts_at_ms: AtomicI64::new(schedule.starts_at_ms),
+            ends_at_ms: AtomicI64::new(schedule.ends_at_ms.unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// The window now.
+    pub fn get(&self) -> Schedule {
+        let starts_at_ms = self.starts_at_ms.load(Ordering::Acquire);
+        let ends = self.ends_at_ms.load(Ordering::Acquire);
+        Schedule {
+            starts_at_ms,
+            ends_at_ms: (ends != i64::MAX).then_some(ends),
+        }
+    }
+
+    /// Moves each time to the earlier of the current one and `schedule`'s.
+    pub fn advance(&self, schedule: Schedule) {
+        self.ends_at_ms
+            .fetch_min(schedule.ends_at_ms.unwrap_or(i64::MAX), Ordering::AcqRel);
+        self.starts_at_ms
+            .fetch_min(schedule.starts_at_ms, Ordering::AcqRel);
+    }
+}
+
+/// An admin's move of a sale's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowMove {
+    /// Open now (`POST /api/v1/sales/{id}/open`).
+    Open,
+    /// Close now (`POST /api/v1/sales/{id}/close`).
+    Close,
+}
+
+impl WindowMove {
+    /// `schedule` after this move at `now_ms` (see [`Schedule::open_now`],
+    /// [`Schedule::close_now`]).
+    ///
+    /// # Errors
+    /// [`Rejection::Ended`] when opening a sale that has ended.
+    pub fn apply(self, schedule: Schedule, now_ms: i64) -> Result<Schedule, Rejection> {
+        match self {
+            Self::Open => schedule.open_now(now_ms),
+            Self::Close => Ok(schedule.close_now(now_ms)),
         }
     }
 }
@@ -290,5 +433,79 @@ mod tests {
         assert_eq!(sale.status(start - 1, 5), SaleStatus::Upcoming);
         assert_eq!(sale.status(start, 5), SaleStatus::Open);
         assert_eq!(sale.status(start, 0), SaleStatus::SoldOut);
+    }
+
+    #[test]
+    fn open_now_starts_an_upcoming_sale_and_refuses_an_ended_one() {
+        let s = Schedule {
+            starts_at_ms: 1_000,
+            ends_at_ms: Some(5_000),
+        };
+        let opened = s.open_now(400).unwrap();
+        assert_eq!(opened.starts_at_ms, 400);
+        assert_eq!(opened.ends_at_ms, Some(5_000));
+        assert_eq!(opened.window(400), Window::Open);
+        // Open: unchanged (idempotent).
+        assert_eq!(opened.open_now(700), Ok(opened));
+        assert_eq!(s.open_now(1_000), Ok(s));
+        assert_eq!(s.open_now(5_000), Err(Rejection::Ended));
+        let endless = Schedule {
+            starts_at_ms: 1_000,
+            ends_at_ms: None,
+        };
+        assert_eq!(endless.open_now(i64::MAX - 1), Ok(endless));
+    }
+
+    #[test]
+    fn close_now_ends_the_window_now_and_never_reopens() {
+        let open = Schedule {
+            starts_at_ms: 1_000,
+            ends_at_ms: None,
+        };
+        let closed = open.close_now(2_000);
+        assert_eq!(closed.ends_at_ms, Some(2_000));
+        assert_eq!(closed.starts_at_ms, 1_000);
+        assert_eq!(closed.window(2_000), Window::Ended);
+        assert_eq!(closed.window(1_999), Window::Open);
+        // Ended: unchanged, even later (a later "close" never moves the end).
+        assert_eq!(closed.close_now(9_000), closed);
+        let later = Schedule {
+            starts_at_ms: 1_000,
+            ends_at_ms: Some(3_000),
+        };
+        assert_eq!(later.close_now(2_000).ends_at_ms, Some(2_000));
+        // Upcoming: the window becomes empty and reads as ended, not upcoming.
+        let upcoming = Schedule {
+            starts_at_ms: 5_000,
+            ends_at_ms: Some(6_000),
+        }
+        .close_now(2_000);
+        assert_eq!(upcoming.starts_at_ms, 2_000);
+        assert_eq!(upcoming.ends_at_ms, Some(2_000));
+        assert_eq!(upcoming.window(2_000), Window::Ended);
+        assert_eq!(upcoming.status(2_000, 5), SaleStatus::Ended);
+        // Opening it again is refused.
+        assert_eq!(
+            WindowMove::Open.apply(upcoming, 2_001),
+            Err(Rejection::Ended)
+        );
+    }
+
+    #[test]
+    fn a_live_schedule_only_moves_earlier() {
+        let live = LiveSchedule::new(Schedule {
+            starts_at_ms: 1_000,
+            ends_at_ms: None,
+        });
+        assert_eq!(live.get().ends_at_ms, None);
+        let closed = live.get().close_now(2_000);
+        live.advance(closed);
+        assert_eq!(live.get(), closed);
+        // A stale reading (the window before the close) changes nothing.
+        live.advance(Schedule {
+            starts_at_ms: 1_000,
+            ends_at_ms: None,
+        });
+        assert_eq!(live.get(), closed);
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use metrics::{Counter, Histogram};
 
 use super::{EngineError, PurchaseOutcome, SaleRuntime};
-use crate::domain::{Rejection, Sale};
+use crate::domain::{Rejection, Schedule};
 
 /// Handles of the purchase metrics.
 pub struct PurchaseMetrics {
@@ -87,10 +87,11 @@ pub struct Reconciled {
     pub outbox_entries: AtomicU64,
 }
 
-/// Whether `sale` gets per-sale series at `now_ms`: until
-/// [`ENDED_RETENTION_MS`] after its end, for ever when it has none.
-pub fn is_active(sale: &Sale, now_ms: i64) -> bool {
-    sale.ends_at_ms
+/// Whether a sale with window `schedule` gets per-sale series at `now_ms`:
+/// until [`ENDED_RETENTION_MS`] after its end, for ever when it has none.
+pub fn is_active(schedule: Schedule, now_ms: i64) -> bool {
+    schedule
+        .ends_at_ms
         .is_none_or(|end| now_ms < end.saturating_add(ENDED_RETENTION_MS))
 }
 
@@ -99,9 +100,9 @@ pub fn is_active(sale: &Sale, now_ms: i64) -> bool {
 pub fn labelled_sales(sales: &[Arc<SaleRuntime>], now_ms: i64) -> Vec<&Arc<SaleRuntime>> {
     let mut active: Vec<_> = sales
         .iter()
-        .filter(|rt| is_active(&rt.sale, now_ms))
+        .filter(|rt| is_active(rt.schedule(), now_ms))
         .collect();
-    active.sort_by_key(|rt| std::cmp::Reverse((rt.sale.starts_at_ms, rt.sale.id)));
+    active.sort_by_key(|rt| std::cmp::Reverse((rt.schedule().starts_at_ms, rt.sale.id)));
     active.truncate(MAX_LABELLED_SALES);
     active
 }
@@ -224,7 +225,7 @@ pub fn render_sale_families(sales: &[Arc<SaleRuntime>], now_ms: i64, out: &mut S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::NewSale;
+    use crate::domain::{NewSale, Sale};
 
     fn sale(id: u64, starts_at_ms: i64, ends_at_ms: Option<i64>) -> Arc<SaleRuntime> {
         let body = serde_json::json!({

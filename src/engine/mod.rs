@@ -38,7 +38,11 @@ use dashmap::DashMap;
 use crate::backend::stock::{Decision, Reservation, StockStore};
 use crate::backend::{Backends, OrderStore, StoreError, TransitionReport};
 use crate::domain::order::Transition;
-use crate::domain::{now_ms, IdGenerator, Ledger, NewSale, Order, OrderStatus, Rejection, Sale};
+use crate::domain::sale::Window;
+use crate::domain::{
+    now_ms, IdGenerator, Ledger, LiveSchedule, NewSale, Order, OrderStatus, Rejection, Sale,
+    SaleStatus, Schedule, WindowMove,
+};
 pub use admission::{Admission, Attempt, Proof, Refusal};
 use events::{OrderNotifier, QueueEvents};
 use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
@@ -84,8 +88,14 @@ fn bump(c: &AtomicU64) {
 /// One sale's live state.
 #[derive(Debug)]
 pub struct SaleRuntime {
-    /// The sale as stored.
+    /// The sale as stored when this node loaded it. Its window may have
+    /// moved since (an admin opened or closed it early): read the window
+    /// with [`SaleRuntime::schedule`] / [`SaleRuntime::window`].
     pub sale: Sale,
+    /// The sale's window as this node decides by: moved here by the admin
+    /// endpoints and, over a shared stock, mirrored from it by the stock
+    /// watcher (see [`Engine::move_window`]).
+    pub schedule: LiveSchedule,
     /// Stock and holdings: the truth in the embedded default, a mirror of
     /// the remaining count kept by a shared stock.
     pub ledger: Ledger,
@@ -103,11 +113,32 @@ impl SaleRuntime {
     pub fn new(sale: Sale) -> Self {
         Self {
             ledger: Ledger::new(sale.stock, sale.per_user_limit),
+            schedule: LiveSchedule::new(sale.schedule()),
             sale,
             counters: SaleCounters::default(),
             missed: MissedBuyers::default(),
             seeded: AtomicBool::new(true),
         }
+    }
+
+    /// The sale's window now.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule.get()
+    }
+
+    /// Where `now_ms` falls in the sale's window now.
+    pub fn window(&self, now_ms: i64) -> Window {
+        self.schedule.get().window(now_ms)
+    }
+
+    /// The buyer-facing status at `now_ms`.
+    pub fn status(&self, now_ms: i64) -> SaleStatus {
+        self.schedule.get().status(now_ms, self.ledger.remaining())
+    }
+
+    /// The sale with its window now (a copy: not for the purchase path).
+    pub fn current(&self) -> Sale {
+        self.sale.clone().with_schedule(self.schedule())
     }
 }
 
@@ -138,6 +169,11 @@ pub enum EngineError {
     /// The order is not in a state that allows the change.
     #[error("order is {}", .0.status.as_str())]
     WrongState(Box<Order>),
+    /// The sale's state forbids an admin's change, for the reason named
+    /// in the one rejection vocabulary (opening a sale that has
+    /// [`Rejection::Ended`]).
+    #[error("{}", .0.spec().message)]
+    Refused(Rejection),
     /// An earlier request with the same `Idempotency-Key` failed while this
     /// one waited for it; the buyer should retry.
     #[error("a concurrent request with this Idempotency-Key failed; retry")]
@@ -404,7 +440,7 @@ impl Engine {
             return Err(EngineError::NotFound);
         };
         let rt = Arc::new(SaleRuntime::new(sale));
-        match self.stock.sync(&rt.ledger, sale_id).await {
+        match self.stock.sync(&rt.ledger, &rt.schedule, sale_id).await {
             Ok(seeded) => rt.seeded.store(seeded, Ordering::Release),
             Err(e) => tracing::debug!(error = %e, "reading a sale's stock"),
         }
@@ -433,6 +469,101 @@ impl Engine {
         let rt = Arc::new(SaleRuntime::new(sale));
         self.sales.insert(rt.sale.id, rt.clone());
         Ok(rt)
+    }
+
+    /// Opens (`WindowMove::Open`) or closes (`WindowMove::Close`) a sale
+    /// now — by the clock that decides the window: the shared stock's
+    /// (Redis `TIME`) in the distributed mode, the sale clock otherwise —
+    /// and returns it. Idempotent: opening an open sale or closing an ended one
+    /// changes nothing.
+    ///
+    /// The order store is the truth (a compare-and-set on the stored
+    /// window, so moves on two nodes cannot undo each other; a restart
+    /// keeps the move). Then the shared stock, whose purchase script
+    /// decides every sale in the distributed mode by the window it holds —
+    /// so a close stops sales on every node as soon as it is written there
+    /// — and last this node's live window. Other nodes' live windows (their
+    /// early answers and waiting rooms) follow within a stock-watcher tick
+    /// (250 ms): they mirror the window from the shared stock with the
+    /// counters they already read. The window is pushed to the stock and
+    /// here even when the store says nothing changed, so a retry after a
+    /// failed step repairs it (so does the reconciler, within 5 s).
+    ///
+    /// Why the window goes through Redis rather than a broadcast on the
+    /// events exchange (best effort: a node cut off from the broker would
+    /// miss it) or a periodic read of every sale from the database (a query
+    /// per sale per node per second): the script already decides by the
+    /// `meta` hash the watcher already reads, so the decision is right the
+    /// moment Redis is written and the mirror costs no extra round trip.
+    /// The purchase path pays two atomic loads. See docs/ARCHITECTURE.md,
+    /// "Moving a sale's window".
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`]; [`EngineError::Refused`] with
+    /// [`Rejection::Ended`] when opening a sale that has ended;
+    /// [`EngineError::Store`] or [`EngineError::NotReady`] when a step
+    /// failed (retrying is safe).
+    pub async fn move_window(
+        &self,
+        sale_id: u64,
+        how: WindowMove,
+    ) -> Result<Arc<SaleRuntime>, EngineError> {
+        let rt = self.find_sale(sale_id).await?;
+        let mut moved = None;
+        // A lost compare-and-set means another admin moved the window first:
+        // read it again and decide anew (moves only bring times earlier, so
+        // this settles at once).
+        for _ in 0..8 {
+            let stored = self
+                .store
+                .get_sale(sale_id)
+                .await?
+                .ok_or(EngineError::NotFound)?
+                .schedule();
+            let to = how
+                .apply(stored, self.deciding_now().await?)
+                .map_err(EngineError::Refused)?;
+            if to == stored || self.store.move_schedule(sale_id, stored, to).await? {
+                moved = Some(to);
+                break;
+            }
+        }
+        let schedule = moved.ok_or(EngineError::NotReady(
+            "the sale's window kept changing; retry",
+        ))?;
+        self.stock
+            .set_schedule(sale_id, schedule)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, sale_id, "moving the window in the shared stock");
+                EngineError::NotReady("the stock service is unreachable; retry")
+            })?;
+        rt.schedule.advance(schedule);
+        tracing::info!(
+            sale_id,
+            ?how,
+            starts_at_ms = schedule.starts_at_ms,
+            ends_at_ms = schedule.ends_at_ms,
+            "sale window moved"
+        );
+        Ok(rt)
+    }
+
+    /// Now on the clock that decides the window: the shared stock's own
+    /// (read, not estimated: a close must be "now" for the script that
+    /// decides the next purchase), or this node's sale clock when one
+    /// process decides.
+    async fn deciding_now(&self) -> Result<i64, EngineError> {
+        match self.stock.server_time_ms().await {
+            Ok(Some(now)) => Ok(now),
+            Ok(None) => Ok(self.clock.now_ms()),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the shared clock");
+                Err(EngineError::NotReady(
+                    "the stock service is unreachable; retry",
+                ))
+            }
+        }
     }
 
     /// Tries to buy `quantity` units of `sale_id` for `user`.
@@ -613,7 +744,7 @@ impl Engine {
         }));
         let decision = match self
             .stock
-            .reserve(&rt.sale, &rt.ledger, reservation.clone())
+            .reserve(rt.schedule(), &rt.ledger, reservation.clone())
             .await
         {
             Ok(d) => d,

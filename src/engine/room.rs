@@ -221,7 +221,7 @@ impl Rooms {
     ) -> Result<Standing, JoinError> {
         let room = rt.sale.front_door.waiting_room.ok_or(JoinError::NoRoom)?;
         let view = self.view(rt.sale.id);
-        let closed = match rt.sale.window(now_ms) {
+        let closed = match rt.window(now_ms) {
             Window::Ended => Some(Standing::Ended),
             _ if rt.ledger.remaining() == 0 => Some(Standing::SoldOut),
             _ => None,
@@ -236,7 +236,7 @@ impl Rooms {
         }
         let place = self
             .store
-            .join(&rt.sale, user, now_ms, rand::random())
+            .join(&rt.current(), user, now_ms, rand::random())
             .await?;
         Ok(self.standing_of(rt, user, &room, place, &view))
     }
@@ -364,7 +364,7 @@ impl Rooms {
     ) -> Result<(), RoomError> {
         let live = self.live(rt.sale.id);
         let remaining = rt.ledger.remaining();
-        let state = match rt.sale.window(now_ms) {
+        let state = match rt.window(now_ms) {
             Window::Upcoming => RoomState::BeforeStart,
             Window::Ended => RoomState::Ended,
             Window::Open if remaining == 0 => RoomState::SoldOut,
@@ -381,7 +381,7 @@ impl Rooms {
         };
         let head = self
             .store
-            .admit(&rt.sale, room, now_ms, cap, rand::random())
+            .admit(&rt.current(), room, now_ms, cap, rand::random())
             .await?;
         if sweep {
             let users: Vec<String> = live.streams.iter().map(|e| e.key().clone()).collect();

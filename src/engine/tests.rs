@@ -259,3 +259,116 @@ async fn refusals_are_counted_once_by_their_rejection() {
         "a, b, c and d were recorded as missed"
     );
 }
+
+fn embedded_parts(store: &Arc<dyn OrderStore>) -> EngineParts {
+    EngineParts {
+        store: store.clone(),
+        stock: Arc::new(EmbeddedStock),
+        handoff: Arc::new(StoreHandoff::new(store.clone())),
+        notifier: Arc::new(events::NoEvents),
+        buyers: super::buyer_stream::BuyerStreams::new(),
+        room: Arc::new(crate::backend::room::MemoryRoom::default()),
+        rates: None,
+    }
+}
+
+fn upcoming_sale(stock: u64) -> NewSale {
+    NewSale::parse(&serde_json::json!({
+        "item": "opens early",
+        "stock": stock,
+        "starts_at": crate::domain::rfc3339(now_ms() + 3_600_000),
+        "ends_at": crate::domain::rfc3339(now_ms() + 7_200_000),
+    }))
+    .unwrap()
+}
+
+fn refused(outcome: &PurchaseOutcome) -> Option<Rejection> {
+    match outcome {
+        PurchaseOutcome::Rejected(r) => Some(r.reason),
+        PurchaseOutcome::Accepted { .. } => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_early_sells_at_once_and_closing_stops_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let engine = engine(embedded_parts(&store)).await;
+    let rt = engine.create_sale(upcoming_sale(10)).await.unwrap();
+    let id = rt.sale.id;
+    let buy = |user: &'static str| {
+        let engine = engine.clone();
+        async move { engine.purchase(id, user.into(), 1, None).await.unwrap() }
+    };
+    assert_eq!(refused(&buy("early").await), Some(Rejection::NotStarted));
+
+    let before = now_ms();
+    let opened = engine.move_window(id, WindowMove::Open).await.unwrap();
+    let schedule = opened.schedule();
+    assert!(schedule.starts_at_ms >= before && schedule.starts_at_ms <= now_ms());
+    assert_eq!(schedule.ends_at_ms, rt.sale.ends_at_ms, "the end stays");
+    assert_eq!(refused(&buy("a").await), None, "sells at once");
+    // Idempotent: opening an open sale changes nothing.
+    let again = engine.move_window(id, WindowMove::Open).await.unwrap();
+    assert_eq!(again.schedule(), schedule);
+    assert_eq!(
+        store.get_sale(id).await.unwrap().unwrap().schedule(),
+        schedule,
+        "the move is stored"
+    );
+
+    let closed = engine.move_window(id, WindowMove::Close).await.unwrap();
+    let end = closed.schedule().ends_at_ms.unwrap();
+    assert!(end <= now_ms());
+    assert_eq!(closed.status(now_ms()), SaleStatus::Ended);
+    assert_eq!(refused(&buy("b").await), Some(Rejection::Ended));
+    // The fast lane's memory-only answer agrees.
+    assert_eq!(
+        engine.try_reject_fast(id, "c", 1).map(|r| r.reason),
+        Some(Rejection::Ended)
+    );
+    // Closing again changes nothing; opening an ended sale is refused.
+    let again = engine.move_window(id, WindowMove::Close).await.unwrap();
+    assert_eq!(again.schedule().ends_at_ms, Some(end));
+    assert!(matches!(
+        engine.move_window(id, WindowMove::Open).await,
+        Err(EngineError::Refused(Rejection::Ended))
+    ));
+    assert!(matches!(
+        engine.move_window(id + 1, WindowMove::Open).await,
+        Err(EngineError::NotFound)
+    ));
+    assert_eq!(rt.ledger.remaining(), 9, "one unit sold, inside the window");
+
+    // A restart keeps the moved window.
+    drop(engine);
+    store.shutdown().await;
+    let store = self::store(&dir);
+    let engine = self::engine(embedded_parts(&store)).await;
+    let back = engine.sale(id).unwrap();
+    assert_eq!(back.schedule(), closed.schedule());
+    assert_eq!(
+        refused(&engine.purchase(id, "d".into(), 1, None).await.unwrap()),
+        Some(Rejection::Ended)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_an_upcoming_sale_ends_it_without_ever_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let engine = engine(embedded_parts(&store)).await;
+    let rt = engine.create_sale(upcoming_sale(10)).await.unwrap();
+    let closed = engine
+        .move_window(rt.sale.id, WindowMove::Close)
+        .await
+        .unwrap();
+    let s = closed.schedule();
+    assert_eq!(Some(s.starts_at_ms), s.ends_at_ms, "an empty window");
+    assert_eq!(closed.status(now_ms()), SaleStatus::Ended);
+    let outcome = engine
+        .purchase(rt.sale.id, "x".into(), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(refused(&outcome), Some(Rejection::Ended));
+}

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::backend::StoreError;
-use crate::domain::ValidationError;
+use crate::domain::{Rejection, ValidationError};
 use crate::engine::{EngineError, Refusal};
 
 /// An API failure with its status and machine-readable code.
@@ -41,6 +41,11 @@ pub enum ApiError {
     /// 409: the order's state forbids the change.
     #[error("order is {0}")]
     WrongState(&'static str),
+    /// 409: the sale's state forbids an admin's change; the code and
+    /// message are the named rejection's (`ended`: opening a sale that has
+    /// ended).
+    #[error("{}", .0.spec().message)]
+    Conflict(Rejection),
     /// 503: shedding load or a backend is unavailable.
     #[error("service overloaded")]
     Overloaded,
@@ -72,7 +77,7 @@ impl ApiError {
             Self::Rejected(r) => {
                 StatusCode::from_u16(r.reason.spec().status).unwrap_or(StatusCode::CONFLICT)
             }
-            Self::WrongState(_) => StatusCode::CONFLICT,
+            Self::WrongState(_) | Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Overloaded | Self::Unavailable(_) | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -86,6 +91,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Invalid { .. } | Self::WrongState(_) => "invalid_request",
             Self::Rejected(r) => r.reason.code(),
+            Self::Conflict(r) => r.code(),
             Self::Overloaded | Self::Unavailable(_) => "overloaded",
             Self::NotReady(_) => "unavailable",
         }
@@ -161,6 +167,7 @@ impl From<EngineError> for ApiError {
                 message,
             },
             EngineError::WrongState(order) => Self::WrongState(order.status.as_str()),
+            EngineError::Refused(reason) => Self::Conflict(reason),
             EngineError::RetryLater => Self::Overloaded,
             EngineError::Store(e) => Self::Unavailable(e),
             EngineError::NotReady(why) => Self::NotReady(why),
@@ -171,7 +178,6 @@ impl From<EngineError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Rejection;
 
     /// Every rejection's status is one HTTP knows, and its answer carries
     /// the vocabulary's body.

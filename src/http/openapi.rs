@@ -42,6 +42,8 @@ super::routes! {
         super::sales::list_sales,
         super::sales::get_sale,
         super::sales::purchase,
+        super::sales::open_sale,
+        super::sales::close_sale,
         super::sales::stats,
         super::sales::intents,
         super::sales::events,

@@ -20,7 +20,7 @@ use super::openapi::{
 use super::orders::OrderBody;
 use super::{parse_id, sale, ApiError, AppState};
 use crate::backend::Intent;
-use crate::domain::{now_ms, FrontDoor, NewSale, Rejection, SaleStatus};
+use crate::domain::{FrontDoor, NewSale, Rejection, SaleStatus, WindowMove};
 use crate::engine::{PurchaseOutcome, SaleRuntime};
 
 /// Most units one purchase may ask for.
@@ -32,6 +32,8 @@ super::routes! {
     "/api/v1/sales" => post(create_sale).get(list_sales),
     "/api/v1/sales/{sale_id}" => get(get_sale),
     "/api/v1/sales/{sale_id}/purchase" => post(purchase),
+    "/api/v1/sales/{sale_id}/open" => post(open_sale),
+    "/api/v1/sales/{sale_id}/close" => post(close_sale),
     "/api/v1/sales/{sale_id}/stats" => get(stats),
     "/api/v1/sales/{sale_id}/intents" => get(intents),
     "/api/v1/sales/{sale_id}/events" => get(events),
@@ -66,18 +68,21 @@ pub struct SaleBody {
 }
 
 impl SaleBody {
-    fn of(rt: &SaleRuntime) -> Self {
+    /// The sale's body at `now_ms` (the engine's sale clock), with its
+    /// window as this node decides by now.
+    fn of(rt: &SaleRuntime, now_ms: i64) -> Self {
         let remaining = rt.ledger.remaining();
+        let schedule = rt.schedule();
         Self {
             id: rt.sale.id,
             item: rt.sale.item.clone(),
             stock: rt.sale.stock,
             remaining,
             per_user_limit: rt.sale.per_user_limit,
-            starts_at: rt.sale.starts_at_ms,
-            ends_at: rt.sale.ends_at_ms,
+            starts_at: schedule.starts_at_ms,
+            ends_at: schedule.ends_at_ms,
             payment_window_secs: rt.sale.payment_window_secs,
-            status: rt.sale.status(now_ms(), remaining),
+            status: schedule.status(now_ms, remaining),
             front_door: rt.sale.front_door.clone(),
         }
     }
@@ -112,7 +117,7 @@ async fn create_sale(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(SaleBody::of(&rt)),
+        Json(SaleBody::of(&rt, state.engine.clock().now_ms())),
     )
         .into_response())
 }
@@ -125,11 +130,12 @@ async fn create_sale(
         (status = 503, description = "`overloaded`", body = ErrorBody),
     ))]
 async fn list_sales(State(state): State<AppState>, _: Admin) -> Json<Value> {
+    let now = state.engine.clock().now_ms();
     let sales: Vec<_> = state
         .engine
         .sales()
         .iter()
-        .map(|rt| SaleBody::of(rt))
+        .map(|rt| SaleBody::of(rt, now))
         .collect();
     Json(json!({ "items": sales }))
 }
@@ -150,9 +156,66 @@ async fn get_sale(
     // Cacheable for a second: a CDN or proxy can absorb the page-refresh storm.
     Ok((
         [(header::CACHE_CONTROL, "public, max-age=1")],
-        Json(SaleBody::of(&rt)),
+        Json(SaleBody::of(&rt, state.engine.clock().now_ms())),
     )
         .into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/sales/{sale_id}/open", tag = "sales", params(SaleId),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The sale, open now: an upcoming sale starts at this moment \
+         (by the sale clock); an open one is unchanged", body = SaleBody),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`ended`: the sale has ended and does not reopen", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`; retrying is safe", body = ErrorBody),
+    ))]
+async fn open_sale(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(sale_id): Path<String>,
+) -> Result<Json<SaleBody>, ApiError> {
+    move_window(&state, &sale_id, WindowMove::Open).await
+}
+
+#[utoipa::path(post, path = "/api/v1/sales/{sale_id}/close", tag = "sales", params(SaleId),
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The sale, ended now: `ends_at` becomes this moment (by the \
+         sale clock) if it was later or absent; an ended sale is unchanged. Buyers then get \
+         `403 ended` and its waiting room tells every waiter it ended", body = SaleBody),
+        (status = 400, description = "`invalid_request`: undecodable path", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a buyer token", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`overloaded` / `unavailable`; retrying is safe", body = ErrorBody),
+    ))]
+async fn close_sale(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(sale_id): Path<String>,
+) -> Result<Json<SaleBody>, ApiError> {
+    move_window(&state, &sale_id, WindowMove::Close).await
+}
+
+async fn move_window(
+    state: &AppState,
+    sale_id: &str,
+    how: WindowMove,
+) -> Result<Json<SaleBody>, ApiError> {
+    let sale_id = parse_id(sale_id)?;
+    let rt = state
+        .engine
+        .move_window(sale_id, how)
+        .await
+        .map_err(|e| match e {
+            crate::engine::EngineError::NotFound => ApiError::NotFound("sale not found"),
+            other => other.into(),
+        })?;
+    Ok(Json(SaleBody::of(&rt, state.engine.clock().now_ms())))
 }
 
 /// The quantity a collected purchase body asks for, exactly as the
@@ -260,7 +323,7 @@ async fn stats(
         "stock": rt.sale.stock,
         "sold": rt.sale.stock - remaining,
         "remaining": remaining,
-        "status": rt.sale.status(now_ms(), remaining),
+        "status": rt.schedule().status(state.engine.clock().now_ms(), remaining),
         "orders_persisted": n(&c.orders_persisted),
         "attempts": n(&c.attempts),
         "accepted": n(&c.accepted),
@@ -363,19 +426,23 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rt = sale(&state, &sale_id).await?;
     let stopping = state.stopping.clone().cancelled_owned();
-    let stream = futures::stream::unfold((rt, None), |(rt, last)| async move {
-        loop {
-            let body = SaleBody::of(&rt);
-            let changed = last.as_ref() != Some(&(body.remaining, body.status));
-            if changed {
-                let key = Some((body.remaining, body.status));
-                let event = Event::default()
-                    .event("sale")
-                    .json_data(&body)
-                    .unwrap_or_else(|_| Event::default().comment("serialization failed"));
-                return Some((Ok(event), (rt, key)));
+    let engine = state.engine.clone();
+    let stream = futures::stream::unfold((rt, None), move |(rt, last)| {
+        let engine = engine.clone();
+        async move {
+            loop {
+                let body = SaleBody::of(&rt, engine.clock().now_ms());
+                let changed = last.as_ref() != Some(&(body.remaining, body.status));
+                if changed {
+                    let key = Some((body.remaining, body.status));
+                    let event = Event::default()
+                        .event("sale")
+                        .json_data(&body)
+                        .unwrap_or_else(|_| Event::default().comment("serialization failed"));
+                    return Some((Ok(event), (rt, key)));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     // Ends when a graceful stop begins, so an open stream never holds it up.

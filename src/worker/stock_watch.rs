@@ -2,7 +2,10 @@
 //!
 //! - **Stock watcher** (every 250 ms): mirrors each sale's remaining units
 //!   from Redis into the local sold-out flag, so a unit returned by any node
-//!   reopens the sale on every node within a second, and notices a sale
+//!   reopens the sale on every node within a second — and, in the same
+//!   script call, the sale's window into its live window, so an admin's
+//!   "open now" / "close now" on any node reaches every node's early
+//!   answers within a tick (Redis itself decides by it at once) — and notices a sale
 //!   Redis lost (it restarted empty). Such a sale answers `503` until it is
 //!   re-seeded from the database — and the re-seed waits until the order
 //!   queue has been empty for a second, so every confirmed order is counted:
@@ -142,7 +145,11 @@ async fn measure_clock(engine: &Engine, cluster: &Shared, may_warn: bool) {
 }
 
 async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
-    match cluster.stock.sync(&rt.ledger, rt.sale.id).await {
+    match cluster
+        .stock
+        .sync(&rt.ledger, &rt.schedule, rt.sale.id)
+        .await
+    {
         Ok(true) => {
             cluster
                 .lost_since
@@ -223,7 +230,13 @@ async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
         tracing::info!("orders are still arriving in the database; not re-seeding yet");
         return;
     }
-    match cluster.stock.seed(&rt.sale, &record).await {
+    // The window as stored now: an admin may have moved it while Redis did
+    // not hold the sale (their write to Redis then found nothing to move).
+    let Ok(Some(stored)) = engine.store().get_sale(rt.sale.id).await else {
+        return;
+    };
+    rt.schedule.advance(stored.schedule());
+    match cluster.stock.seed(&rt.current(), &record).await {
         Ok(true) => {
             tracing::info!(
                 sale_id = rt.sale.id,
@@ -267,6 +280,16 @@ async fn relay(cluster: &Shared, sale_id: u64) {
 async fn reconcile(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
     let id = rt.sale.id;
     let since = now_ms() - RELEASE_WINDOW_MS;
+    // The window as stored, pushed to Redis and here: repairs a move whose
+    // write to Redis failed, or that a re-seed racing it wrote over. Both
+    // only ever move times earlier, so pushing a window read a moment
+    // before another move cannot undo that move.
+    if let Ok(Some(stored)) = engine.store().get_sale(id).await {
+        if let Err(e) = cluster.stock.set_schedule(id, stored.schedule()).await {
+            tracing::debug!(error = %e, "cannot push the sale's window to Redis");
+        }
+        rt.schedule.advance(stored.schedule());
+    }
     let Ok(audit) = engine.store().sale_audit(id, since).await else {
         return;
     };

@@ -112,3 +112,82 @@ async fn a_node_with_a_fast_clock_cannot_open_a_sale_early_and_a_slow_one_sells_
     }
     backends.cleanup().await;
 }
+
+/// An admin's "close now" / "open now" on a node whose clock is off: "now"
+/// is Redis's clock, not the node's. Closed on a node 10 s ahead, the sale
+/// ends now (by its own clock it would sell 10 s more on every node);
+/// opened on a node 10 s behind, it opens now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opening_or_closing_on_a_node_with_a_wrong_clock_moves_the_window_to_the_true_now() {
+    assert!(
+        std::path::Path::new(FAKETIME_LIB).exists(),
+        "libfaketime is missing (apt-get install libfaketime; scripts/test.sh does it)"
+    );
+    let backends = Backends::new(Db::Postgres).await;
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let admin = unique_admin_token();
+    let (_true_child, truth) = node(&backends, dirs[0].path(), &admin, None).await;
+    let (_fast_child, fast) = node(&backends, dirs[1].path(), &admin, Some("+10s")).await;
+    let (_slow_child, slow) = node(&backends, dirs[2].path(), &admin, Some("-10s")).await;
+    let ms = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let true_now = || chrono::Utc::now().timestamp_millis();
+
+    let open = truth
+        .create_sale(json!({
+            "item": "phone", "stock": 30, "per_user_limit": 1, "starts_at": time_in(-60),
+        }))
+        .await;
+    let open = open["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        truth.buy(&open, "before").await.status(),
+        StatusCode::CREATED
+    );
+    let closed = fast.close_now(&open).await;
+    let end = ms(&closed["ends_at"]);
+    assert!(
+        (end - true_now()).abs() < 1_000,
+        "ends_at is the true now, not the fast node's: {closed}"
+    );
+    for (i, app) in [&truth, &slow, &fast].into_iter().enumerate() {
+        let resp = app.buy(&open, &format!("after{i}")).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "node {i}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "ended", "node {i}");
+    }
+
+    let upcoming = truth
+        .create_sale(json!({
+            "item": "phone", "stock": 30, "per_user_limit": 1, "starts_at": time_in(3600),
+        }))
+        .await;
+    let upcoming = upcoming["id"].as_str().unwrap().to_owned();
+    let opened = slow.open_now(&upcoming).await;
+    let start = ms(&opened["starts_at"]);
+    assert!(
+        (start - true_now()).abs() < 1_000,
+        "starts_at is the true now, not the slow node's: {opened}"
+    );
+    // Every node sells within a couple of seconds (their early answers
+    // mirror the window from Redis).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    for (i, app) in [&truth, &fast, &slow].into_iter().enumerate() {
+        loop {
+            let resp = app.buy(&upcoming, &format!("buyer{i}")).await;
+            if resp.status() == StatusCode::CREATED {
+                break;
+            }
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "node {i}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} still refuses: {}",
+                resp.text().await.unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    backends.cleanup().await;
+}

@@ -41,3 +41,4 @@ mod stock_contract;
 mod store_contract;
 mod tls;
 mod webhooks;
+mod window;

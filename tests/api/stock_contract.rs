@@ -14,7 +14,7 @@ use std::sync::Arc;
 use flashsale::backend::memory::EmbeddedStock;
 use flashsale::backend::redis::{RedisSettings, RedisStock};
 use flashsale::backend::stock::{Decision, Reservation, StockStore};
-use flashsale::domain::{now_ms, Ledger, Order, OrderStatus, Rejection, Sale};
+use flashsale::domain::{now_ms, Ledger, LiveSchedule, Order, OrderStatus, Rejection, Sale};
 
 use crate::kit::RedisServers;
 
@@ -23,6 +23,8 @@ struct Fixture {
     stock: Arc<dyn StockStore>,
     sale: Arc<Sale>,
     ledger: Arc<Ledger>,
+    /// The node's live window (what the engine passes to `reserve`).
+    schedule: LiveSchedule,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -58,6 +60,7 @@ impl Fixture {
         stock.seed_new(&sale).await.unwrap();
         Self {
             ledger: Arc::new(Ledger::new(sale.stock, sale.per_user_limit)),
+            schedule: LiveSchedule::new(sale.schedule()),
             sale: Arc::new(sale),
             stock,
         }
@@ -80,7 +83,11 @@ impl Fixture {
 
     async fn reserve(&self, order: Order) -> Decision {
         self.stock
-            .reserve(&self.sale, &self.ledger, Arc::new(Reservation::new(order)))
+            .reserve(
+                self.schedule.get(),
+                &self.ledger,
+                Arc::new(Reservation::new(order)),
+            )
             .await
             .unwrap()
     }
@@ -99,6 +106,7 @@ where
     sells_exactly_its_units_to_a_concurrent_crowd(make().await).await;
     never_sells_past_the_per_user_limit(make().await).await;
     refuses_outside_the_window(make().await).await;
+    decides_by_a_moved_window(make().await).await;
     gives_units_back_once_per_order(make().await).await;
     keeps_the_local_ledger_in_step(make().await).await;
 }
@@ -156,6 +164,54 @@ async fn never_sells_past_the_per_user_limit(stock: Arc<dyn StockStore>) {
     Arc::into_inner(f).unwrap().cleanup().await;
 }
 
+/// An admin opens an upcoming sale and closes it again: the stock decides
+/// by the moved window (a shared stock by the window it holds, which every
+/// node's live window mirrors), and a stale push never reopens it.
+async fn decides_by_a_moved_window(stock: Arc<dyn StockStore>) {
+    let f = Fixture::new(stock.clone(), 10, 1, 60_000).await;
+    assert_eq!(
+        f.reserve(f.order("early", 1, None)).await,
+        Decision::Rejected(Rejection::NotStarted)
+    );
+    let opened = f.sale.schedule().open_now(now_ms()).unwrap();
+    stock.set_schedule(f.sale.id, opened).await.unwrap();
+    f.schedule.advance(opened);
+    assert_eq!(f.reserve(f.order("a", 1, None)).await, Decision::Accepted);
+    let other = Ledger::new(f.sale.stock, f.sale.per_user_limit);
+    let elsewhere = LiveSchedule::new(f.sale.schedule());
+    if stock.is_shared() {
+        assert!(stock.sync(&other, &elsewhere, f.sale.id).await.unwrap());
+        assert_eq!(elsewhere.get(), opened, "another node mirrors the opening");
+    }
+    let closed = opened.close_now(now_ms());
+    stock.set_schedule(f.sale.id, closed).await.unwrap();
+    f.schedule.advance(closed);
+    assert_eq!(
+        f.reserve(f.order("b", 1, None)).await,
+        Decision::Rejected(Rejection::Ended)
+    );
+    if stock.is_shared() {
+        // A stale push (the window read before the close) changes nothing.
+        stock.set_schedule(f.sale.id, opened).await.unwrap();
+        assert!(stock.sync(&other, &elsewhere, f.sale.id).await.unwrap());
+        assert_eq!(elsewhere.get(), closed, "another node mirrors the close");
+        // Even a node whose live window is stale cannot buy: the shared
+        // stock decides by the window it holds.
+        let stale = LiveSchedule::new(opened);
+        let decision = stock
+            .reserve(
+                stale.get(),
+                &other,
+                Arc::new(Reservation::new(f.order("c", 1, None))),
+            )
+            .await
+            .unwrap();
+        assert_eq!(decision, Decision::Rejected(Rejection::Ended));
+    }
+    assert_eq!(f.ledger.remaining(), 9, "one unit sold, inside the window");
+    f.cleanup().await;
+}
+
 /// By the stock's own clock: both sales are far from their window's edges.
 async fn refuses_outside_the_window(stock: Arc<dyn StockStore>) {
     let stock_again = stock.clone();
@@ -204,17 +260,21 @@ async fn keeps_the_local_ledger_in_step(stock: Arc<dyn StockStore>) {
     }
     assert_eq!(f.ledger.remaining(), 2);
     assert!(
-        stock.sync(&f.ledger, f.sale.id).await.unwrap(),
+        stock.sync(&f.ledger, &f.schedule, f.sale.id).await.unwrap(),
         "a stock that holds the sale says so"
     );
     assert_eq!(f.ledger.remaining(), 2);
     if stock.is_shared() {
         // Another node's ledger catches up from the shared stock.
         let other = Ledger::new(f.sale.stock, f.sale.per_user_limit);
-        assert!(stock.sync(&other, f.sale.id).await.unwrap());
+        let window = LiveSchedule::new(f.sale.schedule());
+        assert!(stock.sync(&other, &window, f.sale.id).await.unwrap());
         assert_eq!(other.remaining(), 2);
         assert!(
-            !stock.sync(&other, f.sale.id + 77_777).await.unwrap(),
+            !stock
+                .sync(&other, &window, f.sale.id + 77_777)
+                .await
+                .unwrap(),
             "a sale the stock does not hold is reported as such"
         );
     }

@@ -333,6 +333,7 @@ macro_rules! contract_suite {
 
 contract_suite!(
     sales_round_trip,
+    a_window_moves_by_compare_and_set,
     concurrent_commits_are_all_loaded,
     committing_an_order_twice_stores_it_once,
     idempotency_keys_are_stored_and_loaded,
@@ -429,6 +430,64 @@ async fn sales_round_trip(fx: Arc<Fixture>) {
         let snapshot = node.load().await.unwrap();
         assert_eq!(snapshot.sales, vec![full.clone(), plain.clone()]);
         assert_eq!(snapshot.max_id, 7);
+    }
+}
+
+/// An admin's open / close: the window moves only while it still holds
+/// what the caller read (two nodes racing cannot undo each other), "no
+/// end" compares as a value, and every node reads the move after a restart.
+async fn a_window_moves_by_compare_and_set(fx: Arc<Fixture>) {
+    let store = fx.open().await;
+    let upcoming = Sale {
+        starts_at_ms: T + 60_000,
+        ends_at_ms: Some(T + 120_000),
+        ..sale(11)
+    };
+    let endless = sale(12);
+    store.create_sale(&upcoming).await.unwrap();
+    store.create_sale(&endless).await.unwrap();
+
+    let opened = upcoming.schedule().open_now(T).unwrap();
+    assert!(store
+        .move_schedule(11, upcoming.schedule(), opened)
+        .await
+        .unwrap());
+    // A second mover that read the old window loses and changes nothing.
+    let closed_early = upcoming.schedule().close_now(T);
+    assert!(!store
+        .move_schedule(11, upcoming.schedule(), closed_early)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_sale(11).await.unwrap().unwrap().schedule(),
+        opened
+    );
+    // NULL-safe: a sale without an end is matched and closed.
+    let closed = endless.schedule().close_now(T);
+    assert!(store
+        .move_schedule(12, endless.schedule(), closed)
+        .await
+        .unwrap());
+    assert!(!store
+        .move_schedule(12, endless.schedule(), closed)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .move_schedule(99, endless.schedule(), closed)
+            .await
+            .unwrap(),
+        "an unknown sale moves nothing"
+    );
+
+    store.shutdown().await;
+    for node in fx.open_nodes().await {
+        let snapshot = node.load().await.unwrap();
+        let by_id: HashMap<u64, Sale> = snapshot.sales.into_iter().map(|s| (s.id, s)).collect();
+        assert_eq!(by_id[&11].schedule(), opened);
+        assert_eq!(by_id[&12].schedule(), closed);
+        assert_eq!(by_id[&12].ends_at_ms, Some(T));
+        assert_eq!(by_id[&11].item, upcoming.item, "nothing else changed");
     }
 }
 

@@ -354,7 +354,9 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<Summary> {
                         expires_at_ms: None,
                     };
                     let reservation = Arc::new(Reservation::new(order));
-                    let decision = stock.reserve(&sale, &ledger, reservation.clone()).await?;
+                    let decision = stock
+                        .reserve(sale.schedule(), &ledger, reservation.clone())
+                        .await?;
                     let accepted = decision == Decision::Accepted;
                     if accepted {
                         handoff.hand_off(&reservation).await?;

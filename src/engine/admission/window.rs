@@ -18,7 +18,7 @@ impl Check for SaleWindow {
     }
 
     fn check(&self, a: &Attempt<'_>) -> Result<Pass, Refusal> {
-        match a.sale.sale.window(a.now_ms) {
+        match a.sale.window(a.now_ms) {
             Window::Upcoming => Err(Rejection::NotStarted.into()),
             Window::Ended => Err(Rejection::Ended.into()),
             Window::Open => Ok(Pass::Through),

@@ -78,6 +78,27 @@ impl TestApp {
         json_ok(self.get_sale(sale_id).await).await
     }
 
+    /// `POST /api/v1/sales/{id}/{action}` (`open` or `close`) with the
+    /// admin token, or with `token` instead when given.
+    pub async fn move_window(&self, sale_id: &str, action: &str, token: Option<&str>) -> Response {
+        self.client
+            .post(self.url(&format!("/api/v1/sales/{sale_id}/{action}")))
+            .bearer_auth(token.unwrap_or(&self.admin_token))
+            .send()
+            .await
+            .expect("POST open/close")
+    }
+
+    /// Opens the sale now; the sale body, failing the test unless `200`.
+    pub async fn open_now(&self, sale_id: &str) -> Value {
+        json_ok(self.move_window(sale_id, "open", None).await).await
+    }
+
+    /// Closes the sale now; the sale body, failing the test unless `200`.
+    pub async fn close_now(&self, sale_id: &str) -> Value {
+        json_ok(self.move_window(sale_id, "close", None).await).await
+    }
+
     /// `POST /api/v1/sales/{id}/purchase` with an optional body and key.
     pub async fn purchase(
         &self,
