@@ -280,3 +280,32 @@ test("the admin signs in, creates a sale, and its charts show a small flood live
   assert.deepEqual(errors, []);
   await context.close();
 });
+
+test("the admin opens an upcoming sale early: the buyer's page turns on live", async () => {
+  const sale = await createSale(server.base, {
+    item: "Early bird",
+    stock: 3,
+    starts_at: iso(Date.now() + 3_600_000),
+  });
+  const buyer = await buyerPage(sale.id, "jules");
+  assert.equal(await buyer.page.textContent("#status"), "Starts soon");
+  assert.ok(await buyer.page.isDisabled("#buy"));
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const admin = await context.newPage();
+  admin.on("dialog", (d) => d.accept());
+  await admin.goto(`${server.base}/admin`);
+  await admin.fill("#admin-token", ADMIN);
+  await admin.click("#login-form button[type=submit]");
+  await admin.waitForSelector(`#sales tr[data-sale-id="${sale.id}"]`);
+  await admin.click(`#sales tr[data-sale-id="${sale.id}"] button[aria-label="Open Early bird now"]`);
+  await admin.waitForFunction(() => /open now/.test(document.getElementById("notice").textContent));
+  // No reload: the sale's stream tells the page.
+  await buyer.page.waitForFunction(() => document.getElementById("status").textContent === "On sale now", null, {
+    timeout: 5_000,
+  });
+  await buyer.page.waitForFunction(() => !document.getElementById("buy").disabled);
+  await buyer.page.click("#buy");
+  await buyer.page.waitForFunction(() => /You got it!/.test(document.getElementById("outcome").textContent));
+  await context.close();
+  await buyer.context.close();
+});
