@@ -366,7 +366,9 @@ async fn redis_down_for_10_s_refuses_then_reseeds_and_sells_on() {
     let restarting = started.elapsed().as_secs();
     services("check", "redis");
     let up_ms = started.elapsed().as_millis() as u64;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The re-seed waits out RESEED_SETTLE (6 s) from the moment a node sees
+    // the sale gone, then a second of a still queue and database.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let (nodes, flood, timeline) = flooding.end().await;
     assert!(count(&timeline, 0..3, 201) > 0, "{:?}", flood.statuses);
     // Nothing is sold without the stock's decision.
