@@ -426,7 +426,7 @@ pub fn markdown(results: &Results) -> String {
          than editing this section; the hand-written history follows it. -->",
         m.command
     );
-    let _ = writeln!(out, "## Latest full report (generated)\n");
+    let _ = writeln!(out, "## Latest report (generated)\n");
     if m.quick {
         let _ = writeln!(
             out,
@@ -436,7 +436,7 @@ pub fn markdown(results: &Results) -> String {
     }
     let _ = writeln!(
         out,
-        "Measured {} on commit `{}` with `{}`, every run one after another on this machine, \
+        "Measured {} on commit `{}` with `{}`, one benchmark at a time on this machine, \
          the load tool on the same cores as the servers: compare the **ratios** of one run, \
          not absolute figures across machines. {}\n",
         m.date, m.commit, m.command, m.method
