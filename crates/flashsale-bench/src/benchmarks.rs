@@ -89,12 +89,13 @@ impl Machine {
             .lines()
             .find_map(|l| l.strip_prefix("PRETTY_NAME="))
             .map_or_else(|| "unknown".to_owned(), |v| v.trim_matches('"').to_owned());
-        let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned());
+        let rustc =
+            std::process::Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+                .arg("--version")
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned());
         let or_unknown = |s: String| {
             let s = s.trim().to_owned();
             if s.is_empty() {
@@ -444,7 +445,11 @@ pub fn markdown(results: &Results) -> String {
     let mc = &m.machine;
     let _ = writeln!(out, "| machine | |\n| --- | --- |");
     let _ = writeln!(out, "| CPU | {} |", mc.cpu);
-    let _ = writeln!(out, "| cores | {} (server and load tool share them) |", mc.cores);
+    let _ = writeln!(
+        out,
+        "| cores | {} (server and load tool share them) |",
+        mc.cores
+    );
     let _ = writeln!(out, "| memory | {:.1} GiB |", mc.memory_gib);
     let _ = writeln!(out, "| kernel | {} |", mc.kernel);
     let _ = writeln!(out, "| OS | {} |", mc.os);
@@ -525,7 +530,10 @@ fn sweep_tables(out: &mut String, results: &Results) {
         }
     }
 
-    let _ = writeln!(out, "\n### Latency by concurrency (ms, p50 / p99 / p99.9)\n");
+    let _ = writeln!(
+        out,
+        "\n### Latency by concurrency (ms, p50 / p99 / p99.9)\n"
+    );
     let _ = writeln!(
         out,
         "![p99 latency by concurrency]({LATENCY_PNG})\n![Latency percentiles]({PERCENTILES_PNG})\n"
@@ -814,7 +822,10 @@ mod tests {
         let three = r.median(Group::Nodes, "sold-out-3-nodes").unwrap();
         assert_eq!((three.parts, three.concurrency), (3, 63));
         assert!((three.rate - 60_000.0).abs() < 1e-6, "{three:?}");
-        assert!((three.latency.p99 - 4.0).abs() < 1e-9, "the slowest node's p99");
+        assert!(
+            (three.latency.p99 - 4.0).abs() < 1e-9,
+            "the slowest node's p99"
+        );
         // Orders/s where the run says so, requests/s otherwise.
         assert!((r.at("pg-row-lock", 64).unwrap().rate - 1_000.0).abs() < 1e-6);
         assert!((r.at("healthz", 64).unwrap().rate - 50_000.0).abs() < 1e-6);
@@ -831,7 +842,10 @@ mod tests {
     #[test]
     fn the_markdown_has_tables_ratios_and_the_machine() {
         let md = markdown(&results());
-        assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END), "{md}");
+        assert!(
+            md.starts_with(BEGIN) && md.trim_end().ends_with(END),
+            "{md}"
+        );
         assert!(md.contains("| CPU | Test CPU @ 2.00GHz |"), "{md}");
         assert!(md.contains("| cores | 2 "), "{md}");
         assert!(md.contains("rustc 1.95.0"), "{md}");
@@ -842,7 +856,9 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| Flashsale `GET /healthz` (the ceiling) | 40,000 | 50,000 | 45,000 | 30,000 |"),
+            md.contains(
+                "| Flashsale `GET /healthz` (the ceiling) | 40,000 | 50,000 | 45,000 | 30,000 |"
+            ),
             "{md}"
         );
         // 25,000 embedded orders/s against 1,000 row-locked ones at 64.
@@ -854,14 +870,23 @@ mod tests {
             md.contains("| `redis-coalesced` / `redis-evalsha` (same loop, no HTTP) | 1.50× | 2.00× | 3.00× | 4.00× |"),
             "{md}"
         );
-        assert!(md.contains("| Flashsale `GET /healthz` (the ceiling) | 0.80 / 2.00 / 5.00 |"), "{md}");
+        assert!(
+            md.contains("| Flashsale `GET /healthz` (the ceiling) | 0.80 / 2.00 / 5.00 |"),
+            "{md}"
+        );
         // Shapes: the median healthz round is 48,000; bare's median 45,600.
         assert!(
             md.contains("| sold-out, no body | 45,000 45,600 46,000 | 45,600 | 95.0 % |"),
             "{md}"
         );
-        assert!(md.contains("Group commit / one commit per order = **8.00×**"), "{md}");
-        assert!(md.contains("sold-out flood: 3 nodes / 1 node = **1.20×**"), "{md}");
+        assert!(
+            md.contains("Group commit / one commit per order = **8.00×**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("sold-out flood: 3 nodes / 1 node = **1.20×**"),
+            "{md}"
+        );
         assert!(md.contains("**1 of "), "the broken run is called out: {md}");
         assert!(md.contains(" †"), "{md}");
         assert!(md.contains(THROUGHPUT_PNG) && md.contains(PERCENTILES_PNG));
@@ -873,12 +898,16 @@ mod tests {
         let first = splice(doc, &format!("{BEGIN}\nnew\n{END}\n")).unwrap();
         assert_eq!(
             first,
-            format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nnew\n{END}\n\n## History\n\nOld figures.\n")
+            format!(
+                "# Benchmarks\n\nIntro.\n\n{BEGIN}\nnew\n{END}\n\n## History\n\nOld figures.\n"
+            )
         );
         let second = splice(&first, &format!("{BEGIN}\nnewer\n{END}")).unwrap();
         assert_eq!(
             second,
-            format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nnewer\n{END}\n\n## History\n\nOld figures.\n")
+            format!(
+                "# Benchmarks\n\nIntro.\n\n{BEGIN}\nnewer\n{END}\n\n## History\n\nOld figures.\n"
+            )
         );
         assert!(splice(&format!("a {BEGIN} b"), "x").is_err());
         assert_eq!(splice("# T\n", "S").unwrap(), "# T\n\nS\n");
