@@ -130,7 +130,7 @@ side_by_side() {
 
 "$BIN/flashsale-bench-report" meta --command "$COMMAND" \
     --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo '+changes')" \
-    --method "Sweep: $SECS s per point at $(echo "$CONCS" | sed 's/ /, /g') connections; shapes: $ROUNDS round(s) of $SHAPE_SECS s per shape; commit: $ACCEPT orders with group commit, $PER_ORDER with one commit per order; nodes: $SECS s each. The durations keep the whole run near ten minutes on 2 cores (the brief allowed 25); the three-node rates are the sum of three load tools started together, so a start skew of a fraction of a second flatters them slightly. The history below has longer single runs." \
+    --method "Sweep: $SECS s per point at $(echo "$CONCS" | sed 's/ /, /g') connections; shapes: $ROUNDS round(s) of $SHAPE_SECS s per shape; commit: $ACCEPT orders with group commit, $PER_ORDER with one commit per order; nodes: $SECS s each. The durations keep the whole run near ten minutes on 2 cores (under 25 by design); the three-node rates are the sums of three load tools started together (a start skew of a fraction of a second, against 10 s floods). The history below has longer single runs." \
     $([ "$QUICK" = 1 ] && echo --quick) >"$RESULTS"
 
 echo "starting servers (embedded, embedded with --commit-batch 1, 3 distributed nodes)" >&2

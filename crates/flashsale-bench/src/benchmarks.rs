@@ -716,14 +716,15 @@ fn invariants(out: &mut String, results: &Results) {
 
 /// Replaces the generated section of `doc` with `section`; a document
 /// without one gets it before its first `## ` heading (after the title and
-/// its introduction), or at the end.
+/// its introduction), or at the end. Only markers alone on their line
+/// count, so prose may name them.
 ///
 /// # Errors
 /// A document with a begin marker but no end marker after it.
 pub fn splice(doc: &str, section: &str) -> anyhow::Result<String> {
     let section = section.trim_end();
-    if let Some(start) = doc.find(BEGIN) {
-        let Some(end) = doc[start..].find(END).map(|i| start + i + END.len()) else {
+    if let Some((start, _)) = marker_line(doc, BEGIN, 0) {
+        let Some((_, end)) = marker_line(doc, END, start) else {
             bail!("docs/BENCHMARKS.md has {BEGIN} without {END}");
         };
         return Ok(format!("{}{section}{}", &doc[..start], &doc[end..]));
@@ -739,6 +740,24 @@ pub fn splice(doc: &str, section: &str) -> anyhow::Result<String> {
     } else {
         format!("{head}\n\n{section}\n\n{tail}")
     })
+}
+
+/// Where `marker` stands alone on a line at or after `from`: its start and
+/// end offsets.
+fn marker_line(doc: &str, marker: &str, from: usize) -> Option<(usize, usize)> {
+    let mut pos = from;
+    while let Some(i) = doc.get(pos..)?.find(marker) {
+        let start = pos + i;
+        let end = start + marker.len();
+        let alone_before = start == 0 || doc[..start].ends_with('\n');
+        let rest = &doc[end..];
+        let alone_after = rest.is_empty() || rest.starts_with('\n') || rest.starts_with("\r\n");
+        if alone_before && alone_after {
+            return Some((start, end));
+        }
+        pos = end;
+    }
+    None
 }
 
 /// Writes the generated section into the document at `doc` and the plots
@@ -909,7 +928,13 @@ mod tests {
                 "# Benchmarks\n\nIntro.\n\n{BEGIN}\nnewer\n{END}\n\n## History\n\nOld figures.\n"
             )
         );
-        assert!(splice(&format!("a {BEGIN} b"), "x").is_err());
+        assert!(splice(&format!("{BEGIN}\nb"), "x").is_err());
+        // Markers named in prose are not the section.
+        let prose = format!("# B\n\nThe part between `{BEGIN}` and `{END}`.\n\n## H\n");
+        assert_eq!(
+            splice(&prose, "S").unwrap(),
+            format!("# B\n\nThe part between `{BEGIN}` and `{END}`.\n\nS\n\n## H\n")
+        );
         assert_eq!(splice("# T\n", "S").unwrap(), "# T\n\nS\n");
     }
 
