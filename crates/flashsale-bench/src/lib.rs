@@ -20,13 +20,19 @@
 //!
 //! The baselines (`pg-row-lock`, `redis-evalsha`, `redis-coalesced`) run the
 //! same loop and report on a database or Redis directly, without HTTP.
+//!
+//! [`benchmarks`] and [`plots`] write the generated report of
+//! docs/BENCHMARKS.md (`scripts/bench-report.sh`) from the runs' JSON
+//! summaries.
 
 pub mod api;
 pub mod args;
 mod baseline;
+pub mod benchmarks;
 pub mod buyers;
 pub mod checks;
 pub mod load;
+pub mod plots;
 pub mod probe;
 pub mod report;
 pub mod room;
