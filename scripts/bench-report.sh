@@ -48,6 +48,7 @@ COMMAND="./scripts/bench-report.sh"
 export FLASHSALE_ADMIN_TOKEN=bench-admin FLASHSALE_JWT_SECRET=bench-secret
 ulimit -n "$(ulimit -Hn)"
 ./scripts/services.sh check postgres redis rabbitmq
+./scripts/debian-package.sh fonts-dejavu-core /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 cargo build --release --quiet --workspace
 mkdir -p "$(dirname "$RESULTS")"
 STARTED=$(date +%s)

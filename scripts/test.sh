@@ -21,6 +21,8 @@ fi
 
 # The clock tests shift a node's clock with libfaketime (Debian package).
 ./scripts/debian-package.sh libfaketime /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+# The performance report's plot tests draw text with DejaVu Sans.
+./scripts/debian-package.sh fonts-dejavu-core /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 
 if [ "${#REQUIRED_SERVICES[@]}" -gt 0 ]; then
     ./scripts/services.sh check "${REQUIRED_SERVICES[@]}"
