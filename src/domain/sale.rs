@@ -186,15 +186,9 @@ impl Sale {
         self
     }
 
-    /// Where `now_ms` falls relative to the sale window.
-    pub fn window(&self, now_ms: i64) -> Window {
-        self.schedule().window(now_ms)
-    }
-
-    /// The buyer-facing status given the units left.
-    pub fn status(&self, now_ms: i64, remaining: u64) -> SaleStatus {
-        self.schedule().status(now_ms, remaining)
-    }
+    // No `window` / `status` here: the stored window may have moved since
+    // (an admin opened or closed the sale). The live one is
+    // `SaleRuntime::window` / `status`; the stored one is `schedule()`.
 }
 
 /// A sale's window: opening time and (exclusive) closing time, epoch ms.
@@ -430,9 +424,10 @@ mod tests {
     fn status_follows_window_and_stock() {
         let sale = Sale::from_new(1, NewSale::parse(&valid()).unwrap(), 0);
         let start = sale.starts_at_ms;
-        assert_eq!(sale.status(start - 1, 5), SaleStatus::Upcoming);
-        assert_eq!(sale.status(start, 5), SaleStatus::Open);
-        assert_eq!(sale.status(start, 0), SaleStatus::SoldOut);
+        let schedule = sale.schedule();
+        assert_eq!(schedule.status(start - 1, 5), SaleStatus::Upcoming);
+        assert_eq!(schedule.status(start, 5), SaleStatus::Open);
+        assert_eq!(schedule.status(start, 0), SaleStatus::SoldOut);
     }
 
     #[test]
