@@ -9,6 +9,8 @@
 # Idempotency-Key per request, with a replayed key (scripts/wrk/shapes.lua).
 #
 #   ./scripts/callgrind-shapes.sh [seconds per phase, default 8]
+#   KEEP=dir ./scripts/callgrind-shapes.sh   # also keeps each phase's profile
+#                                            # as dir/<shape>.callgrind (callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-8}"
@@ -57,10 +59,11 @@ instructions() { # the newest dump's total
 for shape in healthz nobody json fresh replay; do SECS=2 phase $shape >/dev/null; done
 printf '%-12s %10s %14s %12s\n' shape requests instructions "per request"
 for shape in healthz nobody json fresh replay; do
-    callgrind_control -z "$PID" >/dev/null
+    callgrind_control -z "$PID" >/dev/null 2>&1
     n=$(phase "$shape")
-    callgrind_control -d "$PID" >/dev/null
+    callgrind_control -d "$PID" >/dev/null 2>&1
     sleep 1
     ir=$(instructions)
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$(ls -t "$WORK"/cg.out.* | head -1)" "$KEEP/$shape.callgrind"; fi
     printf '%-12s %10s %14s %12.0f\n' "$shape" "$n" "$ir" "$(awk -v a="$ir" -v b="$n" 'BEGIN {print a / b}')"
 done
