@@ -74,10 +74,14 @@ async fn an_api_only_node_sells_with_no_writer_and_a_writer_started_later_stores
     assert_error(page, StatusCode::NOT_FOUND, "not_found").await;
     // The API node's stats learn what the writer stored (no reconciler
     // runs there: the stock watcher refreshes the count).
-    crate::kit::eventually(Duration::from_secs(15), "orders_persisted on the API node", || async {
-        let stats = api.stats(&sale).await;
-        (stats["orders_persisted"] == stock).then_some(())
-    })
+    crate::kit::eventually(
+        Duration::from_secs(15),
+        "orders_persisted on the API node",
+        || async {
+            let stats = api.stats(&sale).await;
+            (stats["orders_persisted"] == stock).then_some(())
+        },
+    )
     .await;
     // The API node still reads what the writer stored.
     let (order_id, user) = &accepted[0];
