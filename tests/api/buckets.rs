@@ -459,3 +459,138 @@ async fn a_3_bucket_sale_spreads_its_script_calls_over_3_cluster_masters() {
     backends.cleanup().await;
     drop(servers);
 }
+
+/// Every field of bucket `b`'s `meta` (empty when absent).
+async fn bucket_meta(backends: &Backends, sale: &str, b: usize) -> HashMap<String, String> {
+    let id: u64 = sale.parse().unwrap();
+    let meta = format!("{}:{{{}}}:meta", backends.namespace, tag(id, b, K));
+    Reader::new(backends)
+        .await
+        .query(redis::cmd("HGETALL").arg(meta))
+        .await
+}
+
+/// Waits until every bucket is seeded and selling again (present, not
+/// halted).
+async fn wait_reseeded(backends: &Backends, sale: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut all = true;
+        for b in 0..usize::from(K) {
+            let meta = bucket_meta(backends, sale, b).await;
+            all &= meta.contains_key("stock") && !meta.contains_key("halt");
+        }
+        if all {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never re-seeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A buyer name in bucket `b`.
+fn buyer_in(b: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|n| bucket_of(n, K) == b)
+        .unwrap()
+}
+
+/// One bucket of a 3-bucket sale is lost (its keys gone, as when its shard
+/// restarts empty) while the other two are fine: the nodes halt those two
+/// — so no bucket sells on while the sale's count is rebuilt — wait for
+/// the order queue to drain, and re-seed all three from the database; the
+/// sale then sells exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_bucket_halts_the_others_and_the_sale_is_reseeded_as_one() {
+    let backends = Backends::new(Db::Postgres).await;
+    let nodes = backends.nodes(2).await;
+    let stock = 90;
+    let sale = create_bucketed_sale(&nodes[0], stock, json!({})).await;
+    let first = flood_buyers(&nodes, &sale, skewed_buyers("p", 50, 0.5)).await;
+    assert_eq!(first.orders, 50, "{:?}", first.outcomes);
+    backends
+        .wait_for_accepted(&sale, &accepted_orders(&first), Duration::from_secs(30))
+        .await;
+    let id: u64 = sale.parse().unwrap();
+    let mut conn = backends.redis_conn().await;
+    let lost: Vec<String> = [
+        "meta", "holders", "idem", "outbox", "released", "xfer", "xferin",
+    ]
+    .iter()
+    .map(|p| format!("{}:{{{}}}:{p}", backends.namespace, tag(id, 1, K)))
+    .collect();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lost)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Within the grace period (1 s) and a watcher tick, the other buckets
+    // are halted; a buyer of a healthy bucket is refused too.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for b in [0, 2] {
+        let meta = bucket_meta(&backends, &sale, b).await;
+        assert!(meta.contains_key("halt"), "bucket {b} halted: {meta:?}");
+    }
+    let resp = nodes[1].buy(&sale, &buyer_in(0, "healthy")).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    wait_reseeded(&backends, &sale).await;
+    assert_buckets_agree(&backends, &sale, stock).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first 50 buyers are at their limit; 100 others compete for 40.
+    let mut names = skewed_buyers("p", 50, 0.5);
+    names.extend(skewed_buyers("q", 100, 0.9));
+    let second = flood_buyers(&nodes, &sale, names).await;
+    assert_eq!(second.orders, stock - 50, "{:?}", second.outcomes);
+    let mut all = accepted_orders(&first);
+    all.extend(accepted_orders(&second));
+    let rows = backends
+        .wait_for_accepted(&sale, &all, Duration::from_secs(30))
+        .await;
+    check_stored(&rows, &all, stock, 1, true);
+    assert_buckets_agree(&backends, &sale, stock).await;
+    for n in nodes {
+        n.stop().await;
+    }
+    backends.cleanup().await;
+}
+
+/// Redis restarts empty (no persistence): every bucket and the directory
+/// are gone; purchases answer `503` until a node re-seeds all three buckets
+/// from the database, then the sale sells exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_empty_reseeds_every_bucket_then_sells_exactly_the_rest() {
+    let mut servers = RedisServers::standalone().await;
+    let mut backends = Backends::new(Db::MySql).await;
+    servers.use_for(&mut backends);
+    let nodes = backends.nodes(2).await;
+    let stock = 120;
+    let sale = create_bucketed_sale(&nodes[0], stock, json!({})).await;
+    let first = flood_buyers(&nodes, &sale, skewed_buyers("w", 70, 0.9)).await;
+    assert_eq!(first.orders, 70, "{:?}", first.outcomes);
+    backends
+        .wait_for_accepted(&sale, &accepted_orders(&first), Duration::from_secs(30))
+        .await;
+    servers.restart_empty().await;
+    let resp = nodes[1].buy(&sale, "right-after-restart").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    wait_reseeded(&backends, &sale).await;
+    assert_buckets_agree(&backends, &sale, stock).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut names = skewed_buyers("w", 70, 0.9);
+    names.extend(skewed_buyers("x", 150, 0.1));
+    let second = flood_buyers(&nodes, &sale, names).await;
+    assert_eq!(second.orders, stock - 70, "{:?}", second.outcomes);
+    let mut all = accepted_orders(&first);
+    all.extend(accepted_orders(&second));
+    let rows = backends
+        .wait_for_accepted(&sale, &all, Duration::from_secs(30))
+        .await;
+    check_stored(&rows, &all, stock, 1, true);
+    assert_buckets_agree(&backends, &sale, stock).await;
+    for n in nodes {
+        n.stop().await;
+    }
+    backends.cleanup().await;
+    drop(servers);
+}
