@@ -1,16 +1,81 @@
 //! Stock in Redis, shared by every node: [`RedisStock`].
 //!
-//! Every key of one sale carries the same hash tag (`{prefix}:{<sale>}:…`),
-//! so each script touches one Redis Cluster slot:
+//! Every key of one sale — or, for a sale split into buckets (below), of
+//! one bucket — carries the same hash tag (`{prefix}:{<tag>}:…`), so each
+//! script touches one Redis Cluster slot. The tag is the sale id for a sale
+//! of one bucket (the default, and every sale before buckets existed:
+//! `{prefix}:{<sale>}:…`, byte for byte):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `…:meta` | hash | `stock`, `sold`, `limit`, `start`, `end` (ms, 0 = none), `rid` (the fencing stamp) |
+//! | `…:meta` | hash | `stock`, `sold`, `limit`, `start`, `end` (ms, 0 = none), `rid` (the fencing stamp); `ver` (units added back so far); a bucket's `gen` (its seed generation) and `halt` (ms; set when the sale is being re-seeded as one) |
 //! | `…:holders` | hash | user → units held (pending or paid) |
 //! | `…:idem` | hash | `user\nkey` → the order a keyed purchase made |
 //! | `…:outbox` | sorted set | accepted orders not yet confirmed by the broker, by time |
 //! | `…:released` | set | orders whose units went back (so they go back once) |
-//! | `…:seedlock` | string | the node re-seeding the sale after Redis lost it |
+//! | `…:seedlock` | string | the node re-seeding the sale after Redis lost it (bucket 0's, for a bucketed sale) |
+//! | `…:xfer` | hash | a bucket's transfers out not yet completed: id → `to:units:gen` |
+//! | `…:xferin` | set | transfer ids a bucket has received (each is applied once) |
+//! | `{prefix}:{<sale>}:buckets` | string | the directory of a bucketed sale: its number of buckets |
+//!
+//! **Buckets: one hot sale over several shards.** A sale's keys under one
+//! tag live on one Redis Cluster master, so one sale's script calls are
+//! bound to one shard however large the cluster (about 100k calls/s). A
+//! sale created with `buckets: K` (1..=16) has its stock split into K
+//! buckets, each a full set of the keys above under its own tag
+//! ([`buckets::tag`]: `S.b`, or `S.b.n` for the first `n` whose slot lies
+//! near the middle of the `b`-th K-th of the slot space, so K buckets on K
+//! masters with the usual even slot ranges land one per master — plain
+//! `S.b` tags would share a master two times in three for K = 3).
+//! - A buyer's bucket is FNV-1a 64 of the user id mod K
+//!   ([`buckets::bucket_of`]): the same on every node and across restarts,
+//!   so the per-user limit (`holders`), the idempotency keys (`idem`) and
+//!   the outbox stay atomic in one script on one bucket. Purchases are
+//!   coalesced per (sale, bucket); returns (expiry, cancel) go to the
+//!   buyer's bucket, where its holding is.
+//! - Seeding splits the stock as evenly as possible, the remainder to the
+//!   low buckets ([`buckets::split`]); each bucket's `meta` counts its own
+//!   `stock` and `sold`. The sale's one-bucket tag keeps only the directory,
+//!   so a node that has not learned the split yet (it learns it from the
+//!   sale it seeds, or from the directory) is redirected by the purchase,
+//!   release, state and window scripts in the same call, at no cost to a
+//!   sale of one bucket.
+//! - **Transfers.** When a buyer's bucket answers "sold out", the node reads
+//!   every bucket (one call each, concurrently: they are on different
+//!   shards) and moves units from the fullest: a *take* script on the donor
+//!   lowers its `stock` by at least half of what it has (at least what the
+//!   batch needs) and records the transfer in its `xfer`, in one atomic
+//!   step; a *give* script on the receiver adds the units once per transfer
+//!   id (`xferin`) and only within the same seed generation; then the
+//!   donor's record is cleared. A node dying between the steps leaves the
+//!   record, which any node's stock watcher completes (the give is
+//!   idempotent): no unit is lost or made. The purchases are then tried
+//!   again on their own bucket (rounds repeat, at most 16, then `503`).
+//! - **Sold out, exactly.** "Sold out" is answered only when every bucket
+//!   read dry with nothing in flight *twice*, with no bucket's `ver` (units
+//!   added: returns, transfers in) or `gen` changed in between: units only
+//!   reach a bucket by such an addition, and a transfer only starts from a
+//!   bucket with units, so at the moment between the two passes the whole
+//!   sale was sold out — the answer is as exact as one counter's. The
+//!   node's ledger (its local sold-out flag) mirrors the sum over the
+//!   buckets, and 0 only after such a proof, so a stale reading never
+//!   turns buyers away without a look.
+//! - Reading state (`sync`, `state`, the relay's outbox) sums or walks the
+//!   buckets; units in flight count as stock.
+//! - **Re-seed as one.** A bucket lost (its shard restarted empty) or
+//!   fenced while others are current would let those sell on while the
+//!   sale's count is rebuilt. So a partial loss that outlasts a second (a
+//!   new sale's buckets are written one by one) with no re-seed in progress
+//!   halts every bucket (`halt`: every script refuses it as fenced); the
+//!   re-seed then waits, beyond the usual drain, until the last bucket was
+//!   halted longer than the re-seed settle time, takes bucket 0's seed
+//!   lock, clears every bucket and rebuilds each from the database —
+//!   holders and keyed orders in their buyer's bucket, every returned order
+//!   in every bucket's `released` (the record names them by id only), the
+//!   units left split evenly, a new seed generation (so a transfer from
+//!   before can never be applied after) — bucket 0 last.
+//! - The embedded (in-memory) stock ignores `buckets`: one process, one
+//!   ledger, no shard to spread over.
 //!
 //! The purchase decision is one Lua script, loaded with `SCRIPT LOAD` and
 //! called with `EVALSHA` (loaded again after `NOSCRIPT`: a restarted or
@@ -18,7 +83,7 @@
 //! key, stock and the per-user limit, deducts, and appends the order to the
 //! outbox in the same atomic step — so stock is never taken without a record
 //! of who took it. The script takes a whole batch of purchases: concurrent
-//! purchases on one node are coalesced into one call per sale (see
+//! purchases on one node are coalesced into one call per sale and bucket (see
 //! [`RedisStock::reserve`]), which is how one node beats one round trip per
 //! request.
 //!
@@ -1403,6 +1468,23 @@ mod tests {
     fn an_unseeded_sale_refuses_the_whole_batch() {
         let (d, _) = parse_decisions(&["U".to_owned()], 3).unwrap();
         assert_eq!(d, vec![Decision::NotSeeded; 3]);
+    }
+
+    #[test]
+    fn the_directory_redirects_to_the_buckets() {
+        let answer = ["K".to_owned(), "3".to_owned()];
+        assert!(matches!(parse_answer(&answer, 5), Ok(Answer::Redirect(3))));
+        // `K` must stay free of rejection letters: one purchase rejected
+        // with it would answer two values and read as a redirect.
+        assert_eq!(Rejection::from_script_code(b'K'), None);
+        let bad = ["K".to_owned(), "x".to_owned()];
+        assert!(parse_answer(&bad, 1).is_err());
+        // One purchase and its count also make two values: not a redirect.
+        let decided = ["A".to_owned(), "3".to_owned()];
+        assert!(matches!(
+            parse_answer(&decided, 1),
+            Ok(Answer::Decided(d, 3)) if d == vec![Decision::Accepted]
+        ));
     }
 
     #[test]

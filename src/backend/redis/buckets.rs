@@ -587,7 +587,7 @@ impl RedisStock {
             if let Err(e) = self.complete_pending(layout, &seen).await {
                 tracing::debug!(error = %e, "cannot finish a pending bucket transfer yet");
             }
-        } else if seen.iter().all(|p| p.left() == 0) {
+        } else if seen.iter().all(|p| p.left() == 0) && !layout.proven_dry.load(Ordering::Acquire) {
             self.prove_dry(layout, &seen).await?;
         }
         ledger.mirror_remaining(layout.mirror());
@@ -616,8 +616,9 @@ impl RedisStock {
         }))
     }
 
-    /// Halts every bucket; the longest any was halted, in ms by its
-    /// server's clock (`None` when every bucket is absent).
+    /// Halts every bucket; how long the most recently halted one has been
+    /// halted, in ms by its server's clock (`None` when every bucket is
+    /// absent).
     pub(super) async fn halt_all(&self, layout: &Layout) -> Result<Option<i64>, StockError> {
         let mut oldest = None;
         for b in 0..usize::from(layout.k) {
@@ -681,13 +682,19 @@ impl RedisStock {
         if self.probe_all(layout).await?.is_some() {
             return Ok(false);
         }
+        // Another node is rebuilding the buckets: halting them now would
+        // only stop the ones it has just written.
+        let lock = self.bkey(layout, 0, "seedlock");
+        let reseeding: i64 = self.conn.query(redis::cmd("EXISTS").arg(&lock)).await?;
+        if reseeding == 1 {
+            return Ok(false);
+        }
         let settle = crate::worker::stock_watch::RESEED_SETTLE.as_millis() as i64;
         if let Some(age) = self.halt_all(layout).await? {
             if age < settle {
                 return Ok(false);
             }
         }
-        let lock = self.bkey(layout, 0, "seedlock");
         let mut claim_keys = vec![self.bkey(layout, 0, "meta"), lock.clone()];
         claim_keys.extend(BUCKET_PARTS[1..].iter().map(|p| self.bkey(layout, 0, p)));
         let claimed: i64 = self
