@@ -257,9 +257,7 @@ async fn skewed_buyers_buy_exactly_the_stock_of_a_3_bucket_sale_on_a_redis_clust
 
 /// Units that come back — by cancel, by expiry — return to their buyer's
 /// bucket and sell again, to buyers of other buckets too, exactly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn returned_units_of_a_3_bucket_sale_sell_again_exactly() {
-    let backends = Backends::new(Db::Postgres).await;
+async fn returned_units_sell_again_exactly(backends: &Backends) {
     let nodes = backends.nodes(2).await;
     let stock = 12;
 
@@ -293,8 +291,8 @@ async fn returned_units_of_a_3_bucket_sale_sell_again_exactly() {
         .wait_for_accepted(&sale, &all, Duration::from_secs(30))
         .await;
     check_stored(&rows, &all, stock, 1, true);
-    assert_eq!(held_in_db(&backends, &sale).await, stock);
-    assert_buckets_agree(&backends, &sale, stock).await;
+    assert_eq!(held_in_db(backends, &sale).await, stock);
+    assert_buckets_agree(backends, &sale, stock).await;
 
     // Expiry: every order expires (once, whichever node's sweeper gets
     // it), all twelve units come back and sell again.
@@ -321,11 +319,27 @@ async fn returned_units_of_a_3_bucket_sale_sell_again_exactly() {
         .wait_for_orders(&sale, 2 * stock as usize, Duration::from_secs(30))
         .await;
     check_stored(&rows, &accepted_orders(&again), stock, 1, false);
-    assert_buckets_agree(&backends, &sale, stock).await;
+    assert_buckets_agree(backends, &sale, stock).await;
     for n in nodes {
         n.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn returned_units_of_a_3_bucket_sale_sell_again_exactly_on_standalone_redis() {
+    let backends = Backends::new(Db::Postgres).await;
+    returned_units_sell_again_exactly(&backends).await;
     backends.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn returned_units_of_a_3_bucket_sale_sell_again_exactly_on_a_redis_cluster() {
+    let servers = RedisServers::cluster().await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    returned_units_sell_again_exactly(&backends).await;
+    backends.cleanup().await;
+    drop(servers);
 }
 
 /// `kill -9` of one of three nodes in the middle of a skewed flood (it may
@@ -333,9 +347,7 @@ async fn returned_units_of_a_3_bucket_sale_sell_again_exactly() {
 /// is oversold, and the buckets end up holding exactly the stock and
 /// counting exactly what the database holds (the survivors finish any
 /// transfer the victim left pending).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_loses_and_strands_nothing() {
-    let backends = Backends::new(Db::Postgres).await;
+async fn kill_9_mid_flood(backends: &Backends) {
     let dir = tempfile::tempdir().unwrap();
     let mut children = Vec::new();
     let mut apps = Vec::new();
@@ -368,10 +380,10 @@ async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_loses_and_strands_nothing
         .wait_for_accepted(&sale, &accepted_orders(&result), Duration::from_secs(40))
         .await;
     check_stored(&rows, &accepted_orders(&result), stock, 1, false);
-    assert_buckets_agree(&backends, &sale, stock).await;
+    assert_buckets_agree(backends, &sale, stock).await;
     // The survivors sell whatever is left (the victim's unanswered
     // purchases may have taken units or not): all of it, exactly.
-    let left = stock - held_in_db(&backends, &sale).await;
+    let left = stock - held_in_db(backends, &sale).await;
     let rest = flood_buyers(
         &apps[..2],
         &sale,
@@ -385,13 +397,29 @@ async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_loses_and_strands_nothing
         .wait_for_accepted(&sale, &all, Duration::from_secs(40))
         .await;
     check_stored(&rows, &all, stock, 1, false);
-    assert_eq!(held_in_db(&backends, &sale).await, stock);
-    assert_buckets_agree(&backends, &sale, stock).await;
+    assert_eq!(held_in_db(backends, &sale).await, stock);
+    assert_buckets_agree(backends, &sale, stock).await;
     for mut c in children {
         let _ = c.start_kill();
         let _ = c.wait().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_loses_and_strands_nothing() {
+    let backends = Backends::new(Db::Postgres).await;
+    kill_9_mid_flood(&backends).await;
     backends.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_on_a_redis_cluster_loses_nothing() {
+    let servers = RedisServers::cluster().await;
+    let mut backends = Backends::new(Db::MySql).await;
+    servers.use_for(&mut backends);
+    kill_9_mid_flood(&backends).await;
+    backends.cleanup().await;
+    drop(servers);
 }
 
 /// `EVALSHA` calls each server has served so far.
