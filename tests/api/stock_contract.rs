@@ -368,3 +368,55 @@ async fn redis_cluster_keeps_the_contract() {
 async fn redis_cluster_keeps_the_contract_with_3_buckets() {
     cluster(3).await;
 }
+
+/// A node that never saw a bucketed sale's split (it did not create or
+/// seed it, nor sync it yet) is sent to the buckets by the sale's
+/// directory in the same call: its purchase lands in the buyer's bucket
+/// (the per-user limit holds across nodes), its release and its window move
+/// reach the right bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_saw_the_split_is_redirected_to_the_buckets() {
+    let url = std::env::var("FLASHSALE_TEST_REDIS")
+        .unwrap_or_else(|_| crate::kit::backends::REDIS.to_owned());
+    let prefix = prefix();
+    let connect = || async {
+        RedisStock::connect(&RedisSettings::new(vec![url.clone()], prefix.clone()))
+            .await
+            .expect("the local Redis on 6379") as Arc<dyn StockStore>
+    };
+    let f = Fixture::new(connect().await, 3, 6, 1, -1000).await;
+    let first = f.order("x", 1, None);
+    assert_eq!(f.reserve(first.clone()).await, Decision::Accepted);
+    // A fresh node buys for the same buyer: the limit is checked in the
+    // buyer's bucket, where the first unit is.
+    let other = connect().await;
+    let ledger = Ledger::new(f.sale.stock, f.sale.per_user_limit);
+    let again = other
+        .reserve(
+            f.schedule.get(),
+            &ledger,
+            Arc::new(Reservation::new(f.order("x", 1, None))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Decision::Rejected(Rejection::LimitReached));
+    // Another fresh node returns the first unit, to the buyer's bucket.
+    let third = connect().await;
+    let mut cancelled = first.clone();
+    cancelled.status = OrderStatus::Cancelled;
+    third.release(&ledger, &cancelled).await.unwrap();
+    let st = f.stock.state(f.sale.id).await.unwrap().unwrap();
+    assert_eq!((st.stock, st.sold), (6, 0), "the unit is back");
+    // And a fourth closes the sale on every bucket.
+    let fourth = connect().await;
+    let closed = f.sale.schedule().close_now(now_ms());
+    fourth.set_schedule(f.sale.id, closed).await.unwrap();
+    for user in ["a", "b", "c", "d", "e", "f"] {
+        assert_eq!(
+            f.reserve(f.order(user, 1, None)).await,
+            Decision::Rejected(Rejection::Ended),
+            "{user}"
+        );
+    }
+    f.cleanup().await;
+}
