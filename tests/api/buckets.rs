@@ -622,3 +622,72 @@ async fn redis_restarted_empty_reseeds_every_bucket_then_sells_exactly_the_rest(
     backends.cleanup().await;
     drop(servers);
 }
+
+/// Redis forgets decisions of one bucket with no change the fence can see
+/// (its `sold` set back by hand, as a restore from an old snapshot would):
+/// the reconciler finds the database holding more than the buckets count
+/// in all, halts every bucket, and the sale is re-seeded as one before it
+/// oversells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_halts_a_3_bucket_sale_whose_count_fell_behind_and_it_is_reseeded() {
+    let backends = Backends::new(Db::Postgres).await;
+    let nodes = backends.nodes(2).await;
+    let stock = 60;
+    let sale = create_bucketed_sale(&nodes[0], stock, json!({})).await;
+    let first = flood_buyers(&nodes, &sale, skewed_buyers("g", 30, 0.3)).await;
+    assert_eq!(first.orders, 30, "{:?}", first.outcomes);
+    backends
+        .wait_for_accepted(&sale, &accepted_orders(&first), Duration::from_secs(30))
+        .await;
+    let id: u64 = sale.parse().unwrap();
+    let meta = format!("{}:{{{}}}:meta", backends.namespace, tag(id, 2, K));
+    let mut conn = backends.redis_conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("sold")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Two reconciler readings (5 s apart), the halt's settle, the drain.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let sold: u64 = (0..usize::from(K))
+            .map(|b| bucket_meta(&backends, &sale, b))
+            .collect::<futures::future::JoinAll<_>>()
+            .await
+            .iter()
+            .map(|m| {
+                if m.contains_key("halt") {
+                    0
+                } else {
+                    m.get("sold").and_then(|s| s.parse().ok()).unwrap_or(0)
+                }
+            })
+            .sum();
+        if sold == 30 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never halted and re-seeded: the buckets count {sold}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_reseeded(&backends, &sale).await;
+    assert_buckets_agree(&backends, &sale, stock).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = flood_buyers(&nodes, &sale, skewed_buyers("h", 100, 0.5)).await;
+    assert_eq!(second.orders, stock - 30, "{:?}", second.outcomes);
+    let mut all = accepted_orders(&first);
+    all.extend(accepted_orders(&second));
+    let rows = backends
+        .wait_for_accepted(&sale, &all, Duration::from_secs(30))
+        .await;
+    check_stored(&rows, &all, stock, 1, true);
+    assert_buckets_agree(&backends, &sale, stock).await;
+    for n in nodes {
+        n.stop().await;
+    }
+    backends.cleanup().await;
+}

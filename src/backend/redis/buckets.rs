@@ -190,17 +190,18 @@ return {'A', tostring(stock - sold)}
 
 /// Halts a bucket (it answers "fenced" to every script from now on) and
 /// answers how long ago it was first halted, by its server's clock; `-1`
-/// when the bucket is absent.
+/// when the bucket is absent, `-2` when its stamp is another replication
+/// history's (fenced: it has sold nothing since, so there is nothing to
+/// halt or to wait for).
 const HALT_LUA: &str = r"
--- KEYS: meta
+-- KEYS: meta; ARGV: fence
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local now = now_ms()
-local h = redis.call('HGET', KEYS[1], 'halt')
-if not h then
-  redis.call('HSET', KEYS[1], 'halt', now)
-  return 0
-end
-return now - tonumber(h)
+local m = redis.call('HMGET', KEYS[1], 'halt', 'rid')
+if m[1] then return now - tonumber(m[1]) end
+if ARGV[1] == '1' and m[2] ~= replid() then return -2 end
+redis.call('HSET', KEYS[1], 'halt', now)
+return 0
 ";
 
 pub(super) struct BucketScripts {
@@ -617,8 +618,8 @@ impl RedisStock {
     }
 
     /// Halts every bucket; how long the most recently halted one has been
-    /// halted, in ms by its server's clock (`None` when every bucket is
-    /// absent).
+    /// halted, in ms by its server's clock (`None` when none was selling:
+    /// every bucket absent or fenced).
     pub(super) async fn halt_all(&self, layout: &Layout) -> Result<Option<i64>, StockError> {
         let mut oldest = None;
         for b in 0..usize::from(layout.k) {
@@ -626,7 +627,7 @@ impl RedisStock {
                 .eval(
                     &self.bucket_scripts.halt,
                     &[self.bkey(layout, b, "meta")],
-                    &[],
+                    &[self.fence],
                 )
                 .await?;
             if age >= 0 {
