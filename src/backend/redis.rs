@@ -793,6 +793,8 @@ impl RedisStock {
     /// node's ledger mirrors.
     async fn decide(
         &self,
+        // The bucket of the route is the buyers' own (the batch is regrouped
+        // by buyer below, which also covers a batch redirected here).
         (sale_id, _bucket): Route,
         batch: &[Pending],
     ) -> Result<(Vec<Result<Decision, StockError>>, u64), StockError> {
@@ -811,8 +813,6 @@ impl RedisStock {
                 }
             }
         };
-        // Normally every buyer of the batch is in `bucket`; after a
-        // redirect they are regrouped by their own.
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); usize::from(layout.k)];
         for (i, r) in items.iter().enumerate() {
             groups[buckets::bucket_of(&r.order.user_id, layout.k)].push(i);
@@ -823,9 +823,18 @@ impl RedisStock {
                 continue;
             }
             let sub: Vec<&Reservation> = group.iter().map(|&i| items[i]).collect();
-            let decided = self.decide_bucket(&layout, b, &sub).await?;
-            for (&i, d) in group.iter().zip(decided) {
-                out[i] = Some(d);
+            match self.decide_bucket(&layout, b, &sub).await {
+                Ok(decided) => {
+                    for (&i, d) in group.iter().zip(decided) {
+                        out[i] = Some(d);
+                    }
+                }
+                // One bucket failing leaves the other buckets' answers.
+                Err(e) => {
+                    for &i in group {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
             }
         }
         let out = out

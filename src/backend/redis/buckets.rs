@@ -293,51 +293,63 @@ impl RedisStock {
         };
         let mut short: Vec<usize> = (0..items.len()).filter(|&i| sold_out(&out[i])).collect();
         let mut rounds = 0;
-        while !short.is_empty() {
-            rounds += 1;
-            if rounds > MAX_ROUNDS {
-                metrics::counter!("flashsale_redis_bucket_busy_total").increment(1);
-                for &i in &short {
-                    out[i] = Err(StockError::new(
-                        "the sale's buckets are busy moving units; retry",
-                    ));
+        // A failure while moving units answers only the purchases still
+        // short: those the bucket accepted keep their answer (their orders
+        // are in its outbox).
+        let moved: Result<(), StockError> = async {
+            while !short.is_empty() {
+                rounds += 1;
+                if rounds > MAX_ROUNDS {
+                    metrics::counter!("flashsale_redis_bucket_busy_total").increment(1);
+                    for &i in &short {
+                        out[i] = Err(StockError::new(
+                            "the sale's buckets are busy moving units; retry",
+                        ));
+                    }
+                    break;
                 }
-                break;
-            }
-            let need: u64 = short
-                .iter()
-                .map(|&i| u64::from(items[i].order.quantity))
-                .sum();
-            let Some(seen) = self.probe_all(layout).await? else {
-                for &i in &short {
-                    out[i] = Ok(Decision::NotSeeded);
-                }
-                break;
-            };
-            if seen[b].left() == 0 {
-                if seen.iter().any(|p| p.extra.pending > 0) {
-                    self.complete_pending(layout, &seen).await?;
-                } else if let Some(d) = (0..seen.len())
-                    .filter(|&d| d != b && seen[d].left() > 0)
-                    .max_by_key(|&d| seen[d].left())
-                {
-                    if self.transfer(layout, d, b, need).await? == 0 {
+                let need: u64 = short
+                    .iter()
+                    .map(|&i| u64::from(items[i].order.quantity))
+                    .sum();
+                let Some(seen) = self.probe_all(layout).await? else {
+                    for &i in &short {
+                        out[i] = Ok(Decision::NotSeeded);
+                    }
+                    break;
+                };
+                if seen[b].left() == 0 {
+                    if seen.iter().any(|p| p.extra.pending > 0) {
+                        self.complete_pending(layout, &seen).await?;
+                    } else if let Some(d) = (0..seen.len())
+                        .filter(|&d| d != b && seen[d].left() > 0)
+                        .max_by_key(|&d| seen[d].left())
+                    {
+                        if self.transfer(layout, d, b, need).await? == 0 {
+                            continue;
+                        }
+                    } else if self.prove_dry(layout, &seen).await? {
+                        // Every bucket dry, nothing in flight: sold out.
+                        break;
+                    } else {
                         continue;
                     }
-                } else if self.prove_dry(layout, &seen).await? {
-                    // Every bucket dry, nothing in flight: sold out.
-                    break;
-                } else {
-                    continue;
                 }
+                let retry: Vec<&Reservation> = short.iter().map(|&i| items[i]).collect();
+                let (again, left) = self.purchase_call(&keys, &retry).await?.decided()?;
+                layout.note(b, left);
+                for (&i, d) in short.iter().zip(again) {
+                    out[i] = Ok(d);
+                }
+                short.retain(|&i| sold_out(&out[i]));
             }
-            let retry: Vec<&Reservation> = short.iter().map(|&i| items[i]).collect();
-            let (again, left) = self.purchase_call(&keys, &retry).await?.decided()?;
-            layout.note(b, left);
-            for (&i, d) in short.iter().zip(again) {
-                out[i] = Ok(d);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = moved {
+            for &i in &short {
+                out[i] = Err(e.clone());
             }
-            short.retain(|&i| sold_out(&out[i]));
         }
         if rounds > 0 {
             metrics::counter!("flashsale_redis_bucket_rounds_total").increment(rounds as u64);
