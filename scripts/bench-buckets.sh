@@ -65,7 +65,7 @@ for k in 1 3; do
     declare -A before
     for p in "${PORTS[@]}"; do before[$p]=$(calls "$p"); done
     OUT=$("$BIN" bench --url "$URL" --json --stock "$N" --users "$N" --requests "$N" \
-        --concurrency 256 --buckets "$k" --verify-sample 2000 2>/dev/null)
+        --concurrency 256 --buckets "$k" --verify-sample 2000 2>"$WORK/bench-$k.err") || { echo "bench failed (buckets $k):"; cat "$WORK/bench-$k.err"; echo "$OUT"; exit 1; }
     SPREAD=""
     TOTAL=0
     declare -A used
