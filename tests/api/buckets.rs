@@ -554,11 +554,21 @@ async fn a_lost_bucket_halts_the_others_and_the_sale_is_reseeded_as_one() {
         .await
         .unwrap();
     // Within the grace period (1 s) and a watcher tick, the other buckets
-    // are halted; a buyer of a healthy bucket is refused too.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // are halted (the re-seed cannot come before the settle time after
+    // that); a buyer of a healthy bucket is refused too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for b in [0, 2] {
-        let meta = bucket_meta(&backends, &sale, b).await;
-        assert!(meta.contains_key("halt"), "bucket {b} halted: {meta:?}");
+        loop {
+            let meta = bucket_meta(&backends, &sale, b).await;
+            if meta.contains_key("halt") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bucket {b} never halted: {meta:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let resp = nodes[1].buy(&sale, &buyer_in(0, "healthy")).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
