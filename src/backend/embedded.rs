@@ -102,6 +102,8 @@ CREATE TABLE webhook_outbox (
 ) WITHOUT ROWID;
 CREATE INDEX webhook_outbox_due ON webhook_outbox(next_attempt_at) WHERE state = 'pending';
 "#,
+    // The sale's stock buckets (a shared stock's split; 1 = one hash tag).
+    "ALTER TABLE sales ADD COLUMN buckets INTEGER NOT NULL DEFAULT 1;",
 ];
 
 const ORDER_COLUMNS: &str = "order_id, sale_id, user_id, quantity, status, idempotency_key, \
@@ -507,7 +509,8 @@ fn move_schedule(
 fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO sales (sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-         payment_window_secs, created_at, front_door) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         payment_window_secs, created_at, front_door, buckets) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         sale.id as i64,
@@ -518,7 +521,8 @@ fn insert_sale(tx: &Connection, sale: &Sale) -> Result<(), StoreError> {
         sale.ends_at_ms,
         sale.payment_window_secs.map(|w| w as i64),
         sale.created_at_ms,
-        sale.front_door.to_stored()
+        sale.front_door.to_stored(),
+        sale.buckets
     ])?;
     Ok(())
 }
@@ -791,7 +795,7 @@ fn insert_intents(tx: &Connection, intents: &[Intent]) -> Result<(), StoreError>
 }
 
 const SALE_COLUMNS: &str = "SELECT sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-     payment_window_secs, created_at, front_door FROM sales";
+     payment_window_secs, created_at, front_door, buckets FROM sales";
 
 fn sale_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
     Ok(Sale {
@@ -804,6 +808,7 @@ fn sale_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sale> {
         payment_window_secs: r.get::<_, Option<i64>>(6)?.map(|w| w as u64),
         created_at_ms: r.get(7)?,
         front_door: FrontDoor::from_stored(r.get::<_, Option<String>>(8)?.as_deref()),
+        buckets: crate::backend::sql::to_buckets(r.get(9)?),
     })
 }
 

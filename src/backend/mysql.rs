@@ -199,7 +199,7 @@ impl OrderStore for MySqlOrderStore {
         sqlx::query(concat!(
             "INSERT INTO sales (",
             sale_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(sale.id as i64)
         .bind(&sale.item)
@@ -210,6 +210,7 @@ impl OrderStore for MySqlOrderStore {
         .bind(sale.payment_window_secs.map(|w| w as i64))
         .bind(sale.created_at_ms)
         .bind(sale.front_door.to_stored())
+        .bind(i64::from(sale.buckets))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -179,7 +179,7 @@ impl OrderStore for PgOrderStore {
         sqlx::query(concat!(
             "INSERT INTO sales (",
             sale_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .bind(sale.id as i64)
         .bind(&sale.item)
@@ -190,6 +190,7 @@ impl OrderStore for PgOrderStore {
         .bind(sale.payment_window_secs.map(|w| w as i64))
         .bind(sale.created_at_ms)
         .bind(sale.front_door.to_stored())
+        .bind(i64::from(sale.buckets))
         .execute(&self.pool)
         .await?;
         Ok(())

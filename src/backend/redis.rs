@@ -1,16 +1,81 @@
 //! Stock in Redis, shared by every node: [`RedisStock`].
 //!
-//! Every key of one sale carries the same hash tag (`{prefix}:{<sale>}:…`),
-//! so each script touches one Redis Cluster slot:
+//! Every key of one sale — or, for a sale split into buckets (below), of
+//! one bucket — carries the same hash tag (`{prefix}:{<tag>}:…`), so each
+//! script touches one Redis Cluster slot. The tag is the sale id for a sale
+//! of one bucket (the default, and every sale before buckets existed:
+//! `{prefix}:{<sale>}:…`, byte for byte):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `…:meta` | hash | `stock`, `sold`, `limit`, `start`, `end` (ms, 0 = none), `rid` (the fencing stamp) |
+//! | `…:meta` | hash | `stock`, `sold`, `limit`, `start`, `end` (ms, 0 = none), `rid` (the fencing stamp); `ver` (units added back so far); a bucket's `gen` (its seed generation) and `halt` (ms; set when the sale is being re-seeded as one) |
 //! | `…:holders` | hash | user → units held (pending or paid) |
 //! | `…:idem` | hash | `user\nkey` → the order a keyed purchase made |
 //! | `…:outbox` | sorted set | accepted orders not yet confirmed by the broker, by time |
 //! | `…:released` | set | orders whose units went back (so they go back once) |
-//! | `…:seedlock` | string | the node re-seeding the sale after Redis lost it |
+//! | `…:seedlock` | string | the node re-seeding the sale after Redis lost it (bucket 0's, for a bucketed sale) |
+//! | `…:xfer` | hash | a bucket's transfers out not yet completed: id → `to:units:gen` |
+//! | `…:xferin` | set | transfer ids a bucket has received (each is applied once) |
+//! | `{prefix}:{<sale>}:buckets` | string | the directory of a bucketed sale: its number of buckets |
+//!
+//! **Buckets: one hot sale over several shards.** A sale's keys under one
+//! tag live on one Redis Cluster master, so one sale's script calls are
+//! bound to one shard however large the cluster (about 100k calls/s). A
+//! sale created with `buckets: K` (1..=16) has its stock split into K
+//! buckets, each a full set of the keys above under its own tag
+//! ([`buckets::tag`]: `S.b`, or `S.b.n` for the first `n` whose slot lies
+//! near the middle of the `b`-th K-th of the slot space, so K buckets on K
+//! masters with the usual even slot ranges land one per master — plain
+//! `S.b` tags would share a master two times in three for K = 3).
+//! - A buyer's bucket is FNV-1a 64 of the user id mod K
+//!   ([`buckets::bucket_of`]): the same on every node and across restarts,
+//!   so the per-user limit (`holders`), the idempotency keys (`idem`) and
+//!   the outbox stay atomic in one script on one bucket. Purchases are
+//!   coalesced per (sale, bucket); returns (expiry, cancel) go to the
+//!   buyer's bucket, where its holding is.
+//! - Seeding splits the stock as evenly as possible, the remainder to the
+//!   low buckets ([`buckets::split`]); each bucket's `meta` counts its own
+//!   `stock` and `sold`. The sale's one-bucket tag keeps only the directory,
+//!   so a node that has not learned the split yet (it learns it from the
+//!   sale it seeds, or from the directory) is redirected by the purchase,
+//!   release, state and window scripts in the same call, at no cost to a
+//!   sale of one bucket.
+//! - **Transfers.** When a buyer's bucket answers "sold out", the node reads
+//!   every bucket (one call each, concurrently: they are on different
+//!   shards) and moves units from the fullest: a *take* script on the donor
+//!   lowers its `stock` by at least half of what it has (at least what the
+//!   batch needs) and records the transfer in its `xfer`, in one atomic
+//!   step; a *give* script on the receiver adds the units once per transfer
+//!   id (`xferin`) and only within the same seed generation; then the
+//!   donor's record is cleared. A node dying between the steps leaves the
+//!   record, which any node's stock watcher completes (the give is
+//!   idempotent): no unit is lost or made. The purchases are then tried
+//!   again on their own bucket (rounds repeat, at most 16, then `503`).
+//! - **Sold out, exactly.** "Sold out" is answered only when every bucket
+//!   read dry with nothing in flight *twice*, with no bucket's `ver` (units
+//!   added: returns, transfers in) or `gen` changed in between: units only
+//!   reach a bucket by such an addition, and a transfer only starts from a
+//!   bucket with units, so at the moment between the two passes the whole
+//!   sale was sold out — the answer is as exact as one counter's. The
+//!   node's ledger (its local sold-out flag) mirrors the sum over the
+//!   buckets, and 0 only after such a proof, so a stale reading never
+//!   turns buyers away without a look.
+//! - Reading state (`sync`, `state`, the relay's outbox) sums or walks the
+//!   buckets; units in flight count as stock.
+//! - **Re-seed as one.** A bucket lost (its shard restarted empty) or
+//!   fenced while others are current would let those sell on while the
+//!   sale's count is rebuilt. So a partial loss that outlasts a second (a
+//!   new sale's buckets are written one by one) with no re-seed in progress
+//!   halts every bucket (`halt`: every script refuses it as fenced); the
+//!   re-seed then waits, beyond the usual drain, until the last bucket was
+//!   halted longer than the re-seed settle time, takes bucket 0's seed
+//!   lock, clears every bucket and rebuilds each from the database —
+//!   holders and keyed orders in their buyer's bucket, every returned order
+//!   in every bucket's `released` (the record names them by id only), the
+//!   units left split evenly, a new seed generation (so a transfer from
+//!   before can never be applied after) — bucket 0 last.
+//! - The embedded (in-memory) stock ignores `buckets`: one process, one
+//!   ledger, no shard to spread over.
 //!
 //! The purchase decision is one Lua script, loaded with `SCRIPT LOAD` and
 //! called with `EVALSHA` (loaded again after `NOSCRIPT`: a restarted or
@@ -18,7 +83,7 @@
 //! key, stock and the per-user limit, deducts, and appends the order to the
 //! outbox in the same atomic step — so stock is never taken without a record
 //! of who took it. The script takes a whole batch of purchases: concurrent
-//! purchases on one node are coalesced into one call per sale (see
+//! purchases on one node are coalesced into one call per sale and bucket (see
 //! [`RedisStock::reserve`]), which is how one node beats one round trip per
 //! request.
 //!
@@ -50,6 +115,7 @@
 //! ([`RedisStock::set_schedule`], only ever to earlier times) and every
 //! node mirrors them back with its counters ([`RedisStock::sync`]).
 
+pub mod buckets;
 pub(crate) mod limits;
 mod room;
 
@@ -63,7 +129,9 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use async_trait::async_trait;
+use dashmap::DashMap;
 
+use self::buckets::Layout;
 use super::breaker::Breaker;
 use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
 use super::SaleRecord;
@@ -92,11 +160,17 @@ end
 /// rejection letters (`{code}`) come from [`Rejection`]'s table. The last
 /// value is the units left, then the server's clock.
 const PURCHASE_LUA: &str = r"
--- KEYS: meta, holders, idem, outbox
+-- KEYS: meta, holders, idem, outbox[, directory (one-bucket keys only)]
 -- ARGV: fence ('1' = check the stamp), n, then n x (order_id, user, qty, idem_key or '', payload)
-local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'start', 'end', 'rid')
-if not m[1] then return {'U'} end
-if ARGV[1] == '1' and m[6] ~= replid() then return {'F'} end
+local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'start', 'end', 'rid', 'halt')
+if not m[1] then
+  if KEYS[5] then
+    local k = redis.call('GET', KEYS[5])
+    if k then return {'K', k} end
+  end
+  return {'U'}
+end
+if m[7] or (ARGV[1] == '1' and m[6] ~= replid()) then return {'F'} end
 local stock, sold, limit = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
 local start, fin = tonumber(m[4]), tonumber(m[5])
 local now, n = now_ms(), tonumber(ARGV[2])
@@ -130,26 +204,50 @@ return out
 ";
 
 const RELEASE_LUA: &str = r"
--- KEYS: meta, holders, released; ARGV: order_id, user, qty, fence
--- -1: the sale is absent or fenced (the re-seed counts from the database)
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if ARGV[4] == '1' and redis.call('HGET', KEYS[1], 'rid') ~= replid() then return -1 end
+-- KEYS: meta, holders, released[, directory]; ARGV: order_id, user, qty, fence
+-- -1: the sale is absent or fenced (the re-seed counts from the database);
+-- -100 - k: absent here, the directory says the sale has k buckets
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if KEYS[4] then
+    local k = redis.call('GET', KEYS[4])
+    if k then return -100 - tonumber(k) end
+  end
+  return -1
+end
+local m = redis.call('HMGET', KEYS[1], 'rid', 'halt')
+if m[2] or (ARGV[4] == '1' and m[1] ~= replid()) then return -1 end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return -2 end
 local q = tonumber(ARGV[3])
+-- An addition of units: what a bucketed sale's sold-out proof watches.
+redis.call('HINCRBY', KEYS[1], 'ver', 1)
 local sold = redis.call('HINCRBY', KEYS[1], 'sold', -q)
 if redis.call('HINCRBY', KEYS[2], ARGV[2], -q) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
 return tonumber(redis.call('HGET', KEYS[1], 'stock')) - sold
 ";
 
 const STATE_LUA: &str = r"
--- KEYS: meta, outbox; ARGV: fence
--- answers {stock, sold, outbox length, start, end}, {} when unseeded,
--- {-1} when fenced
-local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'rid', 'start', 'end')
-if not m[1] then return {} end
-if ARGV[1] == '1' and m[3] ~= replid() then return {-1} end
+-- KEYS: meta, outbox, then the directory (ARGV[2] = 'd') or the bucket's
+-- transfers (ARGV[2] = 'x'); ARGV: fence, mode
+-- answers {stock, sold, outbox length, start, end, ver, units pending out,
+-- gen}, {} when unseeded, {-1} when fenced or halted, {-2, k} when the
+-- directory says the sale has k buckets
+local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'rid', 'start', 'end', 'ver', 'gen', 'halt')
+if not m[1] then
+  if ARGV[2] == 'd' then
+    local k = redis.call('GET', KEYS[3])
+    if k then return {-2, tonumber(k)} end
+  end
+  return {}
+end
+if m[8] or (ARGV[1] == '1' and m[3] ~= replid()) then return {-1} end
+local pending = 0
+if ARGV[2] == 'x' then
+  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do
+    pending = pending + tonumber(string.match(v, '^%d+:(%d+):'))
+  end
+end
 return {tonumber(m[1]), tonumber(m[2]), redis.call('ZCARD', KEYS[2]),
-  tonumber(m[4]), tonumber(m[5])}
+  tonumber(m[4]), tonumber(m[5]), tonumber(m[6] or '0'), pending, tonumber(m[7] or '0')}
 ";
 
 /// Moves the window the purchase script decides by (an admin opened or
@@ -161,9 +259,16 @@ return {tonumber(m[1]), tonumber(m[2]), redis.call('ZCARD', KEYS[2]),
 /// just before an admin moved it — cannot undo a move. The strings are
 /// written as given (a Lua number would be formatted with 14 digits).
 const WINDOW_LUA: &str = r"
--- KEYS: meta; ARGV: start, end (0 = none)
+-- KEYS: meta[, directory]; ARGV: start, end (0 = none)
+-- -k: absent here, the directory says the sale has k buckets
 local m = redis.call('HMGET', KEYS[1], 'start', 'end')
-if not m[1] then return 0 end
+if not m[1] then
+  if KEYS[2] then
+    local k = redis.call('GET', KEYS[2])
+    if k then return -tonumber(k) end
+  end
+  return 0
+end
 local start = m[1]
 if tonumber(ARGV[1]) < tonumber(m[1]) then start = ARGV[1] end
 local fin, cur, new = m[2], tonumber(m[2]), tonumber(ARGV[2])
@@ -172,24 +277,26 @@ redis.call('HSET', KEYS[1], 'start', start, 'end', fin)
 return 1
 ";
 
-/// Claims the re-seed of a sale that is absent or fenced: takes the seed
-/// lock and clears what the lost history left (so a fenced sale now reads
-/// as absent). 1 = claimed; 0 = present and current, or another node is on it.
+/// Claims the re-seed of a sale that is absent, fenced or halted: takes
+/// the seed lock and clears what the lost history left (so a fenced sale
+/// now reads as absent). 1 = claimed; 0 = present and current, or another
+/// node is on it.
 const SEED_CLAIM_LUA: &str = r"
--- KEYS: meta, seedlock, holders, idem, released, outbox; ARGV: fence
-if redis.call('EXISTS', KEYS[1]) == 1 then
+-- KEYS: meta, seedlock, then the sale's other keys to clear; ARGV: fence
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'halt') == 0 then
   if ARGV[1] ~= '1' or redis.call('HGET', KEYS[1], 'rid') == replid() then return 0 end
 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', 30000) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[1], unpack(KEYS, 3))
 return 1
 ";
 
 /// Writes a sale's counters, stamped with this server's replication id, in
 /// one step (the moment the sale sells). 0 = left alone (`only_if_absent`).
 const SEED_META_LUA: &str = r"
--- KEYS: meta; ARGV: sold, limit, start, end, stock, only_if_absent
+-- KEYS: meta; ARGV: sold, limit, start, end, stock, only_if_absent[, gen]
 if ARGV[6] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[7] then redis.call('HSET', KEYS[1], 'gen', ARGV[7]) end
 redis.call('HSET', KEYS[1], 'sold', ARGV[1], 'limit', ARGV[2], 'start', ARGV[3],
   'end', ARGV[4], 'rid', replid(), 'stock', ARGV[5])
 return 1
@@ -202,9 +309,9 @@ return 1
 /// hand-off model's counterexample, docs/MODEL.md).
 const OUTBOX_DUE_LUA: &str = r"
 -- KEYS: outbox, meta; ARGV: age_ms, limit, fence
-local rid = redis.call('HGET', KEYS[2], 'rid')
+local m = redis.call('HMGET', KEYS[2], 'rid', 'halt')
 if redis.call('EXISTS', KEYS[2]) == 0 then return {} end
-if ARGV[3] == '1' and rid ~= replid() then return {} end
+if m[2] or (ARGV[3] == '1' and m[1] ~= replid()) then return {} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms() - tonumber(ARGV[1]),
   'LIMIT', 0, tonumber(ARGV[2]))
 ";
@@ -408,6 +515,30 @@ type Pending = (
     oneshot::Sender<Result<(Decision, u64), StockError>>,
 );
 
+/// Where a purchase goes: its sale and its buyer's bucket (0 for a sale of
+/// one bucket). Purchases are coalesced per route.
+type Route = (u64, u8);
+
+/// What one purchase script call answered.
+enum Answer {
+    /// A decision per purchase and the units the bucket has left.
+    Decided(Vec<Decision>, u64),
+    /// The sale's one-bucket keys are absent and its directory says it has
+    /// this many buckets: ask them instead.
+    Redirect(u8),
+}
+
+impl Answer {
+    fn decided(self) -> Result<(Vec<Decision>, u64), StockError> {
+        match self {
+            Self::Decided(d, left) => Ok((d, left)),
+            Self::Redirect(k) => Err(StockError::new(format!(
+                "a bucket of a {k}-bucket sale redirected to the directory"
+            ))),
+        }
+    }
+}
+
 impl From<RedisError> for StockError {
     fn from(e: RedisError) -> Self {
         Self::new(format!("redis: {e}"))
@@ -422,8 +553,13 @@ pub struct RedisStock {
     /// `b"1"` when fencing is on, `b"0"` when a drill turned it off.
     fence: &'static [u8],
     scripts: Scripts,
+    bucket_scripts: buckets::BucketScripts,
     room_scripts: room::RoomScripts,
-    batches: mpsc::UnboundedSender<(u64, Pending)>,
+    batches: mpsc::UnboundedSender<(Route, Pending)>,
+    /// Sales split over several buckets, as this node knows them (a sale
+    /// missing here has one bucket, or this node has not learned its split
+    /// yet: its one-bucket keys' directory then redirects).
+    layouts: DashMap<u64, Arc<Layout>>,
     /// The circuit breaker in front of this stock, which judges each batch
     /// as one call (see [`StockStore::attach_breaker`]).
     breaker: std::sync::OnceLock<Arc<Breaker>>,
@@ -468,13 +604,28 @@ impl Scripts {
     }
 }
 
-/// What Redis holds of a sale.
+/// What Redis holds of a sale (or of one bucket of it).
 enum Held {
     /// The counters and the window the purchase script decides by.
-    Present(StockState, Schedule),
+    Present(StockState, Schedule, StateExtra),
     Absent,
-    /// Stamped by another replication history: a failover happened since.
+    /// Stamped by another replication history: a failover happened since
+    /// (or, for a bucketed sale, halted to be re-seeded as one).
     Fenced,
+    /// The one-bucket keys are absent; the directory says the sale has
+    /// this many buckets.
+    Redirect(u8),
+}
+
+/// What a bucketed sale's transfers and sold-out proof read of a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct StateExtra {
+    /// Additions of units so far (returns, transfers in).
+    ver: i64,
+    /// Units taken off this bucket for a transfer not yet completed.
+    pending: u64,
+    /// The seed generation (0 for a sale as first published).
+    gen: i64,
 }
 
 impl std::fmt::Debug for RedisStock {
@@ -529,8 +680,10 @@ impl RedisStock {
             prefix: settings.prefix.clone(),
             fence: if settings.fencing { b"1" } else { b"0" },
             scripts: Scripts::new(),
+            bucket_scripts: buckets::BucketScripts::new(),
             room_scripts: room::RoomScripts::new(),
             batches: tx,
+            layouts: DashMap::new(),
             breaker: std::sync::OnceLock::new(),
         });
         stock.load_scripts().await?;
@@ -543,6 +696,7 @@ impl RedisStock {
             .scripts
             .all()
             .into_iter()
+            .chain(self.bucket_scripts.all())
             .chain(self.room_scripts.all())
             .chain([&*limits::SCRIPT])
         {
@@ -558,8 +712,14 @@ impl RedisStock {
         Ok(())
     }
 
+    /// A key of the sale's one-bucket tag (`{prefix}:{S}:part`).
     fn key(&self, sale_id: u64, part: &str) -> String {
         format!("{}:{{{sale_id}}}:{part}", self.prefix)
+    }
+
+    /// A key under the hash tag `tag` (`{prefix}:{tag}:part`).
+    fn tkey(&self, tag: &str, part: &str) -> String {
+        format!("{}:{{{tag}}}:{part}", self.prefix)
     }
 
     /// `EVALSHA`, loading the scripts again once on `NOSCRIPT`.
@@ -586,33 +746,102 @@ impl RedisStock {
         }
     }
 
-    async fn reserve_batch(
-        &self,
-        sale_id: u64,
-        batch: &[Pending],
-    ) -> Result<(Vec<Decision>, u64), StockError> {
-        let keys = [
-            self.key(sale_id, "meta"),
-            self.key(sale_id, "holders"),
-            self.key(sale_id, "idem"),
-            self.key(sale_id, "outbox"),
+    /// The purchase script's keys under `tag`; `directory` adds the
+    /// sale's directory (only under the one-bucket tag, whose slot it
+    /// shares).
+    fn purchase_keys(&self, tag: &str, directory: bool) -> Vec<String> {
+        let mut keys = vec![
+            self.tkey(tag, "meta"),
+            self.tkey(tag, "holders"),
+            self.tkey(tag, "idem"),
+            self.tkey(tag, "outbox"),
         ];
+        if directory {
+            keys.push(self.tkey(tag, "buckets"));
+        }
+        keys
+    }
+
+    async fn purchase_call(
+        &self,
+        keys: &[String],
+        batch: &[&Reservation],
+    ) -> Result<Answer, StockError> {
         let n = batch.len().to_string();
-        let mut owned: Vec<String> = Vec::with_capacity(batch.len() * 3);
-        for (r, _) in batch {
+        let mut owned: Vec<String> = Vec::with_capacity(batch.len() * 2);
+        for r in batch {
             owned.push(r.order.id.to_string());
             owned.push(r.order.quantity.to_string());
         }
         let mut args: Vec<&[u8]> = vec![self.fence, n.as_bytes()];
-        for (i, (r, _)) in batch.iter().enumerate() {
+        for (i, r) in batch.iter().enumerate() {
             args.push(owned[2 * i].as_bytes());
             args.push(r.order.user_id.as_bytes());
             args.push(owned[2 * i + 1].as_bytes());
             args.push(r.order.idempotency_key.as_deref().unwrap_or("").as_bytes());
             args.push(r.payload().as_bytes());
         }
-        let answer: Vec<String> = self.eval(&self.scripts.purchase, &keys, &args).await?;
-        parse_decisions(&answer, batch.len())
+        let answer: Vec<String> = self.eval(&self.scripts.purchase, keys, &args).await?;
+        parse_answer(&answer, batch.len())
+    }
+
+    /// Decides one coalesced batch of a route: a sale of one bucket in one
+    /// script call (as before buckets existed); a bucketed sale per bucket
+    /// ([`RedisStock::decide_bucket`]). A batch sent to the one-bucket keys
+    /// of a sale this node did not know was split is redirected by the
+    /// directory and decided on the buckets. Also answers the units the
+    /// node's ledger mirrors.
+    async fn decide(
+        &self,
+        // The bucket of the route is the buyers' own (the batch is regrouped
+        // by buyer below, which also covers a batch redirected here).
+        (sale_id, _bucket): Route,
+        batch: &[Pending],
+    ) -> Result<(Vec<Result<Decision, StockError>>, u64), StockError> {
+        let items: Vec<&Reservation> = batch.iter().map(|(r, _)| &**r).collect();
+        let layout = match self.layout(sale_id) {
+            Some(layout) => layout,
+            None => {
+                let keys = self.purchase_keys(&sale_id.to_string(), true);
+                match self.purchase_call(&keys, &items).await? {
+                    Answer::Decided(d, left) => {
+                        return Ok((d.into_iter().map(Ok).collect(), left));
+                    }
+                    Answer::Redirect(k) => self.learn(sale_id, k).ok_or_else(|| {
+                        StockError::new(format!("the sale's directory says {k} buckets"))
+                    })?,
+                }
+            }
+        };
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); usize::from(layout.k)];
+        for (i, r) in items.iter().enumerate() {
+            groups[buckets::bucket_of(&r.order.user_id, layout.k)].push(i);
+        }
+        let mut out: Vec<Option<Result<Decision, StockError>>> = vec![None; items.len()];
+        for (b, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let sub: Vec<&Reservation> = group.iter().map(|&i| items[i]).collect();
+            match self.decide_bucket(&layout, b, &sub).await {
+                Ok(decided) => {
+                    for (&i, d) in group.iter().zip(decided) {
+                        out[i] = Some(d);
+                    }
+                }
+                // One bucket failing leaves the other buckets' answers.
+                Err(e) => {
+                    for &i in group {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        let out = out
+            .into_iter()
+            .map(|d| d.unwrap_or_else(|| Err(StockError::new("a purchase was not decided"))))
+            .collect();
+        Ok((out, layout.mirror()))
     }
 
     /// Returns an order's units to the sale, once per order whatever the
@@ -624,33 +853,44 @@ impl RedisStock {
     /// When Redis cannot be reached.
     async fn release_units(&self, order: &Order) -> Result<Option<u64>, StockError> {
         let s = order.sale_id;
+        if let Some(layout) = self.layout(s) {
+            return self.release_bucket(&layout, order).await;
+        }
         let keys = [
             self.key(s, "meta"),
             self.key(s, "holders"),
             self.key(s, "released"),
+            self.key(s, "buckets"),
         ];
-        let id = order.id.to_string();
-        let q = order.quantity.to_string();
-        let left: i64 = self
-            .eval(
-                &self.scripts.release,
-                &keys,
-                &[
-                    id.as_bytes(),
-                    order.user_id.as_bytes(),
-                    q.as_bytes(),
-                    self.fence,
-                ],
-            )
-            .await?;
-        Ok(match left {
+        Ok(match self.release_call(&keys, order).await? {
             -1 => None,
             -2 => match self.counters(s).await? {
-                Held::Present(st, _) => Some(st.remaining()),
-                Held::Absent | Held::Fenced => None,
+                Held::Present(st, _, _) => Some(st.remaining()),
+                _ => None,
+            },
+            k if k <= -101 => match self.learn(s, (-100 - k).clamp(1, 16) as u8) {
+                Some(layout) => self.release_bucket(&layout, order).await?,
+                None => None,
             },
             n => Some(n.max(0) as u64),
         })
+    }
+
+    /// The release script on `keys`: the units left, or its negative codes.
+    async fn release_call(&self, keys: &[String], order: &Order) -> Result<i64, StockError> {
+        let id = order.id.to_string();
+        let q = order.quantity.to_string();
+        self.eval(
+            &self.scripts.release,
+            keys,
+            &[
+                id.as_bytes(),
+                order.user_id.as_bytes(),
+                q.as_bytes(),
+                self.fence,
+            ],
+        )
+        .await
     }
 
     /// What Redis holds of the sale.
@@ -658,10 +898,22 @@ impl RedisStock {
     /// # Errors
     /// When Redis cannot be reached.
     async fn counters(&self, sale_id: u64) -> Result<Held, StockError> {
-        let keys = [self.key(sale_id, "meta"), self.key(sale_id, "outbox")];
-        let v: Vec<i64> = self.eval(&self.scripts.state, &keys, &[self.fence]).await?;
+        let keys = [
+            self.key(sale_id, "meta"),
+            self.key(sale_id, "outbox"),
+            self.key(sale_id, "buckets"),
+        ];
+        self.counters_with(&keys, b"d").await
+    }
+
+    /// The state script on `keys` (meta, outbox, then the directory for
+    /// `mode` `d` or the bucket's transfers for `x`).
+    async fn counters_with(&self, keys: &[String], mode: &[u8]) -> Result<Held, StockError> {
+        let v: Vec<i64> = self
+            .eval(&self.scripts.state, keys, &[self.fence, mode])
+            .await?;
         Ok(match v[..] {
-            [stock, sold, outbox, start, end] => Held::Present(
+            [stock, sold, outbox, start, end, ver, pending, gen] => Held::Present(
                 StockState {
                     stock: stock.max(0) as u64,
                     sold: sold.max(0) as u64,
@@ -671,11 +923,17 @@ impl RedisStock {
                     starts_at_ms: start,
                     ends_at_ms: (end > 0).then_some(end),
                 },
+                StateExtra {
+                    ver,
+                    pending: pending.max(0) as u64,
+                    gen,
+                },
             ),
             [-1] => {
                 metrics::counter!("flashsale_redis_fenced_total").increment(1);
                 Held::Fenced
             }
+            [-2, k] => Held::Redirect(k.clamp(1, 16) as u8),
             _ => Held::Absent,
         })
     }
@@ -688,17 +946,34 @@ impl RedisStock {
         sold: u64,
         only_if_absent: bool,
     ) -> Result<bool, StockError> {
-        let args = [
+        let meta = self.key(sale.id, "meta");
+        self.write_meta_at(&meta, sale, sold, sale.stock, only_if_absent, None)
+            .await
+    }
+
+    /// [`Self::write_meta`] of the `meta` key given, with `stock` units
+    /// (a bucket's share) and, for a bucket, the seed generation.
+    async fn write_meta_at(
+        &self,
+        meta: &str,
+        sale: &Sale,
+        sold: u64,
+        stock: u64,
+        only_if_absent: bool,
+        gen: Option<u64>,
+    ) -> Result<bool, StockError> {
+        let mut args = vec![
             sold.to_string(),
             sale.per_user_limit.to_string(),
             sale.starts_at_ms.to_string(),
             sale.ends_at_ms.unwrap_or(0).to_string(),
-            sale.stock.to_string(),
+            stock.to_string(),
             u8::from(only_if_absent).to_string(),
         ];
+        args.extend(gen.map(|g| g.to_string()));
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let written: i64 = self
-            .eval(&self.scripts.seed_meta, &[self.key(sale.id, "meta")], &args)
+            .eval(&self.scripts.seed_meta, &[meta.to_owned()], &args)
             .await?;
         Ok(written == 1)
     }
@@ -736,8 +1011,12 @@ impl StockStore for RedisStock {
     ) -> Result<Decision, StockError> {
         let (tx, rx) = oneshot::channel();
         let sale_id = reservation.order.sale_id;
+        // A map miss (a sale of one bucket) is the whole cost for K = 1.
+        let bucket = self.layouts.get(&sale_id).map_or(0, |l| {
+            buckets::bucket_of(&reservation.order.user_id, l.k) as u8
+        });
         self.batches
-            .send((sale_id, (reservation, tx)))
+            .send(((sale_id, bucket), (reservation, tx)))
             .map_err(|_| StockError::new("the stock batcher stopped"))?;
         let (decision, remaining) = rx
             .await
@@ -771,12 +1050,19 @@ impl StockStore for RedisStock {
         schedule: &LiveSchedule,
         sale_id: u64,
     ) -> Result<bool, StockError> {
+        if let Some(layout) = self.layout(sale_id) {
+            return self.sync_buckets(&layout, ledger, schedule).await;
+        }
         Ok(match self.counters(sale_id).await? {
-            Held::Present(st, window) => {
+            Held::Present(st, window, _) => {
                 ledger.mirror_remaining(st.remaining());
                 schedule.advance(window);
                 true
             }
+            Held::Redirect(k) => match self.learn(sale_id, k) {
+                Some(layout) => self.sync_buckets(&layout, ledger, schedule).await?,
+                None => false,
+            },
             Held::Absent | Held::Fenced => false,
         })
     }
@@ -784,19 +1070,36 @@ impl StockStore for RedisStock {
     async fn set_schedule(&self, sale_id: u64, schedule: Schedule) -> Result<(), StockError> {
         let start = schedule.starts_at_ms.to_string();
         let end = schedule.ends_at_ms.unwrap_or(0).to_string();
-        let _: i64 = self
+        if let Some(layout) = self.layout(sale_id) {
+            return self.set_schedule_buckets(&layout, &start, &end).await;
+        }
+        let moved: i64 = self
             .eval(
                 &self.scripts.window,
-                &[self.key(sale_id, "meta")],
+                &[self.key(sale_id, "meta"), self.key(sale_id, "buckets")],
                 &[start.as_bytes(), end.as_bytes()],
             )
             .await?;
+        if moved < 0 {
+            if let Some(layout) = self.learn(sale_id, (-moved).clamp(1, 16) as u8) {
+                self.set_schedule_buckets(&layout, &start, &end).await?;
+            }
+        }
         Ok(())
     }
 
+    /// For a bucketed sale, the sums over its buckets (`None` unless every
+    /// bucket is current); units in flight between buckets count as stock.
     async fn state(&self, sale_id: u64) -> Result<Option<StockState>, StockError> {
+        if let Some(layout) = self.layout(sale_id) {
+            return self.state_buckets(&layout).await;
+        }
         Ok(match self.counters(sale_id).await? {
-            Held::Present(st, _) => Some(st),
+            Held::Present(st, _, _) => Some(st),
+            Held::Redirect(k) => match self.learn(sale_id, k) {
+                Some(layout) => self.state_buckets(&layout).await?,
+                None => None,
+            },
             Held::Absent | Held::Fenced => None,
         })
     }
@@ -842,6 +1145,9 @@ impl StockStore for RedisStock {
         age_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, StockError> {
+        if let Some(layout) = self.layout(sale_id) {
+            return self.outbox_due_buckets(&layout, age_ms, limit).await;
+        }
         let (age, limit) = (age_ms.to_string(), limit.to_string());
         self.eval(
             &self.scripts.outbox_due,
@@ -860,6 +1166,9 @@ impl StockStore for RedisStock {
         if payloads.is_empty() {
             return Ok(());
         }
+        if let Some(layout) = self.layout(sale_id) {
+            return self.outbox_remove_buckets(&layout, payloads).await;
+        }
         let _: i64 = self
             .conn
             .query(
@@ -877,6 +1186,9 @@ impl StockStore for RedisStock {
     /// # Errors
     /// When Redis cannot be reached.
     async fn seed_new(&self, sale: &Sale) -> Result<(), StockError> {
+        if let Some(layout) = self.learn(sale.id, sale.buckets) {
+            return self.seed_new_buckets(&layout, sale).await;
+        }
         self.write_meta(sale, 0, true).await.map(|_| ())
     }
 
@@ -891,6 +1203,9 @@ impl StockStore for RedisStock {
     /// When Redis cannot be reached (the seed lock then expires and a later
     /// attempt starts over).
     async fn seed(&self, sale: &Sale, from_db: &SaleRecord) -> Result<bool, StockError> {
+        if let Some(layout) = self.learn(sale.id, sale.buckets) {
+            return self.seed_buckets(&layout, sale, from_db).await;
+        }
         let lock = self.key(sale.id, "seedlock");
         let keys = ["meta", "seedlock", "holders", "idem", "released", "outbox"]
             .map(|k| self.key(sale.id, k));
@@ -940,6 +1255,9 @@ impl StockStore for RedisStock {
     /// # Errors
     /// When Redis cannot be reached.
     async fn fence(&self, sale_id: u64) -> Result<(), StockError> {
+        if let Some(layout) = self.layout(sale_id) {
+            return self.halt_all(&layout).await.map(|_| ());
+        }
         let meta = self.key(sale_id, "meta");
         let cmd = if self.fence == b"1" {
             redis::cmd("HDEL").arg(&meta).arg("rid").clone()
@@ -955,7 +1273,19 @@ impl StockStore for RedisStock {
     /// # Errors
     /// When Redis cannot be reached.
     async fn forget(&self, sale_id: u64) -> Result<(), StockError> {
-        for key in ["meta", "holders", "idem", "outbox", "released", "seedlock"] {
+        let k: Option<u8> = self
+            .conn
+            .query(redis::cmd("GET").arg(self.key(sale_id, "buckets")))
+            .await?;
+        if let Some(layout) = self
+            .layout(sale_id)
+            .or_else(|| k.and_then(|k| self.learn(sale_id, k)))
+        {
+            self.forget_buckets(&layout).await?;
+        }
+        for key in [
+            "meta", "holders", "idem", "outbox", "released", "seedlock", "buckets",
+        ] {
             let _: i64 = self
                 .conn
                 .query(redis::cmd("DEL").arg(self.key(sale_id, key)))
@@ -963,6 +1293,20 @@ impl StockStore for RedisStock {
         }
         Ok(())
     }
+}
+
+/// The purchase script's answer: a redirect to the buckets, or
+/// [`parse_decisions`].
+fn parse_answer(answer: &[String], n: usize) -> Result<Answer, StockError> {
+    if let [letter, k] = answer {
+        if letter == "K" {
+            let k: u8 = k
+                .parse()
+                .map_err(|_| StockError::new(format!("a sale directory holds {k:?}")))?;
+            return Ok(Answer::Redirect(k.clamp(1, 16)));
+        }
+    }
+    parse_decisions(answer, n).map(|(d, left)| Answer::Decided(d, left))
 }
 
 /// One decision per purchase, and the units left after the batch (the
@@ -1004,7 +1348,7 @@ fn parse_decisions(answer: &[String], n: usize) -> Result<(Vec<Decision>, u64), 
 /// themselves; alone, a purchase goes out at once.
 async fn coalesce(
     stock: std::sync::Weak<RedisStock>,
-    mut rx: mpsc::UnboundedReceiver<(u64, Pending)>,
+    mut rx: mpsc::UnboundedReceiver<(Route, Pending)>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES));
     while let Some(first) = rx.recv().await {
@@ -1033,7 +1377,7 @@ async fn coalesce(
             }
             continue;
         };
-        let mut groups: HashMap<u64, Vec<Pending>> = HashMap::new();
+        let mut groups: HashMap<Route, Vec<Pending>> = HashMap::new();
         groups.entry(first.0).or_default().push(first.1);
         let mut taken = 1;
         while taken < MAX_BATCH {
@@ -1053,7 +1397,7 @@ async fn coalesce(
             let calls = groups.into_iter().map(|(sale, batch)| {
                 let stock = stock.clone();
                 async move {
-                    let call = stock.reserve_batch(sale, &batch);
+                    let call = stock.decide(sale, &batch);
                     let decided = match stock.breaker.get() {
                         Some(b) => {
                             b.run(
@@ -1068,7 +1412,7 @@ async fn coalesce(
                     match decided {
                         Ok((decisions, remaining)) => {
                             for ((_, tx), d) in batch.into_iter().zip(decisions) {
-                                let _ = tx.send(Ok((d, remaining)));
+                                let _ = tx.send(d.map(|d| (d, remaining)));
                             }
                         }
                         Err(e) => {
@@ -1133,6 +1477,23 @@ mod tests {
     fn an_unseeded_sale_refuses_the_whole_batch() {
         let (d, _) = parse_decisions(&["U".to_owned()], 3).unwrap();
         assert_eq!(d, vec![Decision::NotSeeded; 3]);
+    }
+
+    #[test]
+    fn the_directory_redirects_to_the_buckets() {
+        let answer = ["K".to_owned(), "3".to_owned()];
+        assert!(matches!(parse_answer(&answer, 5), Ok(Answer::Redirect(3))));
+        // `K` must stay free of rejection letters: one purchase rejected
+        // with it would answer two values and read as a redirect.
+        assert_eq!(Rejection::from_script_code(b'K'), None);
+        let bad = ["K".to_owned(), "x".to_owned()];
+        assert!(parse_answer(&bad, 1).is_err());
+        // One purchase and its count also make two values: not a redirect.
+        let decided = ["A".to_owned(), "3".to_owned()];
+        assert!(matches!(
+            parse_answer(&decided, 1),
+            Ok(Answer::Decided(d, 3)) if d == vec![Decision::Accepted]
+        ));
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub(crate) use order_columns;
 macro_rules! sale_columns {
     () => {
         "sale_id, item, stock, per_user_limit, starts_at, ends_at, \
-         payment_window_secs, created_at, front_door"
+         payment_window_secs, created_at, front_door, buckets"
     };
 }
 pub(crate) use sale_columns;
@@ -301,6 +301,12 @@ where
     })
 }
 
+/// A stored bucket count, clamped to 1..=16 (a hand-edited row must not
+/// make a sale unsellable).
+pub(crate) fn to_buckets(v: i64) -> u8 {
+    v.clamp(1, i64::from(crate::domain::sale::MAX_BUCKETS)) as u8
+}
+
 /// Decodes a row selected with [`sale_columns!`].
 pub(crate) fn sale_from_row<R>(row: &R) -> Result<Sale, sqlx::Error>
 where
@@ -319,6 +325,7 @@ where
         payment_window_secs: row.try_get::<Option<i64>, _>(6)?.map(to_u64),
         created_at_ms: row.try_get(7)?,
         front_door: FrontDoor::from_stored(row.try_get::<Option<String>, _>(8)?.as_deref()),
+        buckets: to_buckets(row.try_get(9)?),
     })
 }
 

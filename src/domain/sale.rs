@@ -14,6 +14,9 @@ pub const MAX_STOCK: u64 = 1_000_000_000;
 pub const MAX_ITEM_CHARS: usize = 200;
 /// Longest payment window: 30 days.
 pub const MAX_PAYMENT_WINDOW_SECS: u64 = 30 * 24 * 3600;
+/// Most stock buckets one sale may be split into (see
+/// [`crate::backend::redis`]: one bucket per Redis Cluster shard).
+pub const MAX_BUCKETS: u8 = 16;
 
 /// A validated request to create a sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,10 @@ pub struct NewSale {
     pub payment_window_secs: Option<u64>,
     /// The optional admission steps (all off by default).
     pub front_door: FrontDoor,
+    /// Stock buckets in a shared stock (1..=16, default 1): the sale's stock
+    /// split over that many Redis hash tags, so one hot sale spreads over
+    /// several Redis Cluster shards. The embedded stock ignores it.
+    pub buckets: u8,
 }
 
 impl NewSale {
@@ -88,6 +95,13 @@ impl NewSale {
             }
         }
         let front_door = FrontDoor::parse(obj.get("front_door"))?;
+        let buckets = int_field(obj, "buckets")?.unwrap_or(1);
+        if !(1..=u64::from(MAX_BUCKETS)).contains(&buckets) {
+            return Err(ValidationError::new(
+                "buckets",
+                "must be an integer in 1..=16",
+            ));
+        }
         Ok(Self {
             item,
             stock,
@@ -96,6 +110,7 @@ impl NewSale {
             ends_at_ms,
             payment_window_secs,
             front_door,
+            buckets: buckets as u8,
         })
     }
 }
@@ -153,6 +168,8 @@ pub struct Sale {
     pub created_at_ms: i64,
     /// The optional admission steps.
     pub front_door: FrontDoor,
+    /// Stock buckets in a shared stock (1..=16; see [`NewSale::buckets`]).
+    pub buckets: u8,
 }
 
 impl Sale {
@@ -168,6 +185,7 @@ impl Sale {
             payment_window_secs: new.payment_window_secs,
             created_at_ms,
             front_door: new.front_door,
+            buckets: new.buckets,
         }
     }
 
@@ -368,6 +386,34 @@ mod tests {
         assert_eq!(s.per_user_limit, 1);
         assert_eq!(s.ends_at_ms, None);
         assert_eq!(s.stock, 10);
+        assert_eq!(s.buckets, 1, "one bucket unless asked: today's keys");
+    }
+
+    #[test]
+    fn buckets_are_1_to_16() {
+        for (k, ok) in [
+            (json!(1), true),
+            (json!(16), true),
+            (json!(3), true),
+            (json!(0), false),
+            (json!(17), false),
+            (json!(-1), false),
+            (json!("3"), false),
+            (json!(2.5), false),
+        ] {
+            let mut body = valid();
+            body["buckets"] = k.clone();
+            match NewSale::parse(&body) {
+                Ok(s) => {
+                    assert!(ok, "{k} accepted");
+                    assert_eq!(Some(u64::from(s.buckets)), k.as_u64());
+                }
+                Err(e) => {
+                    assert!(!ok, "{k} refused");
+                    assert_eq!(e.field, "buckets");
+                }
+            }
+        }
     }
 
     #[test]

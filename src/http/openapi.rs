@@ -257,6 +257,11 @@ mod bodies {
         payment_window_secs: Option<u64>,
         /// The optional admission steps (all off when absent).
         front_door: Option<crate::domain::FrontDoor>,
+        /// Split the stock over this many Redis hash tags (1), so one hot
+        /// sale spreads over several Redis Cluster shards; the embedded
+        /// stock ignores it.
+        #[schema(minimum = 1, maximum = 16)]
+        buckets: Option<u64>,
     }
 
     /// A purchase ticket.

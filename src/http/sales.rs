@@ -65,6 +65,10 @@ pub struct SaleBody {
     /// The optional admission steps; absent for a plain sale.
     #[serde(skip_serializing_if = "FrontDoor::is_open")]
     front_door: FrontDoor,
+    /// Stock buckets (Redis hash tags) the sale's stock is split over in
+    /// the distributed mode; 1 = one tag.
+    #[schema(minimum = 1, maximum = 16)]
+    buckets: u8,
 }
 
 impl SaleBody {
@@ -84,6 +88,7 @@ impl SaleBody {
             payment_window_secs: rt.sale.payment_window_secs,
             status: schedule.status(now_ms, remaining),
             front_door: rt.sale.front_door.clone(),
+            buckets: rt.sale.buckets,
         }
     }
 }

@@ -69,6 +69,10 @@ async fn invalid_sale_fields_are_400_naming_the_field() {
             "per_user_limit",
             sale_with("per_user_limit", Some(json!(4_294_967_296u64))),
         ),
+        ("buckets", sale_with("buckets", Some(json!(0)))),
+        ("buckets", sale_with("buckets", Some(json!(17)))),
+        ("buckets", sale_with("buckets", Some(json!(-1)))),
+        ("buckets", sale_with("buckets", Some(json!("3")))),
         ("starts_at", sale_with("starts_at", None)),
         (
             "starts_at",
@@ -124,6 +128,8 @@ async fn sale_field_bounds_are_inclusive() {
         sale_with("item", Some(json!("é".repeat(200)))),
         sale_with("per_user_limit", Some(json!(1_000_000))),
         sale_with("ends_at", Some(Value::Null)),
+        sale_with("buckets", Some(json!(1))),
+        sale_with("buckets", Some(json!(16))),
         sale_with("payment_window_secs", None),
         // Unknown fields are ignored.
         sale_with("colour", Some(json!("red"))),

@@ -12,6 +12,7 @@ mod antibot;
 mod auth;
 mod backup;
 mod bad_input;
+mod buckets;
 mod buyer_stream;
 mod cli;
 mod clock;

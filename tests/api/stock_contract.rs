@@ -34,12 +34,19 @@ fn next_id() -> u64 {
 }
 
 impl Fixture {
-    async fn new(stock: Arc<dyn StockStore>, units: u64, limit: u32, starts_in_ms: i64) -> Self {
-        Self::with_window(stock, units, limit, starts_in_ms, 3_600_000).await
+    async fn new(
+        stock: Arc<dyn StockStore>,
+        k: u8,
+        units: u64,
+        limit: u32,
+        starts_in_ms: i64,
+    ) -> Self {
+        Self::with_window(stock, k, units, limit, starts_in_ms, 3_600_000).await
     }
 
     async fn with_window(
         stock: Arc<dyn StockStore>,
+        k: u8,
         units: u64,
         limit: u32,
         starts_in_ms: i64,
@@ -56,6 +63,7 @@ impl Fixture {
             payment_window_secs: None,
             created_at_ms: now,
             front_door: Default::default(),
+            buckets: k,
         };
         stock.seed_new(&sale).await.unwrap();
         Self {
@@ -97,22 +105,23 @@ impl Fixture {
     }
 }
 
-/// Runs every case of the contract against stocks made by `make`.
-async fn contract<F, Fut>(make: F)
+/// Runs every case of the contract against stocks made by `make`, with
+/// sales split over `k` buckets (which only a shared stock heeds).
+async fn contract<F, Fut>(make: F, k: u8)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Arc<dyn StockStore>>,
 {
-    sells_exactly_its_units_to_a_concurrent_crowd(make().await).await;
-    never_sells_past_the_per_user_limit(make().await).await;
-    refuses_outside_the_window(make().await).await;
-    decides_by_a_moved_window(make().await).await;
-    gives_units_back_once_per_order(make().await).await;
-    keeps_the_local_ledger_in_step(make().await).await;
+    sells_exactly_its_units_to_a_concurrent_crowd(make().await, k).await;
+    never_sells_past_the_per_user_limit(make().await, k).await;
+    refuses_outside_the_window(make().await, k).await;
+    decides_by_a_moved_window(make().await, k).await;
+    gives_units_back_once_per_order(make().await, k).await;
+    keeps_the_local_ledger_in_step(make().await, k).await;
 }
 
-async fn sells_exactly_its_units_to_a_concurrent_crowd(stock: Arc<dyn StockStore>) {
-    let f = Arc::new(Fixture::new(stock, 50, 1, -1000).await);
+async fn sells_exactly_its_units_to_a_concurrent_crowd(stock: Arc<dyn StockStore>, k: u8) {
+    let f = Arc::new(Fixture::new(stock, k, 50, 1, -1000).await);
     let tasks: Vec<_> = (0..400)
         .map(|i| {
             let f = f.clone();
@@ -136,8 +145,8 @@ async fn sells_exactly_its_units_to_a_concurrent_crowd(stock: Arc<dyn StockStore
     Arc::into_inner(f).unwrap().cleanup().await;
 }
 
-async fn never_sells_past_the_per_user_limit(stock: Arc<dyn StockStore>) {
-    let f = Arc::new(Fixture::new(stock, 1000, 2, -1000).await);
+async fn never_sells_past_the_per_user_limit(stock: Arc<dyn StockStore>, k: u8) {
+    let f = Arc::new(Fixture::new(stock, k, 1000, 2, -1000).await);
     let tasks: Vec<_> = (0..60)
         .map(|_| {
             let f = f.clone();
@@ -167,8 +176,8 @@ async fn never_sells_past_the_per_user_limit(stock: Arc<dyn StockStore>) {
 /// An admin opens an upcoming sale and closes it again: the stock decides
 /// by the moved window (a shared stock by the window it holds, which every
 /// node's live window mirrors), and a stale push never reopens it.
-async fn decides_by_a_moved_window(stock: Arc<dyn StockStore>) {
-    let f = Fixture::new(stock.clone(), 10, 1, 60_000).await;
+async fn decides_by_a_moved_window(stock: Arc<dyn StockStore>, k: u8) {
+    let f = Fixture::new(stock.clone(), k, 10, 1, 60_000).await;
     assert_eq!(
         f.reserve(f.order("early", 1, None)).await,
         Decision::Rejected(Rejection::NotStarted)
@@ -213,16 +222,16 @@ async fn decides_by_a_moved_window(stock: Arc<dyn StockStore>) {
 }
 
 /// By the stock's own clock: both sales are far from their window's edges.
-async fn refuses_outside_the_window(stock: Arc<dyn StockStore>) {
+async fn refuses_outside_the_window(stock: Arc<dyn StockStore>, k: u8) {
     let stock_again = stock.clone();
-    let f = Fixture::new(stock, 10, 1, 60_000).await;
+    let f = Fixture::new(stock, k, 10, 1, 60_000).await;
     assert_eq!(
         f.reserve(f.order("early", 1, None)).await,
         Decision::Rejected(Rejection::NotStarted)
     );
     assert_eq!(f.ledger.remaining(), 10, "nothing was taken");
     f.cleanup().await;
-    let f = Fixture::with_window(stock_again, 10, 1, -7_200_000, -3_600_000).await;
+    let f = Fixture::with_window(stock_again, k, 10, 1, -7_200_000, -3_600_000).await;
     assert_eq!(
         f.reserve(f.order("late", 1, None)).await,
         Decision::Rejected(Rejection::Ended)
@@ -231,8 +240,8 @@ async fn refuses_outside_the_window(stock: Arc<dyn StockStore>) {
     f.cleanup().await;
 }
 
-async fn gives_units_back_once_per_order(stock: Arc<dyn StockStore>) {
-    let f = Fixture::new(stock, 1, 1, -1000).await;
+async fn gives_units_back_once_per_order(stock: Arc<dyn StockStore>, k: u8) {
+    let f = Fixture::new(stock, k, 1, 1, -1000).await;
     let order = f.order("a", 1, None);
     assert_eq!(f.reserve(order.clone()).await, Decision::Accepted);
     assert_eq!(
@@ -253,8 +262,8 @@ async fn gives_units_back_once_per_order(stock: Arc<dyn StockStore>) {
     f.cleanup().await;
 }
 
-async fn keeps_the_local_ledger_in_step(stock: Arc<dyn StockStore>) {
-    let f = Fixture::new(stock.clone(), 5, 5, -1000).await;
+async fn keeps_the_local_ledger_in_step(stock: Arc<dyn StockStore>, k: u8) {
+    let f = Fixture::new(stock.clone(), k, 5, 5, -1000).await;
     for _ in 0..3 {
         assert_eq!(f.reserve(f.order("a", 1, None)).await, Decision::Accepted);
     }
@@ -282,8 +291,8 @@ async fn keeps_the_local_ledger_in_step(stock: Arc<dyn StockStore>) {
 }
 
 /// A shared stock replays a keyed purchase any node accepted.
-async fn replays_a_keyed_purchase(stock: Arc<dyn StockStore>) {
-    let f = Fixture::new(stock, 10, 5, -1000).await;
+async fn replays_a_keyed_purchase(stock: Arc<dyn StockStore>, k: u8) {
+    let f = Fixture::new(stock, k, 10, 5, -1000).await;
     let first = f.order("k", 1, Some("key-1"));
     assert_eq!(f.reserve(first.clone()).await, Decision::Accepted);
     match f.reserve(f.order("k", 1, Some("key-1"))).await {
@@ -300,11 +309,17 @@ fn prefix() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_stock_keeps_the_contract() {
-    contract(|| async { Arc::new(EmbeddedStock) as Arc<dyn StockStore> }).await;
+    // The embedded stock is one process, one ledger: it ignores buckets.
+    for k in [1, 3] {
+        contract(
+            || async { Arc::new(EmbeddedStock) as Arc<dyn StockStore> },
+            k,
+        )
+        .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_standalone_keeps_the_contract() {
+async fn standalone(k: u8) {
     let url = std::env::var("FLASHSALE_TEST_REDIS")
         .unwrap_or_else(|_| crate::kit::backends::REDIS.to_owned());
     let make = || async {
@@ -312,12 +327,11 @@ async fn redis_standalone_keeps_the_contract() {
             .await
             .expect("the local Redis on 6379") as Arc<dyn StockStore>
     };
-    contract(make).await;
-    replays_a_keyed_purchase(make().await).await;
+    contract(make, k).await;
+    replays_a_keyed_purchase(make().await, k).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_keeps_the_contract() {
+async fn cluster(k: u8) {
     let servers = RedisServers::cluster().await;
     let urls = servers.urls();
     let make = || async {
@@ -328,7 +342,81 @@ async fn redis_cluster_keeps_the_contract() {
         .await
         .expect("the private Redis Cluster") as Arc<dyn StockStore>
     };
-    contract(make).await;
-    replays_a_keyed_purchase(make().await).await;
+    contract(make, k).await;
+    replays_a_keyed_purchase(make().await, k).await;
     drop(servers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_standalone_keeps_the_contract() {
+    standalone(1).await;
+}
+
+/// A sale split over three buckets keeps the same contract: units move
+/// between buckets as buyers drain theirs, and nothing is oversold or left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_standalone_keeps_the_contract_with_3_buckets() {
+    standalone(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_the_contract() {
+    cluster(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_the_contract_with_3_buckets() {
+    cluster(3).await;
+}
+
+/// A node that never saw a bucketed sale's split (it did not create or
+/// seed it, nor sync it yet) is sent to the buckets by the sale's
+/// directory in the same call: its purchase lands in the buyer's bucket
+/// (the per-user limit holds across nodes), its release and its window move
+/// reach the right bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_saw_the_split_is_redirected_to_the_buckets() {
+    let url = std::env::var("FLASHSALE_TEST_REDIS")
+        .unwrap_or_else(|_| crate::kit::backends::REDIS.to_owned());
+    let prefix = prefix();
+    let connect = || async {
+        RedisStock::connect(&RedisSettings::new(vec![url.clone()], prefix.clone()))
+            .await
+            .expect("the local Redis on 6379") as Arc<dyn StockStore>
+    };
+    let f = Fixture::new(connect().await, 3, 6, 1, -1000).await;
+    let first = f.order("x", 1, None);
+    assert_eq!(f.reserve(first.clone()).await, Decision::Accepted);
+    // A fresh node buys for the same buyer: the limit is checked in the
+    // buyer's bucket, where the first unit is.
+    let other = connect().await;
+    let ledger = Ledger::new(f.sale.stock, f.sale.per_user_limit);
+    let again = other
+        .reserve(
+            f.schedule.get(),
+            &ledger,
+            Arc::new(Reservation::new(f.order("x", 1, None))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Decision::Rejected(Rejection::LimitReached));
+    // Another fresh node returns the first unit, to the buyer's bucket.
+    let third = connect().await;
+    let mut cancelled = first.clone();
+    cancelled.status = OrderStatus::Cancelled;
+    third.release(&ledger, &cancelled).await.unwrap();
+    let st = f.stock.state(f.sale.id).await.unwrap().unwrap();
+    assert_eq!((st.stock, st.sold), (6, 0), "the unit is back");
+    // And a fourth closes the sale on every bucket.
+    let fourth = connect().await;
+    let closed = f.sale.schedule().close_now(now_ms());
+    fourth.set_schedule(f.sale.id, closed).await.unwrap();
+    for user in ["a", "b", "c", "d", "e", "f"] {
+        assert_eq!(
+            f.reserve(f.order(user, 1, None)).await,
+            Decision::Rejected(Rejection::Ended),
+            "{user}"
+        );
+    }
+    f.cleanup().await;
 }

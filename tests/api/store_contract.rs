@@ -362,6 +362,7 @@ fn sale(id: u64) -> Sale {
         payment_window_secs: None,
         created_at_ms: T - 120_000,
         front_door: Default::default(),
+        buckets: 1,
     }
 }
 
@@ -413,6 +414,8 @@ async fn sales_round_trip(fx: Arc<Fixture>) {
         payment_window_secs: Some(30 * 24 * 3600),
         created_at_ms: T - 5,
         front_door: Default::default(),
+        // The most stock buckets a sale may have, stored and read back.
+        buckets: 16,
     };
     store.create_sale(&plain).await.unwrap();
     store.create_sale(&full).await.unwrap();

@@ -154,6 +154,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub sale_id: Option<String>,
 
+    /// Stock buckets of the sale the bench creates (1..=16): its stock over
+    /// that many Redis hash tags, so one hot sale spreads over that many
+    /// Redis Cluster shards (the server's `buckets` sale field).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub buckets: u8,
+
     /// Let the created sale start this many milliseconds after the bench
     /// starts (requests before then are answered `403 not_started`).
     #[arg(long, default_value_t = 0)]

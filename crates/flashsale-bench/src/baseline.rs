@@ -327,6 +327,7 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<Summary> {
         payment_window_secs: None,
         created_at_ms: now_ms(),
         front_door: Default::default(),
+        buckets: 1,
     };
     stock.seed_new(&sale).await?;
     // The node's own parts: the coalesced decision and the coalesced,

@@ -262,12 +262,15 @@ async fn prepare_sale(api: &Api, args: &BenchArgs) -> anyhow::Result<Sale> {
         .and_then(chrono::TimeDelta::try_milliseconds)
         .ok_or_else(|| anyhow!("--starts-in-ms {} is too large", args.starts_in_ms))?;
     let starts_at = chrono::Utc::now() + offset;
-    let body = json!({
+    let mut body = json!({
         "item": "bench",
         "stock": args.stock,
         "per_user_limit": args.per_user_limit,
         "starts_at": starts_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
+    if args.buckets > 1 {
+        body["buckets"] = json!(args.buckets);
+    }
     let url = api.url(&["api", "v1", "sales"])?;
     let created = api
         .expect(

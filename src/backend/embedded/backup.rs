@@ -538,6 +538,7 @@ mod tests {
             payment_window_secs: Some(900),
             created_at_ms: T - 120_000,
             front_door: Default::default(),
+            buckets: 1,
         }
     }
 
