@@ -87,6 +87,14 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let store = backends.store.clone();
         let shared = backends.stock.is_shared();
+        let roles = settings.roles;
+        if !shared && !roles.is_all() {
+            anyhow::bail!(
+                "--roles {roles}: a subset of roles needs the distributed mode (Redis, RabbitMQ \
+                 and a SQL database); the embedded store runs every role in one process"
+            );
+        }
+        tracing::info!(%roles, "roles of this node");
         let mut engine_settings = settings.engine.clone();
         if shared && settings.lease_node_id {
             engine_settings.node_id = backends
@@ -131,40 +139,56 @@ impl Application {
             trusted_proxies: settings.trusted_proxies.clone(),
             demo,
         });
-        let router = http::ops_router()
-            .merge(with_layers(http::api_router(), &settings))
-            .method_not_allowed_fallback(http::method_not_allowed)
-            .with_state(state.clone());
-        let service = FastLane::new(router, state.clone()).with_body_limit(settings.body_limit);
+        // Without the API role the port answers probes and scrapes only.
+        let router = if roles.api {
+            http::ops_router().merge(with_layers(http::api_router(), &settings))
+        } else {
+            http::ops_router().fallback(|| async {
+                ApiError::NotFound("no such route: this node does not run the API role")
+            })
+        }
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .with_state(state.clone());
+        let mut service = FastLane::new(router, state.clone()).with_body_limit(settings.body_limit);
+        if !roles.api {
+            service = service.routing_only();
+        }
+        // Each worker by the role it belongs to (`worker::Roles`).
         let mut tasks = vec![
             ("intent writer", intent_task),
-            (
-                "expiry sweeper",
-                worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
-            ),
             (
                 "housekeeping",
                 worker::spawn_housekeeping(engine.clone(), stop.clone()),
             ),
-            (
+        ];
+        if roles.reconciler {
+            tasks.push((
+                "expiry sweeper",
+                worker::spawn_expiry_sweeper(engine.clone(), settings.sweep_interval, stop.clone()),
+            ));
+        }
+        if roles.api {
+            tasks.push((
                 "room ticker",
                 worker::spawn_room_ticker(engine.clone(), stop.clone()),
-            ),
-        ];
-        if let Some(queue) = &backends.queue {
-            tasks.push((
-                "order writer",
-                worker::order_writer::spawn_order_writer(
-                    engine.clone(),
-                    queue.clone(),
-                    stop.clone(),
-                ),
             ));
+        }
+        if let Some(queue) = &backends.queue {
+            if roles.writer {
+                tasks.push((
+                    "order writer",
+                    worker::order_writer::spawn_order_writer(
+                        engine.clone(),
+                        queue.clone(),
+                        stop.clone(),
+                    ),
+                ));
+            }
             tasks.push((
                 "queue gauges",
                 worker::order_writer::spawn_queue_gauges(queue.clone(), stop.clone()),
             ));
-            if shared {
+            if shared && roles.api {
                 tasks.push((
                     "buyer events",
                     worker::buyer_events::spawn_buyer_events(
@@ -176,17 +200,20 @@ impl Application {
                         stop.clone(),
                     ),
                 ));
+            }
+            if shared {
                 tasks.push((
                     "stock watcher",
                     worker::stock_watch::spawn_stock_watch(
                         engine.clone(),
                         queue.clone(),
+                        roles,
                         stop.clone(),
                     ),
                 ));
             }
         }
-        if let Some(webhooks) = &settings.webhooks {
+        if let (Some(webhooks), true) = (&settings.webhooks, roles.relay) {
             tasks.push((
                 "webhook dispatcher",
                 worker::webhooks::spawn_webhook_dispatcher(

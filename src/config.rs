@@ -14,6 +14,7 @@ use crate::backend::redis::RedisSettings;
 use crate::backend::{sql, BackendSettings};
 use crate::engine::EngineSettings;
 use crate::worker::webhooks::WebhookSettings;
+use crate::worker::Roles;
 
 /// Everything `flashsale serve` needs.
 #[derive(Debug, Clone)]
@@ -83,6 +84,9 @@ pub struct Settings {
     /// `serve` creates a demo sale when there is none. For trying the sale
     /// page locally, never for a real sale.
     pub demo: bool,
+    /// What this node runs: the API, the order writer, the relay, the
+    /// reconciler, or any subset (distributed mode only; all by default).
+    pub roles: Roles,
 }
 
 impl Settings {
@@ -116,6 +120,7 @@ impl Settings {
             trusted_proxies: crate::http::client_ip::TrustedProxies::default(),
             demo: false,
             webhooks: None,
+            roles: Roles::ALL,
         }
     }
 }
@@ -352,6 +357,16 @@ pub struct ServeArgs {
         default_value_t = 600_000
     )]
     pub webhook_backoff_max_ms: u64,
+    /// What this node runs, comma-separated: `api` (the public HTTP API and
+    /// what serving it needs: the stock watcher, the buyers' streams),
+    /// `writer` (stores queued orders), `relay` (re-publishes orders whose
+    /// node died before the broker's confirm; delivers webhooks),
+    /// `reconciler` (expires unpaid orders, repairs counts, exports drift),
+    /// or `all`. Subsets need the distributed mode. Without `api` the port
+    /// serves only `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "FLASHSALE_ROLES", default_value = "all",
+          value_parser = Roles::parse)]
+    pub roles: Roles,
     /// Node id (0..1023) baked into generated ids; unique per node. Unset:
     /// 0 on a single node, leased from Redis in the distributed mode.
     #[arg(long, env = "FLASHSALE_NODE_ID",
@@ -390,6 +405,7 @@ impl ServeArgs {
         s.engine.sale_burst = self.sale_burst;
         s.trusted_proxies = self.trusted_proxies;
         s.demo = self.demo;
+        s.roles = self.roles;
         s.engine.node_id = self.node_id.unwrap_or(0);
         s.engine.pass_secret = match (self.pass_secret.filter(|p| !p.is_empty()), &s.jwt_secret) {
             (Some(secret), _) => Secret::new(secret),

@@ -7,7 +7,17 @@
 //! of accepted purchases survive a restart; a rejection is replayed from
 //! memory for [`REJECTION_TTL_MS`]. A failed attempt (store unavailable)
 //! releases the key so the retry runs afresh.
+//!
+//! **Fingerprints.** A `(user, key)` pair is remembered by its 128-bit
+//! fingerprint (XXH3-128 under a seed drawn at start), not by copies of the
+//! two strings: a keyed request is hashed once, nothing is allocated to look
+//! it up or to remember it, and a remembered rejection is 40 bytes. Two
+//! pairs share a fingerprint with probability about 2⁻¹²⁸ per pair (the seed
+//! is secret, so nobody can search for a collision); the accepted keys are
+//! fingerprinted again from the stored orders after a restart, under the new
+//! seed.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -30,7 +40,25 @@ struct Done {
     sale_id: u64,
     quantity: u32,
     answer: Recorded,
+}
+
+/// A remembered rejection: what [`Done`] holds, without room for an order.
+#[derive(Debug, Clone, Copy)]
+struct Rejected {
+    sale_id: u64,
     at_ms: i64,
+    quantity: u32,
+    reason: Rejection,
+}
+
+impl Rejected {
+    fn judge(&self, sale_id: u64, quantity: u32) -> Claim {
+        if self.sale_id == sale_id && self.quantity == quantity {
+            Claim::Replay(Err(self.reason))
+        } else {
+            Claim::Mismatch
+        }
+    }
 }
 
 enum Slot {
@@ -62,23 +90,55 @@ pub enum Peek {
     Busy,
 }
 
-type Key = (Box<str>, Box<str>);
+/// The fingerprint of a `(user, key)` pair (see the module docs).
+type Key = u128;
 
-/// Most rejections remembered under their keys (about 250 bytes each). A
-/// flood with a fresh key per request must not grow memory without bound:
-/// past this, the least recently used rejections are forgotten, and a retry
-/// with a forgotten key simply runs again — a rejection bought nothing, so
-/// running it again can never buy twice. Accepted keys are never evicted.
+/// Hashes a [`Key`] for the maps: the fingerprint is uniformly random
+/// already, so its own bits are the hash (a second hash would only cost).
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed here; this keeps any other input
+        // correct (if slow), never wrong.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+}
+
+type BuildFingerprint = BuildHasherDefault<FingerprintHasher>;
+
+/// Most rejections remembered under their keys (40 bytes each, plus the
+/// cache's own bookkeeping). A flood with a fresh key per request must not
+/// grow memory without bound: past this, the least recently used
+/// rejections are forgotten, and a retry with a forgotten key simply runs
+/// again — a rejection bought nothing, so running it again can never buy
+/// twice. Accepted keys are never evicted.
 pub const MAX_REMEMBERED_REJECTIONS: usize = 200_000;
 
-type Rejected = quick_cache::sync::Cache<Key, Done>;
+type RejectedCache =
+    quick_cache::sync::Cache<Key, Rejected, quick_cache::UnitWeighter, BuildFingerprint>;
 
 /// Remembered keyed answers: claims in flight and accepted orders in one
 /// map (kept until restart, then rebuilt from the stored orders), rejections
 /// in a bounded cache beside it.
 pub struct IdempotencyCache {
-    slots: Arc<DashMap<Key, Slot>>,
-    rejected: Arc<Rejected>,
+    seed: u64,
+    slots: Arc<DashMap<Key, Slot, BuildFingerprint>>,
+    rejected: Arc<RejectedCache>,
 }
 
 impl Default for IdempotencyCache {
@@ -90,9 +150,38 @@ impl Default for IdempotencyCache {
 impl IdempotencyCache {
     /// A cache remembering at most `rejections` rejected keys.
     pub fn with_capacity(rejections: usize) -> Self {
+        let rejections = rejections.max(1);
         Self {
-            slots: Arc::default(),
-            rejected: Arc::new(Rejected::new(rejections.max(1))),
+            seed: rand::random(),
+            slots: Arc::new(DashMap::with_hasher(BuildFingerprint::default())),
+            rejected: Arc::new(RejectedCache::with(
+                rejections,
+                rejections as u64,
+                quick_cache::UnitWeighter,
+                BuildFingerprint::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )),
+        }
+    }
+
+    /// The fingerprint of `user`'s `key`. The user's length goes first, so
+    /// no two different pairs hash the same bytes.
+    fn fingerprint(&self, user: &str, key: &str) -> Key {
+        // Both fit on the stack for every key the API accepts (at most
+        // MAX_KEY_LEN bytes) and every ordinary user id; longer ones stream.
+        let mut buf = [0u8; 320];
+        let len = 8 + user.len() + key.len();
+        if len <= buf.len() {
+            buf[..8].copy_from_slice(&(user.len() as u64).to_le_bytes());
+            buf[8..8 + user.len()].copy_from_slice(user.as_bytes());
+            buf[8 + user.len()..len].copy_from_slice(key.as_bytes());
+            xxhash_rust::xxh3::xxh3_128_with_seed(&buf[..len], self.seed)
+        } else {
+            let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
+            h.update(&(user.len() as u64).to_le_bytes());
+            h.update(user.as_bytes());
+            h.update(key.as_bytes());
+            h.digest128()
         }
     }
 
@@ -100,12 +189,11 @@ impl IdempotencyCache {
     pub fn restore(&self, order: &Order) {
         if let Some(key) = &order.idempotency_key {
             self.slots.insert(
-                (order.user_id.as_str().into(), key.as_str().into()),
+                self.fingerprint(&order.user_id, key),
                 Slot::Done(Done {
                     sale_id: order.sale_id,
                     quantity: order.quantity,
                     answer: Ok(order.clone()),
-                    at_ms: order.created_at_ms,
                 }),
             );
         }
@@ -113,14 +201,14 @@ impl IdempotencyCache {
 
     /// Claims `key` for a purchase, or finds its first answer.
     pub async fn claim(&self, user: &str, key: &str, sale_id: u64, quantity: u32) -> Claim {
-        let k: Key = (user.into(), key.into());
-        let mut rx = match self.slots.entry(k.clone()) {
+        let k = self.fingerprint(user, key);
+        let mut rx = match self.slots.entry(k) {
             Entry::Vacant(v) => {
                 // A finished rejection moves here before its slot goes (see
                 // `Guard::finish`), so a vacant slot with no rejection is
                 // really unused.
                 if let Some(done) = self.rejected.get(&k) {
-                    return judge(&done, sale_id, quantity);
+                    return done.judge(sale_id, quantity);
                 }
                 let (tx, rx) = watch::channel(None);
                 v.insert(Slot::InFlight(rx));
@@ -161,35 +249,39 @@ impl IdempotencyCache {
         now_ms: i64,
         on_vacant: impl FnOnce() -> Option<Recorded>,
     ) -> Peek {
-        let k: Key = (user.into(), key.into());
-        match self.slots.entry(k.clone()) {
+        let k = self.fingerprint(user, key);
+        let replay = |claim| match claim {
+            Claim::Replay(answer) => Peek::Replay(answer),
+            _ => Peek::Busy,
+        };
+        match self.slots.entry(k) {
             Entry::Vacant(v) => {
                 if let Some(done) = self.rejected.get(&k) {
-                    return match judge(&done, sale_id, quantity) {
-                        Claim::Replay(answer) => Peek::Replay(answer),
-                        _ => Peek::Busy,
-                    };
+                    return replay(done.judge(sale_id, quantity));
                 }
-                if let Some(answer) = on_vacant() {
-                    let done = Done {
-                        sale_id,
-                        quantity,
-                        answer,
-                        at_ms: now_ms,
-                    };
-                    if done.answer.is_ok() {
-                        v.insert(Slot::Done(done));
-                    } else {
-                        self.rejected.insert(k, done);
+                match on_vacant() {
+                    Some(Err(reason)) => self.rejected.insert(
+                        k,
+                        Rejected {
+                            sale_id,
+                            at_ms: now_ms,
+                            quantity,
+                            reason,
+                        },
+                    ),
+                    Some(answer @ Ok(_)) => {
+                        v.insert(Slot::Done(Done {
+                            sale_id,
+                            quantity,
+                            answer,
+                        }));
                     }
+                    None => {}
                 }
                 Peek::Vacant
             }
             Entry::Occupied(o) => match o.get() {
-                Slot::Done(done) => match judge(done, sale_id, quantity) {
-                    Claim::Replay(answer) => Peek::Replay(answer),
-                    _ => Peek::Busy,
-                },
+                Slot::Done(done) => replay(judge(done, sale_id, quantity)),
                 Slot::InFlight(_) => Peek::Busy,
             },
         }
@@ -223,8 +315,8 @@ fn judge(done: &Done, sale_id: u64, quantity: u32) -> Claim {
 
 /// Holds a claimed key until the purchase's answer is known.
 pub struct Guard {
-    slots: Arc<DashMap<Key, Slot>>,
-    rejected: Arc<Rejected>,
+    slots: Arc<DashMap<Key, Slot, BuildFingerprint>>,
+    rejected: Arc<RejectedCache>,
     key: Option<Key>,
     tx: watch::Sender<Option<Done>>,
     sale_id: u64,
@@ -238,16 +330,26 @@ impl Guard {
             sale_id: self.sale_id,
             quantity: self.quantity,
             answer,
-            at_ms: now_ms,
         };
         if let Some(key) = self.key.take() {
-            if done.answer.is_ok() {
-                self.slots.insert(key, Slot::Done(done.clone()));
-            } else {
-                // Into the bounded cache first, then out of the map: a claim
-                // that finds the slot vacant finds the rejection.
-                self.rejected.insert(key.clone(), done.clone());
-                self.slots.remove(&key);
+            match &done.answer {
+                Ok(_) => {
+                    self.slots.insert(key, Slot::Done(done.clone()));
+                }
+                Err(reason) => {
+                    // Into the bounded cache first, then out of the map: a
+                    // claim that finds the slot vacant finds the rejection.
+                    self.rejected.insert(
+                        key,
+                        Rejected {
+                            sale_id: done.sale_id,
+                            at_ms: now_ms,
+                            quantity: done.quantity,
+                            reason: *reason,
+                        },
+                    );
+                    self.slots.remove(&key);
+                }
             }
         }
         self.tx.send_replace(Some(done));
@@ -298,6 +400,36 @@ mod tests {
             waiter.await.unwrap(),
             Claim::Replay(Err(Rejection::LimitReached))
         ));
+    }
+
+    #[test]
+    fn fingerprints_separate_user_from_key() {
+        let cache = IdempotencyCache::default();
+        assert_ne!(cache.fingerprint("ab", "c"), cache.fingerprint("a", "bc"));
+        assert_ne!(cache.fingerprint("u", "k"), cache.fingerprint("v", "k"));
+        assert_eq!(cache.fingerprint("u", "k"), cache.fingerprint("u", "k"));
+        // Past the stack buffer the streamed hash is the same function.
+        let long_user = "x".repeat(400);
+        let short = cache.fingerprint("u", &"k".repeat(100));
+        assert_eq!(short, cache.fingerprint("u", &"k".repeat(100)));
+        assert_ne!(
+            cache.fingerprint(&long_user, "k"),
+            cache.fingerprint(&long_user, "j")
+        );
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&400u64.to_le_bytes());
+        buf.extend_from_slice(long_user.as_bytes());
+        buf.extend_from_slice(b"k");
+        assert_eq!(
+            cache.fingerprint(&long_user, "k"),
+            xxhash_rust::xxh3::xxh3_128_with_seed(&buf, cache.seed)
+        );
+    }
+
+    #[test]
+    fn a_restart_draws_a_new_seed() {
+        let (a, b) = (IdempotencyCache::default(), IdempotencyCache::default());
+        assert_ne!(a.fingerprint("u", "k"), b.fingerprint("u", "k"));
     }
 
     #[tokio::test]

@@ -68,6 +68,8 @@ pub struct FastLane {
     state: AppState,
     /// The router's body limit; `None` until [`FastLane::with_body_limit`].
     body_limit: Option<usize>,
+    /// Off on a node without the API role: everything goes to the router.
+    purchases: bool,
 }
 
 /// What to do with a request, decided from its head alone.
@@ -98,7 +100,15 @@ impl FastLane {
             router,
             state,
             body_limit: None,
+            purchases: true,
         }
+    }
+
+    /// Leaves every request to the router (a node that does not serve the
+    /// API: its router answers purchases `404`).
+    pub fn routing_only(mut self) -> Self {
+        self.purchases = false;
+        self
     }
 
     /// Lets the fast lane read purchase bodies; `limit` must be the
@@ -111,7 +121,7 @@ impl FastLane {
 
     /// Decides what to do with `req` from its head.
     fn triage(&self, req: &Request) -> Triage {
-        if req.method() != Method::POST {
+        if !self.purchases || req.method() != Method::POST {
             return Triage::Route;
         }
         let Some(sale_id) = purchase_path(req.uri().path()) else {
@@ -175,21 +185,20 @@ impl FastLane {
         Some(ApiError::Rejected(outcome).into_response())
     }
 
-    /// Reads what has arrived of the body; answers from memory if it can,
-    /// else routes the request with the body rebuilt.
-    async fn read_body_then_route(
+    /// Reads what has arrived of the body (never waiting); answers from
+    /// memory if it can, else routes the request with the body rebuilt.
+    /// Runs inside the first poll of the request's future: hyper reads a
+    /// body that came with the head before it polls the service's future.
+    fn read_body(
         mut self,
         req: Request,
         pending: Pending,
         id: HeaderValue,
-    ) -> Response {
+        cx: &mut Context<'_>,
+    ) -> LaneFuture {
         let (parts, mut body) = req.into_parts();
         let mut read = Bytes::new();
-        let state = std::future::poll_fn(|cx| {
-            Poll::Ready(read_arrived(&mut body, &mut read, pending.cap, cx))
-        })
-        .await;
-        let body = match state {
+        let body = match read_arrived(&mut body, &mut read, pending.cap, cx) {
             BodyState::Whole => {
                 let key = pending.key.as_ref().and_then(idempotency_key);
                 let answer = quick_quantity(&read)
@@ -200,7 +209,7 @@ impl FastLane {
                 if let Some(mut response) = answer {
                     answered_span(&parts.method, &id, &response);
                     response.headers_mut().insert(&X_REQUEST_ID, id);
-                    return response;
+                    return LaneFuture::Ready(Some(response));
                 }
                 Body::from(read)
             }
@@ -217,11 +226,7 @@ impl FastLane {
         };
         let mut parts = parts;
         parts.headers.insert(&X_REQUEST_ID, id.clone());
-        // Boxed apart, so the common case above stays a small future.
-        match self.route(Request::from_parts(parts, body), id).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
+        self.route(Request::from_parts(parts, body), id)
     }
 
     /// The full router, its answer passed through [`json_errors::ensure`]
@@ -403,12 +408,23 @@ impl http_body::Body for Resumed {
     }
 }
 
-/// The future of a [`FastLane`] answer: ready at once (no allocation) or
-/// on its way through the body read or the router.
+/// A purchase whose body the first poll reads (see [`FastLane::read_body`]).
+pub struct BodyRead {
+    lane: FastLane,
+    req: Request,
+    pending: Pending,
+    id: HeaderValue,
+}
+
+/// The future of a [`FastLane`] answer: ready at once, or answered from
+/// the body on the first poll (both without an allocation), or on its way
+/// through the router.
 pub enum LaneFuture {
     /// Answered from memory.
     Ready(Option<Response>),
-    /// Reading the body, or routed.
+    /// A purchase with a body, not read yet.
+    Body(Option<BodyRead>),
+    /// Routed.
     Pending(Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>),
 }
 
@@ -416,12 +432,27 @@ impl Future for LaneFuture {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Self::Ready(response) => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("LaneFuture polled after it answered"),
-            },
-            Self::Pending(future) => future.as_mut().poll(cx),
+        let this = self.get_mut();
+        loop {
+            match this {
+                Self::Ready(response) => match response.take() {
+                    Some(response) => return Poll::Ready(Ok(response)),
+                    None => panic!("LaneFuture polled after it answered"),
+                },
+                Self::Body(read) => {
+                    let Some(BodyRead {
+                        lane,
+                        req,
+                        pending,
+                        id,
+                    }) = read.take()
+                    else {
+                        panic!("LaneFuture polled after it answered")
+                    };
+                    *this = lane.read_body(req, pending, id, cx);
+                }
+                Self::Pending(future) => return future.as_mut().poll(cx),
+            }
         }
     }
 }
@@ -449,12 +480,12 @@ impl Service<Request<Body>> for FastLane {
                 req.headers_mut().insert(&X_REQUEST_ID, id.clone());
                 self.route(req, id)
             }
-            Triage::ReadBody(pending) => {
-                let lane = self.clone();
-                LaneFuture::Pending(Box::pin(async move {
-                    Ok(lane.read_body_then_route(req, pending, id).await)
-                }))
-            }
+            Triage::ReadBody(pending) => LaneFuture::Body(Some(BodyRead {
+                lane: self.clone(),
+                req,
+                pending,
+                id,
+            })),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod buyer_events;
 pub mod order_writer;
+mod roles;
 pub mod stock_watch;
 pub mod webhooks;
 
@@ -19,6 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
+
+pub use roles::Roles;
 
 /// Orders expired per store call; a full batch triggers another at once.
 const EXPIRE_BATCH: usize = 4096;

@@ -62,12 +62,18 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// How far back the reconciler returns units of released orders.
 const RELEASE_WINDOW_MS: i64 = 10 * 60 * 1000;
 
-/// Starts the stock watcher, relay and reconciler of a distributed node.
+/// Starts the stock watcher, relay and reconciler of a distributed node,
+/// each as its role says: the relay and the reconciler by their own roles,
+/// the watcher (the shared clock, sold-out flags, re-seeding a sale Redis
+/// lost) for any of the API, relay and reconciler roles (both steps read
+/// its view of which sales Redis holds); a writer-only node needs none.
 pub fn spawn_stock_watch(
     engine: Arc<Engine>,
     queue: Arc<dyn OrderQueue>,
+    roles: super::Roles,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
+    let watches = roles.api || roles.relay || roles.reconciler;
     crate::telemetry::register_at_zero(&[
         "flashsale_reseeds_total",
         "flashsale_relayed_orders_total",
@@ -90,21 +96,23 @@ pub fn spawn_stock_watch(
             }
             n += 1;
             let work = async {
-                measure_clock(&engine, &cluster, n % 240 == 1).await;
                 if !cluster.queue.is_up() {
                     cluster.queue.probe().await;
                 }
-                for rt in engine.sales() {
-                    watch(&engine, &cluster, &rt).await;
+                if watches {
+                    measure_clock(&engine, &cluster, n % 240 == 1).await;
+                    for rt in engine.sales() {
+                        watch(&engine, &cluster, &rt).await;
+                    }
                 }
-                if n.is_multiple_of(4) {
+                if roles.relay && n.is_multiple_of(4) {
                     for rt in engine.sales() {
                         if rt.seeded.load(Ordering::Acquire) {
                             relay(&cluster, rt.sale.id).await;
                         }
                     }
                 }
-                if n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
+                if roles.reconciler && n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
                     for rt in engine.sales() {
                         reconcile(&engine, &cluster, &rt).await;
                     }

@@ -34,6 +34,7 @@ mod pages;
 mod purchase;
 mod queue_contract;
 mod request_id;
+mod roles;
 mod room;
 mod sales;
 mod slow_clients;

@@ -1,0 +1,98 @@
+//! Node roles (`--roles`): API nodes and order writers scale apart. An
+//! API-only node sells with no writer anywhere (the broker holds the
+//! orders); a writer started later stores every one; a node without the API
+//! role answers probes only.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::kit::{
+    accepted_orders, assert_error, check_stored, flood_nodes, spawn_app_with, Backends, Db,
+};
+use flashsale::worker::Roles;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_only_node_sells_with_no_writer_and_a_writer_started_later_stores_every_order() {
+    let backends = Backends::new(Db::Postgres).await;
+    let api = spawn_app_with(|s| {
+        backends.configure(s);
+        s.roles = Roles::parse("api").unwrap();
+        s.engine.node_id = 1;
+        s.lease_node_id = false;
+    })
+    .await;
+    let stock = 150;
+    let sale = api.open_sale(stock, 2).await;
+    let result = flood_nodes(std::slice::from_ref(&api), &sale, 100, 400).await;
+    assert_eq!(result.orders, stock, "outcomes: {:?}", result.outcomes);
+    assert_eq!(
+        result.status_count(201) + result.status_count(409),
+        result.requests,
+        "unexpected answers: {:?}",
+        result.outcomes
+    );
+    // No writer runs anywhere: every accepted order waits in the broker.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        backends.orders(&sale).await.len(),
+        0,
+        "an API-only node stored orders itself"
+    );
+    let writer = spawn_app_with(|s| {
+        backends.configure(s);
+        s.roles = Roles::parse("writer,relay,reconciler").unwrap();
+        s.engine.node_id = 2;
+        s.lease_node_id = false;
+    })
+    .await;
+    let accepted = accepted_orders(&result);
+    let rows = backends
+        .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
+        .await;
+    check_stored(&rows, &accepted, stock, 2, true);
+    // The writer node serves probes and scrapes, not the API.
+    let health = writer
+        .client
+        .get(writer.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = writer
+        .client
+        .get(writer.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("flashsale_writer_orders_total"), "{text}");
+    let buy = writer.buy(&sale, "u1").await;
+    assert_error(buy, StatusCode::NOT_FOUND, "not_found").await;
+    let page = writer.get_sale(&sale).await;
+    assert_error(page, StatusCode::NOT_FOUND, "not_found").await;
+    // The API node still reads what the writer stored.
+    let (order_id, user) = &accepted[0];
+    let read = api.get_order(order_id, &api.token(user)).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    writer.stop().await;
+    api.stop().await;
+    backends.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_subset_of_roles_is_refused_in_the_embedded_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = flashsale::Settings::with_data_dir(dir.path());
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.roles = Roles::parse("api").unwrap();
+    let err = flashsale::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{err:#}").contains("needs the distributed mode"),
+        "{err:#}"
+    );
+}
