@@ -142,9 +142,14 @@ peer_cleanup() {
     done
 }
 trap 'cleanup; peer_cleanup' EXIT
-peer_wait() { # url path
-    for _ in $(seq 150); do curl -sf "$1$2" >/dev/null && return 0; sleep 0.1; done
-    echo "no answer from $1$2" >&2
+peer_wait() { # url path log: the server that wrote `log` answers `path`
+    # (its own "listening on" line first: another process may hold the port)
+    for _ in $(seq 150); do
+        grep -q "listening on $1" "$3" 2>/dev/null && curl -sf "$1$2" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "no answer from $1$2 (log $3):" >&2
+    tail -5 "$3" >&2
     return 1
 }
 peer_node() { # name serve-args… → URL, PEER_PID
@@ -158,7 +163,7 @@ peer_node() { # name serve-args… → URL, PEER_PID
     PEER_PID=$!
     PIDS+=("$PEER_PID")
     URL="http://127.0.0.1:$PORT"
-    peer_wait "$URL" /readyz || peer_wait "$URL" /healthz || { tail -5 "$WORK/$name.log" >&2; exit 1; }
+    peer_wait "$URL" /readyz "$WORK/$name.log" || exit 1
 }
 if "$BIN" serve --help 2>/dev/null | grep -q -- '--roles'; then
     peer_node peer-api --roles api
@@ -175,7 +180,7 @@ PORT=$((PORT + 1))
 CLASSIC_PID=$!
 PIDS+=("$CLASSIC_PID")
 CLASSIC="http://127.0.0.1:$PORT"
-peer_wait "$CLASSIC" /healthz || { tail -5 "$WORK/classic.log" >&2; exit 1; }
+peer_wait "$CLASSIC" /healthz "$WORK/classic.log" || exit 1
 
 peer_row() { # label json
     printf '%-52s %10s %8s %8s %9s %s\n' "$1" \
@@ -185,7 +190,7 @@ peer_row() { # label json
         "$(echo "$2" | field 'd.get("server_cpu_us_per_accept", "-")')" \
         "$(echo "$2" | field '"ok" if d["ok"] else "BROKEN"')"
 }
-PEER_N=100000
+PEER_N="${PEER_N:-100000}"
 peer_bench() { # url pid connections [flags…]: a run's JSON summary (a broken run still prints one)
     local url=$1 pid=$2 c=$3
     shift 3

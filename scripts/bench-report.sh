@@ -159,8 +159,13 @@ PORT=$((PORT + 1))
 PIDS+=($!)
 CLASSIC_PID=$!
 CLASSIC="http://127.0.0.1:$PORT"
-for _ in $(seq 200); do curl -sf "$CLASSIC/healthz" >/dev/null && break; sleep 0.1; done
-curl -sf "$CLASSIC/healthz" >/dev/null || { echo "the classic server did not start" >&2; cat "$WORK/classic.log" >&2; exit 1; }
+# Its own "listening" line first: another process may hold the port.
+for _ in $(seq 200); do
+    grep -q "listening on $CLASSIC" "$WORK/classic.log" && curl -sf "$CLASSIC/healthz" >/dev/null && break
+    sleep 0.1
+done
+grep -q "listening on $CLASSIC" "$WORK/classic.log" && curl -sf "$CLASSIC/healthz" >/dev/null ||
+    { echo "the classic server did not start" >&2; cat "$WORK/classic.log" >&2; exit 1; }
 
 # Stock and buyers for duration-bound accept runs: more than any run here
 # sells, so every answer is a 201 (the baselines need no tokens: a million

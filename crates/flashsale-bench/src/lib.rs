@@ -347,7 +347,9 @@ async fn verify(
     let (readback, queue_checks) = match &sale.classic_queue {
         // The classic design's store is its queue: every 201 must be there.
         Some(queue) => match classic::drain_queue(&args.queue, queue).await {
-            Ok(messages) => classic::judge_queue(&messages, &sale.id, outcome),
+            Ok(messages) => {
+                classic::judge_queue(&messages, &sale.id, outcome, sale.before.is_some())
+            }
             Err(e) => (
                 checks::Readback::default(),
                 vec![checks::Check::new(

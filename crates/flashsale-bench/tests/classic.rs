@@ -8,7 +8,7 @@
 
 use clap::Parser as _;
 use flashsale::auth::{mint_token, Secret};
-use flashsale_bench::classic::{Classic, Config};
+use flashsale_bench::classic::{Classic, Config, Seed};
 use flashsale_bench::BenchArgs;
 
 fn env_or(name: &str, default: &str) -> String {
@@ -63,7 +63,11 @@ async fn the_classic_server_sells_exactly_its_stock_and_queues_every_201_once() 
         admin_token: Secret::new(ADMIN),
         redis_connections: 2,
         amqp_channels: 2,
-        seed: None,
+        // Sale 1, seeded at start as `flashsale-classic --stock 20` does.
+        seed: Some(Seed {
+            stock: 20,
+            per_user_limit: 1,
+        }),
     })
     .await
     .expect("Redis and RabbitMQ on this machine");
@@ -133,6 +137,30 @@ async fn the_classic_server_sells_exactly_its_stock_and_queues_every_201_once() 
     assert_eq!(limited.accepted, 60, "{}", limited.render());
     assert_eq!(limited.outcomes.get("409 limit_reached"), Some(&90));
     assert!(check(&limited, "per_user_limit").ok);
+
+    // The seeded sale, given by id (`--sale-id`) instead of created.
+    let seeded = flashsale_bench::run(&bench_args(
+        &url,
+        &amqp,
+        &[
+            "--sale-id",
+            "1",
+            "--users",
+            "30",
+            "--requests",
+            "60",
+            "--concurrency",
+            "4",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(seeded.ok, "{}", seeded.render());
+    assert_eq!(seeded.sale_id.as_deref(), Some("1"));
+    assert_eq!((seeded.stock, seeded.accepted), (Some(20), 20));
+    assert!(check(&seeded, "queued_once")
+        .detail
+        .starts_with("20 orders"));
 
     // What Redis holds agrees, independently of the load tool.
     let client = redis::Client::open(redis_url.as_str()).unwrap();
