@@ -12,7 +12,8 @@
 #   5. the fair peer, both over HTTP:            Flashsale's API node vs the classic reference server
 #                                                (flashsale-classic) at 256 and 1024 connections, alternated,
 #                                                stock = buyers = requests = 100,000; the API node's CPU per
-#                                                accepted purchase (--roles api, the writer in another process)
+#                                                accepted purchase (--roles api, the writer in another process);
+#                                                PEER_N=… overrides the 100,000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"

@@ -271,6 +271,7 @@ impl Classic {
         let classic = Self { shared };
         if let Some(seed) = config.seed {
             classic
+                .shared
                 .create_sale(
                     "classic".to_owned(),
                     seed.stock,
@@ -340,19 +341,6 @@ impl Classic {
         }
         self.shared.queues[0].delete_topology().await?;
         Ok(())
-    }
-
-    async fn create_sale(
-        &self,
-        item: String,
-        stock: u64,
-        per_user_limit: u64,
-        starts_at: DateTime<Utc>,
-        ends_at: Option<DateTime<Utc>>,
-    ) -> anyhow::Result<Arc<Sale>> {
-        self.shared
-            .create_sale(item, stock, per_user_limit, starts_at, ends_at)
-            .await
     }
 }
 
