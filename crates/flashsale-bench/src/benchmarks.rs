@@ -597,7 +597,9 @@ fn cpu_table(out: &mut String, results: &Results, names: &[String], concurrencie
         out,
         "### Server CPU per accepted purchase (µs)\n\n\
          The server process's user + system CPU time (`/proc/PID/stat`) over the flood, \
-         divided by the orders it accepted (`flashsale bench --server-pid`).\n"
+         divided by the orders it accepted (`flashsale bench --server-pid`). The sweep's \
+         distributed node runs every role, its order writer included; \
+         `scripts/bench-distributed.sh` measures an API-only node (`--roles api`).\n"
     );
     let _ = write!(out, "| run |");
     for c in concurrencies {
