@@ -112,9 +112,15 @@ pub fn spawn_stock_watch(
                         }
                     }
                 }
-                if roles.reconciler && n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
+                if n.is_multiple_of(RECONCILE_EVERY.as_millis() as u64 / 250) {
                     for rt in engine.sales() {
-                        reconcile(&engine, &cluster, &rt).await;
+                        if roles.reconciler {
+                            reconcile(&engine, &cluster, &rt).await;
+                        } else if roles.api {
+                            // The stats' persisted count, which the
+                            // reconciler keeps where it runs.
+                            refresh_persisted(&engine, &rt).await;
+                        }
                     }
                 }
             };
@@ -282,6 +288,16 @@ async fn relay(cluster: &Shared, sale_id: u64) {
     metrics::counter!("flashsale_relayed_orders_total").increment(sent.len() as u64);
     if let Err(e) = cluster.stock.outbox_remove(sale_id, &sent).await {
         tracing::debug!(error = %e, "relay cannot clean the outbox");
+    }
+}
+
+/// Reads how many of the sale's orders the database holds, for its stats
+/// (`orders_persisted`) on a node that does not run the reconciler.
+async fn refresh_persisted(engine: &Engine, rt: &SaleRuntime) {
+    if let Ok(audit) = engine.store().sale_audit(rt.sale.id, now_ms()).await {
+        rt.counters
+            .orders_persisted
+            .store(audit.orders, Ordering::Relaxed);
     }
 }
 

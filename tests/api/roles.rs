@@ -72,6 +72,13 @@ async fn an_api_only_node_sells_with_no_writer_and_a_writer_started_later_stores
     assert_error(buy, StatusCode::NOT_FOUND, "not_found").await;
     let page = writer.get_sale(&sale).await;
     assert_error(page, StatusCode::NOT_FOUND, "not_found").await;
+    // The API node's stats learn what the writer stored (no reconciler
+    // runs there: the stock watcher refreshes the count).
+    crate::kit::eventually(Duration::from_secs(15), "orders_persisted on the API node", || async {
+        let stats = api.stats(&sale).await;
+        (stats["orders_persisted"] == stock).then_some(())
+    })
+    .await;
     // The API node still reads what the writer stored.
     let (order_id, user) = &accepted[0];
     let read = api.get_order(order_id, &api.token(user)).await;
