@@ -140,6 +140,9 @@ peer_cleanup() {
         redis-cli --scan --pattern "$ns:*" | xargs -r redis-cli del >/dev/null || true
         rabbitmqctl delete_queue "$ns.orders" >/dev/null 2>&1 || true
         rabbitmqctl delete_queue "$ns.orders.dlq" >/dev/null 2>&1 || true
+        if command -v rabbitmqadmin >/dev/null; then
+            for x in events dlx; do rabbitmqadmin delete exchange name="$ns.$x" >/dev/null 2>&1 || true; done
+        fi
     done
 }
 trap 'cleanup; peer_cleanup' EXIT

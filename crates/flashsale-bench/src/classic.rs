@@ -769,6 +769,11 @@ pub async fn main(args: ClassicArgs) -> anyhow::Result<()> {
         .prefix
         .clone()
         .unwrap_or_else(|| format!("fs_classic_{:08x}", rand::random::<u32>()));
+    // The address first: a port taken by another process must not leave a
+    // queue behind.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let classic = Classic::connect(&Config {
         redis: args.redis.clone(),
         queue: args.queue.clone(),
@@ -783,9 +788,6 @@ pub async fn main(args: ClassicArgs) -> anyhow::Result<()> {
         }),
     })
     .await?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     println!("queue {}", classic.queue_name());
     println!(
         "flashsale-classic listening on http://{}",
