@@ -14,7 +14,10 @@
 #     GET /healthz (the ceiling) and the sold-out purchase on the embedded
 #     server; the embedded accept path (fsync'd 201s); the distributed accept
 #     path over HTTP (Redis + RabbitMQ confirm + PostgreSQL writer); the
-#     baselines pg-row-lock and redis-evalsha, and redis-coalesced
+#     classic reference server over HTTP (flashsale-classic: one EVALSHA and
+#     one confirmed publish per purchase, the fair peer of the distributed
+#     path), both with their server's CPU per accepted order (--server-pid);
+#     the baselines pg-row-lock and redis-evalsha, and redis-coalesced
 #     (Flashsale's distributed step on the same loop, no HTTP);
 #   shapes: the sold-out flood in every request shape (no body, JSON body,
 #     fresh Idempotency-Key, replayed key) against GET /healthz, 64
@@ -68,6 +71,11 @@ cleanup() {
     redis-cli --scan --pattern "$NS:*" | xargs -r redis-cli del >/dev/null || true
     rabbitmqctl delete_queue "$NS.orders" >/dev/null 2>&1 || true
     rabbitmqctl delete_queue "$NS.orders.dlq" >/dev/null 2>&1 || true
+    # The classic server deletes its own keys and queue when stopped; this is
+    # for one that was killed harder.
+    redis-cli --scan --pattern "${NS}classic:*" | xargs -r redis-cli del >/dev/null || true
+    rabbitmqctl delete_queue "${NS}classic.orders" >/dev/null 2>&1 || true
+    rabbitmqctl delete_queue "${NS}classic.orders.dlq" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -134,17 +142,30 @@ side_by_side() {
     --method "Sweep: $SECS s per point at $(echo "$CONCS" | sed 's/ /, /g') connections; shapes: $ROUNDS round(s) of $SHAPE_SECS s per shape; commit: $ACCEPT orders with group commit, $PER_ORDER with one commit per order; nodes: $SECS s each. The durations keep the whole run near ten minutes on 2 cores (under 25 by design); the three-node rates are the sums of three load tools started together (a start skew of a fraction of a second, against 10 s floods). The history below has longer single runs." \
     $([ "$QUICK" = 1 ] && echo --quick) >"$RESULTS"
 
-echo "starting servers (embedded, embedded with --commit-batch 1, 3 distributed nodes)" >&2
+echo "starting servers (embedded, embedded with --commit-batch 1, 3 distributed nodes, the classic server)" >&2
 start embedded /healthz
 EMB=$URL
 start per-order /healthz --commit-batch 1
 PER=$URL
 distributed node1
 N1=$URL
+N1_PID=${PIDS[-1]}
 distributed node2
 N2=$URL
 distributed node3
 N3=$URL
+PORT=$((PORT + 1))
+"$BIN/flashsale-classic" --listen "127.0.0.1:$PORT" --prefix "${NS}classic" >"$WORK/classic.log" 2>&1 &
+PIDS+=($!)
+CLASSIC_PID=$!
+CLASSIC="http://127.0.0.1:$PORT"
+# Its own "listening" line first: another process may hold the port.
+for _ in $(seq 200); do
+    grep -q "listening on $CLASSIC" "$WORK/classic.log" && curl -sf "$CLASSIC/healthz" >/dev/null && break
+    sleep 0.1
+done
+grep -q "listening on $CLASSIC" "$WORK/classic.log" && curl -sf "$CLASSIC/healthz" >/dev/null ||
+    { echo "the classic server did not start" >&2; cat "$WORK/classic.log" >&2; exit 1; }
 
 # Stock and buyers for duration-bound accept runs: more than any run here
 # sells, so every answer is a 201 (the baselines need no tokens: a million
@@ -158,7 +179,10 @@ for c in $CONCS; do
     bench sweep accept-embedded orders 0 --url "$EMB" --stock "$BIG" --users "$BUYERS" \
         --concurrency "$c" --duration "${SECS}s" --verify-sample 2000
     bench sweep accept-distributed orders 0 --url "$N1" --stock "$BIG" --users "$BUYERS" \
-        --concurrency "$c" --duration "${SECS}s" --verify-sample 2000
+        --concurrency "$c" --duration "${SECS}s" --verify-sample 2000 --server-pid "$N1_PID"
+    # Every accepted order is checked on the classic server's queue.
+    bench sweep classic-http orders 0 --url "$CLASSIC" --stock "$BIG" --users "$BUYERS" \
+        --concurrency "$c" --duration "${SECS}s" --server-pid "$CLASSIC_PID"
     bench sweep redis-coalesced orders 0 --mode redis-coalesced --stock "$BIG" --users 1000000 \
         --concurrency "$c" --duration "${SECS}s"
     bench sweep redis-evalsha orders 0 --mode redis-evalsha --stock "$BIG" --users 1000000 \

@@ -197,9 +197,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub source_ips: u32,
 
-    /// Room mode: the server's process id, to sample its resident memory.
+    /// A server process to measure: the CPU time (user + system) it used
+    /// during the load, per accepted order and per request, goes into the
+    /// summary (`server_cpu_us_per_accept`); may be repeated, the processes'
+    /// times are added. Room mode samples the first one's resident memory.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
 
     /// Probe this path (e.g. `/healthz`, on `--url`) or URL (an operations
     /// port, say) during the load, on a fresh connection each time, and

@@ -9,7 +9,9 @@
 //! afterwards, and checks that it sold exactly what the orders table holds.
 //!
 //! `--mode redis-evalsha` is the usual Redis seckill: per purchase one
-//! `EVALSHA` of a script that checks the buyer and the stock and decrements,
+//! `EVALSHA` of a script that checks the stock and the buyer's per-user
+//! limit and deducts both (the classic server's script,
+//! [`crate::classic::PURCHASE_LUA`]),
 //! then — when a unit was taken — one publish of the order to a durable
 //! RabbitMQ queue, awaited until the broker confirms. One round trip each,
 //! no batching: the design Flashsale's coalesced script calls are measured
@@ -197,14 +199,6 @@ fn without_password(url: &str) -> String {
     }
 }
 
-const SECKILL_LUA: &str = r"
--- KEYS: stock, buyers; ARGV: user. 1 = bought, 0 = sold out, -1 = bought before
-if tonumber(redis.call('GET', KEYS[1]) or '0') <= 0 then return 0 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return -1 end
-redis.call('DECR', KEYS[1])
-return 1
-";
-
 /// Runs the Redis + RabbitMQ baseline; the summary is `ok` when Redis sold
 /// exactly what the queue received.
 ///
@@ -219,7 +213,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<Summary> {
         .get_multiplexed_async_connection()
         .await
         .context("connecting to --redis for the redis-evalsha baseline")?;
-    let (stock_key, buyers_key) = (format!("{prefix}:stock"), format!("{prefix}:buyers"));
+    let (stock_key, buyers_key) = (format!("{prefix}:stock"), format!("{prefix}:held"));
     let _: () = redis::cmd("SET")
         .arg(&stock_key)
         .arg(args.stock)
@@ -227,7 +221,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<Summary> {
         .await?;
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(SECKILL_LUA)
+        .arg(crate::classic::PURCHASE_LUA)
         .query_async(&mut conn)
         .await?;
     let queue = Arc::new(
@@ -238,6 +232,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<Summary> {
         .await
         .context("connecting to --queue for the redis-evalsha baseline")?,
     );
+    let limit = args.per_user_limit;
     let outcome = {
         let (conn, queue, sha) = (conn.clone(), queue.clone(), sha.clone());
         let (stock_key, buyers_key) = (stock_key.clone(), buyers_key.clone());
@@ -253,6 +248,8 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<Summary> {
                         .arg(&stock_key)
                         .arg(&buyers_key)
                         .arg(&user)
+                        .arg(1)
+                        .arg(limit)
                         .query_async(&mut conn)
                         .await?;
                     if taken == 1 {

@@ -180,6 +180,9 @@ pub struct Measured {
     pub latency_ms: Latency,
     /// Every invariant check held.
     pub ok: bool,
+    /// CPU µs the measured server (`--server-pid`) used per accepted order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_accept: Option<f64>,
 }
 
 /// Runs that ran at once (the nodes of a multi-node run) folded into one:
@@ -202,6 +205,9 @@ pub struct Point {
     pub latency: Latency,
     /// Every check of every part held.
     pub ok: bool,
+    /// Server CPU µs per accepted order, where the run measured it (the
+    /// highest of the parts).
+    pub cpu_us_per_accept: Option<f64>,
 }
 
 /// A parsed results file.
@@ -315,6 +321,10 @@ fn fold(runs: &[Run]) -> Vec<Point> {
             p.parts += 1;
             p.rate += rate;
             p.ok &= s.ok;
+            p.cpu_us_per_accept = match (p.cpu_us_per_accept, s.server_cpu_us_per_accept) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             let (a, b) = (&mut p.latency, s.latency_ms);
             a.p50 = a.p50.max(b.p50);
             a.p90 = a.p90.max(b.p90);
@@ -333,6 +343,7 @@ fn fold(runs: &[Run]) -> Vec<Point> {
                 rate,
                 latency: s.latency_ms,
                 ok: s.ok,
+                cpu_us_per_accept: s.server_cpu_us_per_accept,
             });
         }
     }
@@ -346,6 +357,9 @@ pub fn label(series: &str) -> &str {
         "sold-out" => "Flashsale sold-out purchase (`409`)",
         "accept-embedded" => "Flashsale accept, embedded (fsync'd `201`)",
         "accept-distributed" => "Flashsale accept, distributed, over HTTP",
+        "classic-http" => {
+            "classic reference server over HTTP (`flashsale-classic`: EVALSHA + confirmed publish each)"
+        }
         "redis-coalesced" => "Flashsale's distributed step, no HTTP (`redis-coalesced`)",
         "redis-evalsha" => "baseline `redis-evalsha` (EVALSHA + confirmed publish each)",
         "pg-row-lock" => "baseline `pg-row-lock` (PostgreSQL row lock each)",
@@ -382,8 +396,18 @@ const RATIOS: &[(&str, &str, &str)] = &[
     ),
     (
         "accept-distributed",
+        "classic-http",
+        "accept, distributed / the classic server (both over HTTP)",
+    ),
+    (
+        "accept-distributed",
         "redis-evalsha",
         "accept, distributed (HTTP) / `redis-evalsha` (no HTTP)",
+    ),
+    (
+        "classic-http",
+        "redis-evalsha",
+        "the classic server over HTTP / `redis-evalsha` (what HTTP, tokens and JSON cost it)",
     ),
     (
         "redis-coalesced",
@@ -546,6 +570,52 @@ fn sweep_tables(out: &mut String, results: &Results) {
                 Some(p) => {
                     let l = p.latency;
                     let _ = write!(out, " {} / {} / {} |", ms(l.p50), ms(l.p99), ms(l.p999));
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+    cpu_table(out, results, &names, &concurrencies);
+}
+
+/// Server CPU per accepted order, for the sweep's runs that measured it.
+fn cpu_table(out: &mut String, results: &Results, names: &[String], concurrencies: &[u32]) {
+    let measured: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            results
+                .series(Group::Sweep, n)
+                .any(|p| p.cpu_us_per_accept.is_some())
+        })
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### Server CPU per accepted purchase (µs)\n\n\
+         The server process's user + system CPU time (`/proc/PID/stat`) over the flood, \
+         divided by the orders it accepted (`flashsale bench --server-pid`). The sweep's \
+         distributed node runs every role, its order writer included; \
+         `scripts/bench-distributed.sh` measures an API-only node (`--roles api`).\n"
+    );
+    let _ = write!(out, "| run |");
+    for c in concurrencies {
+        let _ = write!(out, " {c} |");
+    }
+    let _ = write!(out, "\n| --- |");
+    for _ in concurrencies {
+        let _ = write!(out, " ---: |");
+    }
+    out.push('\n');
+    for name in measured {
+        let _ = write!(out, "| {} |", label(name));
+        for &c in concurrencies {
+            match results.at(name, c).and_then(|p| p.cpu_us_per_accept) {
+                Some(us) => {
+                    let _ = write!(out, " {us:.1} |");
                 }
                 None => out.push_str(" – |"),
             }
@@ -906,6 +976,26 @@ mod tests {
             md.contains("sold-out flood: 3 nodes / 1 node = **1.20×**"),
             "{md}"
         );
+        // The fair peer: Flashsale against the classic server, both over HTTP.
+        assert!(
+            md.contains(
+                "| accept, distributed / the classic server (both over HTTP) | 1.50× | 1.60× | 1.50× | 1.25× |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| classic reference server over HTTP (`flashsale-classic`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("### Server CPU per accepted purchase (µs)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| Flashsale accept, distributed, over HTTP | – | – | 30.0 | – |"),
+            "{md}"
+        );
+        assert!(md.contains(" | 60.0 | 60.0 | 60.0 | 60.0 |"), "{md}");
         assert!(md.contains("**1 of "), "the broken run is called out: {md}");
         assert!(md.contains(" †"), "{md}");
         assert!(md.contains(THROUGHPUT_PNG) && md.contains(PERCENTILES_PNG));

@@ -19,7 +19,10 @@
 //!    or one JSON object ([`report`]).
 //!
 //! The baselines (`pg-row-lock`, `redis-evalsha`, `redis-coalesced`) run the
-//! same loop and report on a database or Redis directly, without HTTP.
+//! same loop and report on a database or Redis directly, without HTTP;
+//! [`classic`] is the classic design as an HTTP server (`flashsale-classic`),
+//! which purchase mode floods like Flashsale and verifies on its queue.
+//! `--server-pid` adds what the load cost the server in CPU ([`cpu`]).
 //!
 //! [`benchmarks`] and [`plots`] write the generated report of
 //! docs/BENCHMARKS.md (`scripts/bench-report.sh`) from the runs' JSON
@@ -31,6 +34,8 @@ mod baseline;
 pub mod benchmarks;
 pub mod buyers;
 pub mod checks;
+pub mod classic;
+pub mod cpu;
 pub mod load;
 pub mod plots;
 pub mod probe;
@@ -149,6 +154,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
             .with_context(|| format!("the probe {target}"))?;
         probes.push(probe::Probe::start(url, args.probe_every, args.timeout)?);
     }
+    let meter = if args.server_pid.is_empty() {
+        None
+    } else {
+        Some(cpu::CpuMeter::start(&args.server_pid)?)
+    };
     let outcome = match (args.mode, &sale) {
         (Mode::Purchase, Some(sale)) => {
             let target = api.url(&["api", "v1", "sales", &sale.id, "purchase"])?;
@@ -188,6 +198,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         _ => bail!("no sale to send {} requests to", args.mode.as_str()),
     };
 
+    let server_cpu = match &meter {
+        Some(meter) => Some(meter.finish(outcome.orders, outcome.requests)?),
+        None => None,
+    };
+
     let mut probed = Vec::new();
     for probe in probes {
         probed.push(probe.finish().await?);
@@ -205,6 +220,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
     // 5. The summary.
     let mut summary = Summary::new(args, &run_id, &outcome, checks);
     summary.probes = probed;
+    if let Some(cpu) = server_cpu {
+        summary.server_cpu_us = Some(cpu.cpu_us);
+        summary.server_cpu_us_per_accept = cpu.us_per_accept;
+        summary.server_cpu_us_per_request = cpu.us_per_request;
+    }
     if let Some(sale) = &sale {
         summary.sale_id = Some(sale.id.clone());
         summary.stock = Some(sale.stock);
@@ -230,6 +250,17 @@ struct Sale {
     /// The sale's stats before the load when the bench reuses a sale; a sale
     /// the bench created starts from nothing sold.
     before: Option<Stats>,
+    /// The order queue, when the server is the classic reference server
+    /// (its sale answers say `"design": "classic"`): accepted orders are
+    /// verified there instead of being read back.
+    classic_queue: Option<String>,
+}
+
+/// The queue a classic server's sale answer names.
+fn classic_queue(sale: &Value) -> Option<String> {
+    (sale.get("design").and_then(Value::as_str) == Some(classic::DESIGN))
+        .then(|| sale.get("queue").and_then(Value::as_str).map(str::to_owned))
+        .flatten()
 }
 
 /// Creates the sale, or reads the one given by `--sale-id`.
@@ -254,6 +285,7 @@ async fn prepare_sale(api: &Api, args: &BenchArgs) -> anyhow::Result<Sale> {
             stock,
             per_user_limit,
             before,
+            classic_queue: classic_queue(&sale),
         });
     }
 
@@ -294,6 +326,7 @@ async fn prepare_sale(api: &Api, args: &BenchArgs) -> anyhow::Result<Sale> {
         stock: args.stock,
         per_user_limit: args.per_user_limit,
         before: None,
+        classic_queue: classic_queue(&created),
     })
 }
 
@@ -314,11 +347,29 @@ async fn verify(
     let sample = args
         .verify_sample
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let readback = api
-        .read_back(&sale.id, outcome, sample, concurrency, READBACK_ATTEMPTS)
-        .await;
+    let (readback, queue_checks) = match &sale.classic_queue {
+        // The classic design's store is its queue: every 201 must be there.
+        Some(queue) => match classic::drain_queue(&args.queue, queue).await {
+            Ok(messages) => {
+                classic::judge_queue(&messages, &sale.id, outcome, sale.before.is_some())
+            }
+            Err(e) => (
+                checks::Readback::default(),
+                vec![checks::Check::new(
+                    "queue_readable",
+                    false,
+                    format!("{e:#}"),
+                )],
+            ),
+        },
+        None => (
+            api.read_back(&sale.id, outcome, sample, concurrency, READBACK_ATTEMPTS)
+                .await,
+            Vec::new(),
+        ),
+    };
     let sold_before = sale.before.as_ref().map_or(0, |s| s.sold);
-    checks::evaluate(&Evidence {
+    let mut checks = checks::evaluate(&Evidence {
         available: sale.stock.saturating_sub(sold_before),
         stock: sale.stock,
         per_user_limit: sale.per_user_limit,
@@ -328,7 +379,12 @@ async fn verify(
         before: sale.before.clone(),
         after,
         readback,
-    })
+    });
+    if sale.classic_queue.is_some() {
+        classic::on_the_queue(&mut checks);
+    }
+    checks.extend(queue_checks);
+    checks
 }
 
 /// Reads a non-negative integer field of a JSON object.

@@ -95,6 +95,15 @@ pub struct Summary {
     /// The first requests that got no answer, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+    /// CPU microseconds the `--server-pid` processes used during the load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us: Option<u64>,
+    /// The same per accepted order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_accept: Option<f64>,
+    /// The same per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_request: Option<f64>,
     /// Every verdict.
     pub checks: Vec<Check>,
     /// True when every check held (always true without checks).
@@ -130,6 +139,9 @@ impl Summary {
             probes: Vec::new(),
             outcomes: outcome.outcomes.clone(),
             failures: outcome.failures.first.clone(),
+            server_cpu_us: None,
+            server_cpu_us_per_accept: None,
+            server_cpu_us_per_request: None,
             ok: checks.iter().all(|c| c.ok),
             checks,
         }
@@ -205,6 +217,16 @@ impl Summary {
                 out,
                 "{key:<width$}  {count:>12}  {share:>6.2}%  {:>9.2}  {:>9.2}",
                 l.p50, l.p99
+            );
+        }
+        if let Some(us) = self.server_cpu_us {
+            let per = |x: Option<f64>| x.map_or_else(|| "–".to_owned(), |x| format!("{x:.1} µs"));
+            let _ = writeln!(
+                out,
+                "\nserver CPU   {:.3} s (user + system): {} per accepted order, {} per request",
+                us as f64 / 1e6,
+                per(self.server_cpu_us_per_accept),
+                per(self.server_cpu_us_per_request)
             );
         }
         for p in &self.probes {
@@ -284,6 +306,9 @@ mod tests {
             probes: Vec::new(),
             outcomes: BTreeMap::from([("201".to_owned(), 10), ("409 sold_out".to_owned(), 190)]),
             failures: Vec::new(),
+            server_cpu_us: None,
+            server_cpu_us_per_accept: None,
+            server_cpu_us_per_request: None,
             ok: checks.iter().all(|c| c.ok),
             checks,
         }
@@ -390,6 +415,28 @@ mod tests {
         }
         assert_eq!(value["outcomes"]["409 sold_out"], 190);
         assert_eq!(value["ok"], true);
+        assert!(
+            value.get("server_cpu_us").is_none(),
+            "only with --server-pid"
+        );
+    }
+
+    #[test]
+    fn the_servers_cpu_is_reported() {
+        let mut s = summary(Vec::new());
+        s.server_cpu_us = Some(150_000);
+        s.server_cpu_us_per_accept = Some(15_000.0);
+        s.server_cpu_us_per_request = Some(750.0);
+        let text = s.render();
+        assert!(
+            text.contains(
+                "server CPU   0.150 s (user + system): 15000.0 µs per accepted order, 750.0 µs per request"
+            ),
+            "{text}"
+        );
+        let value = serde_json::to_value(&s).unwrap();
+        assert_eq!(value["server_cpu_us_per_accept"], 15_000.0);
+        assert_eq!(value["server_cpu_us_per_request"], 750.0);
     }
 
     #[test]

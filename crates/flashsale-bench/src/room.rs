@@ -286,7 +286,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
     };
     // Peak memory of the server, sampled.
     let peak_rss = Arc::new(AtomicU64::new(0));
-    let sampler = args.server_pid.map(|pid| {
+    let sampler = args.server_pid.first().copied().map(|pid| {
         let peak = peak_rss.clone();
         tokio::spawn(async move {
             loop {
@@ -430,9 +430,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<RoomSummary> {
         sold_out_p50_ms: pct(0.5),
         sold_out_p99_ms: pct(0.99),
         sold_out_max_ms: waits.last().copied().unwrap_or(0.0),
-        server_peak_rss_mib: args.server_pid.map(|_| peak as f64 / 1024.0),
+        server_peak_rss_mib: args.server_pid.first().map(|_| peak as f64 / 1024.0),
         rss_per_stream_kib: args
             .server_pid
+            .first()
             .filter(|_| streams_open > 0)
             .map(|_| peak as f64 / streams_open as f64),
     })
