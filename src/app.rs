@@ -154,9 +154,10 @@ impl Application {
         if let Some(queue) = &backends.queue {
             tasks.push((
                 "order writer",
-                worker::order_writer::spawn_order_writer(
+                worker::order_writer::spawn_order_writer_with(
                     engine.clone(),
                     queue.clone(),
+                    &settings.writer,
                     stop.clone(),
                 ),
             ));

@@ -42,3 +42,4 @@ mod store_contract;
 mod tls;
 mod webhooks;
 mod window;
+mod writer;
