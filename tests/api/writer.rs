@@ -162,3 +162,40 @@ async fn several_consumers_over_postgres_store_every_order_exactly_once() {
 async fn several_consumers_over_mysql_store_every_order_exactly_once() {
     several_consumers_store_every_order_exactly_once(Db::MySql).await;
 }
+
+/// `flashsale bench --mode writer-drain`, small: it fills a private
+/// queue, the product's writer drains it into a private schema (or
+/// database), and every order is found stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_writer_drain_bench_finds_every_order_stored_once() {
+    use clap::Parser as _;
+    for database in [
+        std::env::var("FLASHSALE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        std::env::var("FLASHSALE_TEST_MYSQL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()),
+    ] {
+        let args = flashsale_bench::BenchArgs::try_parse_from([
+            "flashsale-bench",
+            "--mode",
+            "writer-drain",
+            "--json",
+            "--requests",
+            "3000",
+            "--orders-per-message",
+            "3",
+            "--database",
+            &database,
+            "--queue",
+            crate::kit::AMQP,
+        ])
+        .unwrap();
+        let summary = flashsale_bench::drain::run(&args).await.unwrap();
+        assert!(summary.ok, "{}", summary.render());
+        assert_eq!(
+            (summary.orders, summary.stored, summary.messages),
+            (3000, 3000, 1000)
+        );
+        assert!(summary.orders_per_sec > 0.0);
+    }
+}

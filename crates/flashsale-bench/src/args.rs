@@ -367,6 +367,49 @@ mod tests {
     }
 
     #[test]
+    fn writer_drain_flags() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--mode",
+            "writer-drain",
+            "--requests",
+            "5000",
+            "--orders-per-message",
+            "10",
+            "--writer-consumers",
+            "3",
+            "--pg-insert",
+            "values",
+        ])
+        .unwrap();
+        let args = cli.bench;
+        assert_eq!(args.mode, Mode::WriterDrain);
+        assert_eq!(args.mode.as_str(), "writer-drain");
+        assert_eq!(
+            (
+                args.orders_per_message,
+                args.writer_consumers,
+                args.pg_insert
+            ),
+            (10, 3, PgShape::Values)
+        );
+        let defaults = Cli::try_parse_from(["bench"]).unwrap().bench;
+        assert_eq!(
+            usize::from(defaults.writer_consumers),
+            flashsale::worker::order_writer::DEFAULT_CONSUMERS
+        );
+        assert_eq!(defaults.pg_insert, PgShape::Unnest);
+        for bad in [
+            &["bench", "--orders-per-message", "0"][..],
+            &["bench", "--orders-per-message", "513"],
+            &["bench", "--writer-consumers", "0"],
+            &["bench", "--pg-insert", "copy"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_stop_follows_requests_then_duration() {
         let parse = |extra: &[&str]| {
             let mut argv = vec!["bench"];

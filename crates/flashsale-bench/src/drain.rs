@@ -65,8 +65,8 @@ pub struct DrainSummary {
     pub batch: usize,
     /// Inserts the store runs side by side.
     pub concurrent_inserts: usize,
-    /// PostgreSQL insert shape (`unnest` or `values`).
-    pub pg_insert: &'static str,
+    /// PostgreSQL insert shape (`unnest` or `values`; `None` on MySQL).
+    pub pg_insert: Option<&'static str>,
     /// Seconds to fill the queue.
     pub fill_secs: f64,
     /// Seconds from the writer's start to the last order in the database.
@@ -96,11 +96,9 @@ impl DrainSummary {
             self.prefetch,
             self.batch,
             self.concurrent_inserts,
-            if self.database == "postgres" {
-                format!(", {} insert", self.pg_insert)
-            } else {
-                String::new()
-            },
+            self.pg_insert
+                .map(|shape| format!(", {shape} insert"))
+                .unwrap_or_default(),
             self.fill_secs,
             self.drain_secs,
             self.orders_per_sec,
@@ -400,10 +398,10 @@ async fn drain(
         prefetch: settings.prefetch,
         batch: settings.batch,
         concurrent_inserts: sql.concurrent_inserts,
-        pg_insert: match sql.pg_insert {
+        pg_insert: (kind == "postgres").then_some(match sql.pg_insert {
             PgInsert::Unnest => "unnest",
             PgInsert::Values => "values",
-        },
+        }),
         fill_secs: (fill_secs * 1000.0).round() / 1000.0,
         drain_secs: (drain_secs * 1000.0).round() / 1000.0,
         orders_per_sec: (stored as f64 / drain_secs.max(1e-9)).round(),
