@@ -280,7 +280,9 @@ mod tests {
         );
         assert!(!format!("{:?}", s.queue_management).contains("secret"));
         assert_eq!(
-            serve(&["--queue-management-url", "off"]).unwrap().queue_management,
+            serve(&["--queue-management-url", "off"])
+                .unwrap()
+                .queue_management,
             ManagementApi::Off
         );
         for bad in [

@@ -428,8 +428,8 @@ impl OrderQueue for AmqpQueue {
 
     /// Ready and dead messages by a passive `queue.declare` (live counts);
     /// unacknowledged ones, which AMQP does not report, from the management
-    /// API when it answers within a second (a sampled count, see
-    /// [`management`]); `None` otherwise.
+    /// API when it answers within [`management::TIMEOUT`] (a sampled count,
+    /// see [`management`]); `None` otherwise.
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         // Both at once: the API's answer does not wait for the channel's.
         let (live, sample) = match &self.management {

@@ -32,8 +32,11 @@ use crate::outbound::HttpClient;
 
 /// The management plugin's default port.
 pub const DEFAULT_PORT: u16 = 15672;
-/// Bound on one API call (connect, request, answer).
-pub const TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on one API call (connect, request, answer): half the queue
+/// breaker's slow-call bound, so that a slow or unreachable API never makes
+/// a depth read count against the order queue's circuit breaker (which
+/// would refuse purchases); such a read just reports unacked as unknown.
+pub const TIMEOUT: Duration = Duration::from_millis(500);
 /// Oldest a sample may be when nothing shows it is newer: twice the
 /// broker's default statistics interval.
 pub const MAX_SAMPLE_AGE: Duration = Duration::from_secs(10);
@@ -167,7 +170,7 @@ impl Api {
                 None
             }
             Err(_) => {
-                self.failed("no answer within 1 s");
+                self.failed("no answer within 500 ms");
                 None
             }
         }
@@ -324,6 +327,12 @@ mod tests {
             ManagementApi::At("http://proxy:8080".into()),
         );
         assert_eq!(credentials(&b), "app:pw");
+    }
+
+    #[test]
+    fn an_api_call_never_makes_a_depth_read_slow_for_the_queue_breaker() {
+        let breaker = crate::backend::breaker::BreakerSettings::default();
+        assert!(TIMEOUT * 2 <= breaker.slow_call);
     }
 
     #[test]
