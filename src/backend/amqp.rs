@@ -439,6 +439,11 @@ impl OrderQueue for AmqpQueue {
         let mut depth = live?;
         depth.unacked = sample.map(|s| s.unacked);
         depth.sample = sample;
+        depth.sample_pending = sample.is_none()
+            && self
+                .management
+                .as_ref()
+                .is_some_and(management::Api::worth_waiting_for);
         Ok(depth)
     }
 
@@ -491,6 +496,7 @@ impl AmqpQueue {
             unacked: None,
             dead: dlq.message_count(),
             sample: None,
+            sample_pending: false,
         })
     }
 }

@@ -202,6 +202,7 @@ impl OrderQueue for InProcessQueue {
                 unacked: s.unacked.len() as u32,
                 taken_after: std::time::Instant::now(),
             }),
+            sample_pending: false,
         })
     }
 }

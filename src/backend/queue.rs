@@ -37,6 +37,11 @@ pub struct QueueDepth {
     /// tell unacked deliveries): what the re-seed needs to know that
     /// nothing is in flight.
     pub sample: Option<DepthSample>,
+    /// True when this reading has no [`Self::sample`] although the queue
+    /// can count unacknowledged deliveries and will soon again (the
+    /// broker's API was slow or had not sampled yet): a re-seed waits
+    /// rather than falling back to the weaker check.
+    pub sample_pending: bool,
 }
 
 /// One consistent count of a queue's ready and unacknowledged messages.

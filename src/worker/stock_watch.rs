@@ -195,7 +195,8 @@ async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
 /// management API, the in-process queue), that is what is required. Where
 /// it cannot tell unacknowledged deliveries (the API unreachable), the
 /// queue must stay empty of ready messages for a second and the database's
-/// count stand still over another (a writer that is inserting shows; one
+/// count stand still over another (after the API failed for a while: a
+/// late answer is waited for) (a writer that is inserting shows; one
 /// holding a delivery without inserting it would not: the residual risk
 /// in docs/CRASH_MATRIX.md).
 async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime, settled: std::time::Instant) {
@@ -222,6 +223,12 @@ async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime, settled: st
             return;
         }
         Some(_) => true,
+        None if depth.sample_pending => {
+            // The broker's API answered late or not yet: it will count
+            // again; the weaker check is for when it stays away.
+            tracing::debug!("waiting for the queue's count of unacked deliveries");
+            return;
+        }
         None => false,
     };
     if !counted && !drained_without_unacked(engine, cluster, rt, depth.ready).await {

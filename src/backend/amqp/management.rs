@@ -18,7 +18,6 @@
 //! ([`crate::outbound`]): the API is expected on the broker's host or a
 //! local proxy, and the server binary carries no second HTTP stack.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,6 +39,10 @@ pub const TIMEOUT: Duration = Duration::from_millis(500);
 /// Oldest a sample may be when nothing shows it is newer: twice the
 /// broker's default statistics interval.
 pub const MAX_SAMPLE_AGE: Duration = Duration::from_secs(10);
+/// How long the API may fail before a re-seed stops waiting for it and
+/// falls back to the database standing still: a loaded broker answering
+/// late now and then is waited for, one without the plugin is not.
+pub const FALLBACK_AFTER: Duration = Duration::from_secs(30);
 /// Largest answer read (the `columns` filter keeps it to a few dozen bytes).
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -51,8 +54,9 @@ pub struct Api {
     /// `Basic …`.
     authorization: String,
     track: Mutex<Track>,
-    /// True while the last call failed (warned once per outage).
-    failing: AtomicBool,
+    /// Since when every call failed (`None` while the last one answered;
+    /// warned once per outage).
+    failing_since: Mutex<Option<Instant>>,
 }
 
 #[derive(Default)]
@@ -150,7 +154,7 @@ impl Api {
             uri,
             authorization,
             track: Mutex::default(),
-            failing: AtomicBool::new(false),
+            failing_since: Mutex::default(),
         }))
     }
 
@@ -160,7 +164,7 @@ impl Api {
         let sent = Instant::now();
         match tokio::time::timeout(TIMEOUT, self.read()).await {
             Ok(Ok(reading)) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
+                if self.failing_since().take().is_some() {
                     tracing::info!("the RabbitMQ management API answers again");
                 }
                 Some(self.stamp(reading, sent))
@@ -176,12 +180,30 @@ impl Api {
         }
     }
 
+    fn failing_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.failing_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while the API has failed for less than [`FALLBACK_AFTER`]
+    /// (or not at all): a reading without a sample is then worth waiting
+    /// for rather than falling back.
+    pub fn worth_waiting_for(&self) -> bool {
+        self.failing_since()
+            .is_none_or(|since| since.elapsed() < FALLBACK_AFTER)
+    }
+
     fn failed(&self, why: &str) {
-        if !self.failing.swap(true, Ordering::Relaxed) {
+        let first = {
+            let mut since = self.failing_since();
+            let first = since.is_none();
+            since.get_or_insert_with(Instant::now);
+            first
+        };
+        if first {
             tracing::warn!(
                 error = why,
                 "cannot read unacknowledged deliveries from the RabbitMQ management API; \
-                 re-seeds fall back to waiting for the database to stand still"
+                 re-seeds wait for it, then fall back to the database standing still"
             );
         } else {
             tracing::debug!(error = why, "the RabbitMQ management API still fails");
@@ -333,6 +355,19 @@ mod tests {
     fn an_api_call_never_makes_a_depth_read_slow_for_the_queue_breaker() {
         let breaker = crate::backend::breaker::BreakerSettings::default();
         assert!(TIMEOUT * 2 <= breaker.slow_call);
+    }
+
+    #[test]
+    fn a_failing_api_is_waited_for_a_while_then_given_up_on() {
+        let a = api("amqp://mq", ManagementApi::Derived);
+        assert!(a.worth_waiting_for());
+        a.failed("test");
+        assert!(a.worth_waiting_for(), "just started failing");
+        *a.failing_since() = Instant::now().checked_sub(FALLBACK_AFTER);
+        assert!(!a.worth_waiting_for(), "failing for FALLBACK_AFTER");
+        // An answer ends the outage (`sample` clears it).
+        a.failing_since().take();
+        assert!(a.worth_waiting_for());
     }
 
     #[test]
