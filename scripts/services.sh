@@ -91,9 +91,10 @@ management() {
         return 0
     fi
     echo "services: enabling rabbitmq_management (HTTP API on 15672)"
-    if ! rabbitmq-plugins enable rabbitmq_management >/dev/null; then
-        echo "services: ERROR: rabbitmq-plugins enable rabbitmq_management failed" >&2
-        return 1
+    # A broker still booting may refuse the CLI although the plugin is
+    # enabled already and about to listen: the port decides below.
+    if ! rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1; then
+        echo "services: rabbitmq-plugins enable failed; waiting for 15672 anyway" >&2
     fi
     while [ "$waited" -lt "$WAIT_SECS" ]; do
         if tcp_open 15672; then
