@@ -136,23 +136,20 @@ pub fn spawn_order_writer_with(
         linger: settings.linger,
     };
     let node = rand::random::<u32>();
-    let consumers: Vec<_> = (0..settings.consumers)
-        .map(|i| {
-            tokio::spawn(consume(
-                engine.clone(),
-                queue.clone(),
-                settings.clone(),
-                format!("writer-{node:08x}-{i}"),
-                held.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    tokio::spawn(async move {
-        for c in consumers {
-            let _ = c.await;
-        }
-    })
+    // A set, so that aborting the returned handle (a stop that ran out of
+    // time) aborts every consumer with it.
+    let mut consumers = tokio::task::JoinSet::new();
+    for i in 0..settings.consumers {
+        consumers.spawn(consume(
+            engine.clone(),
+            queue.clone(),
+            settings.clone(),
+            format!("writer-{node:08x}-{i}"),
+            held.clone(),
+            stop.clone(),
+        ));
+    }
+    tokio::spawn(async move { while consumers.join_next().await.is_some() {} })
 }
 
 /// One consumer: reconnects with back-off until `stop`.
