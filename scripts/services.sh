@@ -10,6 +10,11 @@
 # naming the service, when one still cannot be reached. Services found
 # running are left alone, and nothing is ever stopped.
 #
+# For rabbitmq it also makes sure the management plugin is enabled and its
+# HTTP API answers on 15672: the order writer's re-seed reads unacknowledged
+# deliveries from it (docs/OPERATIONS.md, "Queue depth"). Enabling a plugin
+# on a running broker needs no restart, and an enabled one is left alone.
+#
 # The embedded default needs none of these; the scale-out backends (issue #3)
 # will. Tests must still isolate themselves (own key prefix, schema, vhost):
 # the services are shared by every test and by CI.
@@ -78,11 +83,45 @@ canonical() {
     esac
 }
 
+# management: enables RabbitMQ's management plugin when its port is closed
+# (idempotent: `enable` of an enabled plugin is a no-op) and waits for it.
+management() {
+    local waited=0
+    if tcp_open 15672; then
+        return 0
+    fi
+    echo "services: enabling rabbitmq_management (HTTP API on 15672)"
+    # A broker still booting may refuse the CLI although the plugin is
+    # enabled already and about to listen: the port decides below.
+    if ! rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1; then
+        echo "services: rabbitmq-plugins enable failed; waiting for 15672 anyway" >&2
+    fi
+    while [ "$waited" -lt "$WAIT_SECS" ]; do
+        if tcp_open 15672; then
+            echo "services: rabbitmq management API is up (after ${waited}s)"
+            return 0
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "services: ERROR: the rabbitmq management API is still closed after ${WAIT_SECS}s" >&2
+    return 1
+}
+
+# up NAME: what a service needs once it answers (only RabbitMQ needs more).
+up() {
+    case "$1" in
+        rabbitmq) management ;;
+        *) return 0 ;;
+    esac
+}
+
 check() {
     local name="$1" waited=0
     if probe "$name"; then
         echo "services: $name is up"
-        return 0
+        up "$name"
+        return
     fi
     echo "services: $name is not answering on 127.0.0.1; starting it"
     if ! start "$name"; then
@@ -91,7 +130,8 @@ check() {
     while [ "$waited" -lt "$WAIT_SECS" ]; do
         if probe "$name"; then
             echo "services: $name is up (after ${waited}s)"
-            return 0
+            up "$name"
+            return
         fi
         sleep 1
         waited=$((waited + 1))

@@ -177,9 +177,10 @@ impl Application {
             if roles.writer {
                 tasks.push((
                     "order writer",
-                    worker::order_writer::spawn_order_writer(
+                    worker::order_writer::spawn_order_writer_with(
                         engine.clone(),
                         queue.clone(),
+                        &settings.writer,
                         stop.clone(),
                     ),
                 ));

@@ -242,6 +242,59 @@ mod tests {
         assert!(matches!(cli.command, Command::Bench { args } if args.is_empty()));
     }
 
+    fn serve(extra: &[&str]) -> Result<crate::Settings, clap::Error> {
+        let mut argv = vec!["flashsale", "serve"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        Ok(args.into_settings())
+    }
+
+    #[test]
+    fn writer_and_management_flags_reach_the_settings() {
+        use crate::backend::amqp::ManagementApi;
+        use crate::worker::order_writer::WriterSettings;
+        let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.writer, WriterSettings::default());
+        assert_eq!(defaults.queue_management, ManagementApi::Derived);
+        let s = serve(&[
+            "--writer-consumers",
+            "3",
+            "--writer-prefetch",
+            "500",
+            "--writer-batch",
+            "250",
+            "--queue-management-url",
+            "http://ops:secret@mq:15672",
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.writer.consumers, s.writer.prefetch, s.writer.batch),
+            (3, 500, 250)
+        );
+        assert_eq!(
+            s.queue_management,
+            ManagementApi::At("http://ops:secret@mq:15672".into())
+        );
+        assert!(!format!("{:?}", s.queue_management).contains("secret"));
+        assert_eq!(
+            serve(&["--queue-management-url", "off"])
+                .unwrap()
+                .queue_management,
+            ManagementApi::Off
+        );
+        for bad in [
+            &["--writer-consumers", "0"][..],
+            &["--writer-consumers", "65"],
+            &["--writer-prefetch", "0"],
+            &["--writer-batch", "0"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn the_load_tool_sits_next_to_the_executable() {
         let found = bench_binary(Path::new("/opt/fs/bin/flashsale"));

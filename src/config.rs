@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Secret;
-use crate::backend::amqp::AmqpSettings;
+use crate::backend::amqp::{AmqpSettings, ManagementApi};
 use crate::backend::embedded::SqliteSettings;
 use crate::backend::redis::RedisSettings;
 use crate::backend::{sql, BackendSettings};
 use crate::engine::EngineSettings;
+use crate::worker::order_writer::WriterSettings;
 use crate::worker::webhooks::WebhookSettings;
 use crate::worker::Roles;
 
@@ -45,6 +46,11 @@ pub struct Settings {
     /// First part of every Redis key and RabbitMQ name, so several
     /// deployments (or test runs) share the servers.
     pub namespace: String,
+    /// RabbitMQ's management API, read for unacknowledged deliveries
+    /// (derived from `queue` unless set).
+    pub queue_management: ManagementApi,
+    /// How the order writer consumes (distributed mode).
+    pub writer: WriterSettings,
     /// Admin bearer token; generated and printed when unset.
     pub admin_token: Option<Secret>,
     /// HS256 secret of buyer tokens; generated and printed when unset and
@@ -103,6 +109,8 @@ impl Settings {
             redis_fencing: true,
             queue: None,
             namespace: "fs".to_owned(),
+            queue_management: ManagementApi::Derived,
+            writer: WriterSettings::default(),
             admin_token: None,
             jwt_secret: None,
             jwt_public_key: None,
@@ -165,6 +173,7 @@ impl Settings {
                 queue: AmqpSettings {
                     url: queue.clone(),
                     prefix: self.namespace.clone(),
+                    management: self.queue_management.clone(),
                 },
             }),
             _ => anyhow::bail!(
@@ -222,6 +231,29 @@ pub struct ServeArgs {
     /// Prefix of every Redis key and RabbitMQ queue/exchange name.
     #[arg(long, env = "FLASHSALE_NAMESPACE", default_value = "fs")]
     pub namespace: String,
+    /// RabbitMQ's management API, for the unacknowledged deliveries a
+    /// re-seed waits for: http://[user:pass@]host:port[/prefix]; `off` to
+    /// not ask. Unset: the --queue host on port 15672 with its user and
+    /// password.
+    #[arg(long, env = "FLASHSALE_QUEUE_MANAGEMENT_URL", hide_env_values = true)]
+    pub queue_management_url: Option<String>,
+    /// Consumers of this node's order writer, each on its own channel with
+    /// its own prefetch (distributed mode).
+    #[arg(long, env = "FLASHSALE_WRITER_CONSUMERS",
+          default_value_t = crate::worker::order_writer::DEFAULT_CONSUMERS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writer_consumers: u16,
+    /// Unacknowledged deliveries the broker sends each writer consumer ahead.
+    #[arg(long, env = "FLASHSALE_WRITER_PREFETCH",
+          default_value_t = crate::worker::order_writer::DEFAULT_PREFETCH,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub writer_prefetch: u16,
+    /// Most orders one writer consumer stores per batch (at most
+    /// 1000 per insert; a larger batch is several inserts).
+    #[arg(long, env = "FLASHSALE_WRITER_BATCH",
+          default_value_t = crate::worker::order_writer::DEFAULT_BATCH as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub writer_batch: u32,
     /// Admin bearer token (generated and printed when unset).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -387,6 +419,13 @@ impl ServeArgs {
         s.redis_fencing = self.redis_fencing;
         s.queue = self.queue.filter(|q| !q.is_empty());
         s.namespace = self.namespace;
+        s.queue_management = ManagementApi::parse(&self.queue_management_url.unwrap_or_default());
+        s.writer = WriterSettings {
+            consumers: usize::from(self.writer_consumers),
+            prefetch: self.writer_prefetch,
+            batch: self.writer_batch as usize,
+            ..WriterSettings::default()
+        };
         s.admin_token = self.admin_token.filter(|t| !t.is_empty()).map(Secret::new);
         s.jwt_secret = self.jwt_secret.filter(|t| !t.is_empty()).map(Secret::new);
         s.jwt_public_key = self.jwt_public_key.filter(|p| !p.as_os_str().is_empty());

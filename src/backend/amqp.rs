@@ -25,9 +25,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -35,19 +35,36 @@ use tokio::sync::Mutex;
 
 use super::queue::{Acker, Delivery, OrderConsumer, OrderQueue, QueueDepth, QueueError};
 
+pub mod management;
+
 impl From<lapin::Error> for QueueError {
     fn from(e: lapin::Error) -> Self {
         Self::new(format!("amqp: {e}"))
     }
 }
 
-/// Settings of the RabbitMQ order queue (the URL redacted in `Debug`).
+/// Settings of the RabbitMQ order queue (URLs redacted in `Debug`).
 #[derive(Clone)]
 pub struct AmqpSettings {
     /// `amqp://user:pass@host:port/vhost`.
     pub url: String,
     /// First part of every exchange and queue name.
     pub prefix: String,
+    /// Where the broker's management HTTP API is, for the unacknowledged
+    /// count AMQP does not report.
+    pub management: ManagementApi,
+}
+
+impl AmqpSettings {
+    /// Settings for `url` and `prefix`, the management API derived from
+    /// the URL.
+    pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: prefix.into(),
+            management: ManagementApi::Derived,
+        }
+    }
 }
 
 impl std::fmt::Debug for AmqpSettings {
@@ -55,7 +72,48 @@ impl std::fmt::Debug for AmqpSettings {
         f.debug_struct("AmqpSettings")
             .field("url", &super::sql::redact_url(&self.url))
             .field("prefix", &self.prefix)
+            .field("management", &self.management)
             .finish()
+    }
+}
+
+/// Where [`AmqpQueue::depth`] reads unacknowledged deliveries (RabbitMQ's
+/// management plugin, `GET /api/queues/{vhost}/{queue}`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum ManagementApi {
+    /// `http://` the AMQP URL's host, port 15672, the AMQP URL's user and
+    /// password.
+    #[default]
+    Derived,
+    /// This `http://[user:pass@]host:port[/prefix]` URL; without
+    /// credentials, the AMQP URL's are sent.
+    At(String),
+    /// Not asked: unacknowledged deliveries are unknown.
+    Off,
+}
+
+impl ManagementApi {
+    /// Reads a setting: empty = derived, `off` = off, else a URL (checked
+    /// when the queue connects).
+    pub fn parse(raw: &str) -> Self {
+        match raw.trim() {
+            "" => Self::Derived,
+            "off" | "none" => Self::Off,
+            url => Self::At(url.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ManagementApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Derived => f.write_str("Derived"),
+            Self::At(url) => f
+                .debug_tuple("At")
+                .field(&super::sql::redact_url(url))
+                .finish(),
+            Self::Off => f.write_str("Off"),
+        }
     }
 }
 
@@ -89,6 +147,7 @@ pub struct AmqpQueue {
     names: Names,
     publisher: Mutex<Option<(Connection, Channel)>>,
     up: AtomicBool,
+    management: Option<management::Api>,
 }
 
 impl std::fmt::Debug for AmqpQueue {
@@ -121,11 +180,16 @@ impl AmqpQueue {
     /// # Errors
     /// When the broker cannot be reached or refuses a declaration.
     pub async fn connect(settings: &AmqpSettings) -> Result<Self, QueueError> {
+        let names = Names::new(&settings.prefix);
+        let management =
+            management::Api::new(&settings.url, &settings.management, &names.orders)
+                .map_err(|e| QueueError::new(format!("the management API setting: {e}")))?;
         let queue = Self {
             url: settings.url.clone(),
-            names: Names::new(&settings.prefix),
+            names,
             publisher: Mutex::new(None),
             up: AtomicBool::new(false),
+            management,
         };
         let conn = connect(&queue.url).await?;
         let ch = conn.create_channel().await?;
@@ -362,33 +426,25 @@ impl OrderQueue for AmqpQueue {
         .unwrap_or_else(|_| Err(QueueError::new("opening the consumer timed out")))
     }
 
-    /// RabbitMQ reports ready messages only; unacknowledged ones are not
-    /// visible over AMQP (`unacked` is `None`).
+    /// Ready and dead messages by a passive `queue.declare` (live counts);
+    /// unacknowledged ones, which AMQP does not report, from the management
+    /// API when it answers within [`management::TIMEOUT`] (a sampled count,
+    /// see [`management`]); `None` otherwise.
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        let ch = self.channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
+        // Both at once: the API's answer does not wait for the channel's.
+        let (live, sample) = match &self.management {
+            Some(api) => tokio::join!(self.live_depth(), api.sample()),
+            None => (self.live_depth().await, None),
         };
-        let orders = ch
-            .queue_declare(
-                self.names.orders.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
-        let dlq = ch
-            .queue_declare(
-                self.names.dlq.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(QueueDepth {
-            ready: orders.message_count(),
-            unacked: None,
-            dead: dlq.message_count(),
-        })
+        let mut depth = live?;
+        depth.unacked = sample.map(|s| s.unacked);
+        depth.sample = sample;
+        depth.sample_pending = sample.is_none()
+            && self
+                .management
+                .as_ref()
+                .is_some_and(management::Api::worth_waiting_for);
+        Ok(depth)
     }
 
     fn is_up(&self) -> bool {
@@ -413,6 +469,38 @@ impl OrderQueue for AmqpQueue {
     }
 }
 
+impl AmqpQueue {
+    /// Ready and dead-lettered messages over AMQP.
+    async fn live_depth(&self) -> Result<QueueDepth, QueueError> {
+        let ch = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let orders = ch
+            .queue_declare(
+                self.names.orders.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
+        let dlq = ch
+            .queue_declare(
+                self.names.dlq.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(QueueDepth {
+            ready: orders.message_count(),
+            unacked: None,
+            dead: dlq.message_count(),
+            sample: None,
+            sample_pending: false,
+        })
+    }
+}
+
 /// A consumer on its own connection.
 struct AmqpConsumer {
     conn: Connection,
@@ -433,7 +521,15 @@ impl OrderConsumer for AmqpConsumer {
         // delivery is never requeued by the close (lapin sends close frames
         // ahead of queued ones). A connection the broker already dropped
         // may never answer: don't let it hold up a graceful stop.
+        // The cancel first: on a quorum queue an ack the channel has taken
+        // is only forwarded to the queue, and a close can overtake it (the
+        // acked delivery then comes back); the cancel is answered once the
+        // queue has applied what the channel sent it before.
         let closing = async {
+            let _ = self
+                .channel
+                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+                .await;
             let _ = self.channel.basic_qos(1, BasicQosOptions::default()).await;
             let _ = self.channel.close(200, "consumer closing".into()).await;
             let _ = self.conn.close(200, "consumer closing".into()).await;
@@ -463,6 +559,13 @@ struct AmqpAcker(lapin::message::Delivery);
 impl Acker for AmqpAcker {
     async fn ack(self: Box<Self>) {
         let _ = self.0.ack(BasicAckOptions::default()).await;
+    }
+
+    /// `basic.ack` with `multiple`: the broker settles every delivery of
+    /// this channel up to this one's tag in one step (one settle command
+    /// of the quorum queue instead of one per message).
+    async fn ack_through(self: Box<Self>) {
+        let _ = self.0.ack(BasicAckOptions { multiple: true }).await;
     }
 
     async fn dead_letter(self: Box<Self>) {

@@ -196,6 +196,13 @@ impl OrderQueue for InProcessQueue {
             ready: s.ready.len() as u32,
             unacked: Some(s.unacked.len() as u32),
             dead: s.dead.len() as u32,
+            // Live counts, under one lock.
+            sample: Some(super::queue::DepthSample {
+                ready: s.ready.len() as u32,
+                unacked: s.unacked.len() as u32,
+                taken_after: std::time::Instant::now(),
+            }),
+            sample_pending: false,
         })
     }
 }
@@ -220,6 +227,7 @@ impl InProcessConsumer {
             Box::new(InProcessAcker {
                 shared: self.shared.clone(),
                 id,
+                consumer: self.id,
             }),
         ))
     }
@@ -267,12 +275,22 @@ impl Drop for InProcessConsumer {
 struct InProcessAcker {
     shared: Arc<Shared>,
     id: u64,
+    consumer: u64,
 }
 
 #[async_trait]
 impl Acker for InProcessAcker {
     async fn ack(self: Box<Self>) {
         self.shared.lock().unacked.remove(&self.id);
+        self.shared.notify.notify_waiters();
+    }
+
+    async fn ack_through(self: Box<Self>) {
+        // Delivery ids grow in delivery order, as AMQP's tags do.
+        self.shared
+            .lock()
+            .unacked
+            .retain(|id, (c, _)| *c != self.consumer || *id > self.id);
         self.shared.notify.notify_waiters();
     }
 

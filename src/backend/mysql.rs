@@ -119,6 +119,7 @@ impl MySqlOrderStore {
                 outbox: settings.outbox,
             },
             settings.max_batch,
+            settings.concurrent_inserts,
         );
         Ok(Self {
             pool,

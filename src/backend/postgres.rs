@@ -32,8 +32,8 @@ use super::outbox::{AttemptRecord, Delivery, DeliveryFilter, DeliveryState, Outb
 use super::sql::{
     attempt_binds, claimed_columns, delivery_columns, delivery_from_row, order_columns,
     order_from_row, orders_insert, outbox_event_from_row, read_snapshot, sale_columns,
-    sale_from_row, sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, SqlSettings,
-    MAX_BATCH,
+    sale_from_row, sale_reads, text_column, to_u32, to_u64, GroupCommit, OrderSink, PgInsert,
+    SqlSettings, MAX_BATCH,
 };
 use super::{
     Holding, Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport,
@@ -103,8 +103,10 @@ impl PgOrderStore {
             PgSink {
                 pool: pool.clone(),
                 outbox: settings.outbox,
+                shape: settings.pg_insert,
             },
             settings.max_batch,
+            settings.concurrent_inserts,
         );
         Ok(Self {
             pool,
@@ -117,17 +119,78 @@ impl PgOrderStore {
 struct PgSink {
     pool: PgPool,
     outbox: bool,
+    shape: PgInsert,
 }
 
-#[async_trait]
-impl OrderSink for PgSink {
-    async fn insert_orders(&self, orders: &[Order]) -> Result<HashSet<u64>, sqlx::Error> {
-        // One statement is one transaction: one commit, one WAL flush.
-        // DO NOTHING without a target also skips a clash on the idempotency
-        // index; such an order is missing from RETURNING and from the check
-        // below, and fails alone.
-        // With the outbox on, the accepted events are written by the same
-        // statement (a data-modifying CTE): one transaction, as before.
+/// `INSERT INTO orders (…) SELECT * FROM UNNEST(…)`: one typed array per
+/// column, in [`order_columns!`]'s order. The text never changes, so each
+/// connection prepares it once, whatever the batch size.
+macro_rules! pg_unnest_insert {
+    () => {
+        concat!(
+            "INSERT INTO orders (",
+            order_columns!(),
+            ") SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], \
+             $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[])"
+        )
+    };
+}
+
+impl PgSink {
+    /// The batch's ids newly stored by one `UNNEST` insert (with the
+    /// accepted events in the same statement when the outbox is on).
+    async fn insert_unnest(&self, orders: &[Order]) -> Result<Vec<i64>, sqlx::Error> {
+        let n = orders.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut sales = Vec::with_capacity(n);
+        let mut users = Vec::with_capacity(n);
+        let mut quantities = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut updated = Vec::with_capacity(n);
+        let mut expires = Vec::with_capacity(n);
+        for o in orders {
+            ids.push(o.id as i64);
+            sales.push(o.sale_id as i64);
+            users.push(o.user_id.as_str());
+            quantities.push(i64::from(o.quantity));
+            statuses.push(o.status.as_str());
+            keys.push(o.idempotency_key.as_deref());
+            created.push(o.created_at_ms);
+            updated.push(o.updated_at_ms);
+            expires.push(o.expires_at_ms);
+        }
+        let sql = if self.outbox {
+            concat!(
+                "WITH ins AS (",
+                pg_unnest_insert!(),
+                " ON CONFLICT DO NOTHING RETURNING order_id, status, updated_at)",
+                pg_outbox_cte!("ins", "TRUE"),
+                " SELECT order_id FROM ins"
+            )
+        } else {
+            concat!(
+                pg_unnest_insert!(),
+                " ON CONFLICT DO NOTHING RETURNING order_id"
+            )
+        };
+        sqlx::query_scalar::<_, i64>(sql)
+            .bind(ids)
+            .bind(sales)
+            .bind(users)
+            .bind(quantities)
+            .bind(statuses)
+            .bind(keys)
+            .bind(created)
+            .bind(updated)
+            .bind(expires)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// The same with a multi-row `VALUES`.
+    async fn insert_values(&self, orders: &[Order]) -> Result<Vec<i64>, sqlx::Error> {
         let mut insert = if self.outbox {
             let mut insert = orders_insert!(sqlx::Postgres, orders, "WITH ins AS (");
             insert.push(concat!(
@@ -141,13 +204,27 @@ impl OrderSink for PgSink {
             insert.push(" ON CONFLICT DO NOTHING RETURNING order_id");
             insert
         };
-        let mut stored: HashSet<u64> = insert
+        insert
             .build_query_scalar::<i64>()
             .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(to_u64)
-            .collect();
+            .await
+    }
+}
+
+#[async_trait]
+impl OrderSink for PgSink {
+    async fn insert_orders(&self, orders: &[Order]) -> Result<HashSet<u64>, sqlx::Error> {
+        // One statement is one transaction: one commit, one WAL flush.
+        // DO NOTHING without a target also skips a clash on the idempotency
+        // index; such an order is missing from RETURNING and from the check
+        // below, and fails alone.
+        // With the outbox on, the accepted events are written by the same
+        // statement (a data-modifying CTE): one transaction, as before.
+        let inserted = match self.shape {
+            PgInsert::Unnest => self.insert_unnest(orders).await?,
+            PgInsert::Values => self.insert_values(orders).await?,
+        };
+        let mut stored: HashSet<u64> = inserted.into_iter().map(to_u64).collect();
         if stored.len() < orders.len() {
             // Some were there already (a retried batch, a second commit of
             // the same order) or clashed: ask which ids are stored now.

@@ -25,13 +25,39 @@ impl QueueError {
 /// Messages waiting on the queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
-    /// Ready for a consumer.
+    /// Ready for a consumer (as of now).
     pub ready: u32,
     /// Delivered to a consumer and not yet acknowledged (`None` when the
-    /// queue cannot tell).
+    /// queue cannot tell); for RabbitMQ, [`DepthSample::unacked`].
     pub unacked: Option<u32>,
     /// On the dead-letter queue.
     pub dead: u32,
+    /// Ready and unacknowledged counted together, at one instant no earlier
+    /// than [`DepthSample::taken_after`] (`None` when the queue cannot
+    /// tell unacked deliveries): what the re-seed needs to know that
+    /// nothing is in flight.
+    pub sample: Option<DepthSample>,
+    /// True when this reading has no [`Self::sample`] although the queue
+    /// can count unacknowledged deliveries and will soon again (the
+    /// broker's API was slow or had not sampled yet): a re-seed waits
+    /// rather than falling back to the weaker check.
+    pub sample_pending: bool,
+}
+
+/// One consistent count of a queue's ready and unacknowledged messages.
+///
+/// RabbitMQ's management API reports counts the broker sampled (every
+/// `collect_statistics_interval`, 5 s by default), not live ones, so a
+/// sample carries a lower bound on when it was taken; the in-process queue
+/// counts live (`taken_after` is the call's time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthSample {
+    /// Ready for a consumer at that instant.
+    pub ready: u32,
+    /// Delivered and not yet acknowledged at that instant.
+    pub unacked: u32,
+    /// The sample was taken at this time or later.
+    pub taken_after: std::time::Instant,
 }
 
 /// How a consumer settles one delivery.
@@ -39,6 +65,11 @@ pub struct QueueDepth {
 pub trait Acker: Send + Sync {
     /// Done with it: the queue forgets it.
     async fn ack(self: Box<Self>);
+    /// Done with it and with every delivery its consumer received before
+    /// it and has not settled yet: one acknowledgement for a whole batch
+    /// (AMQP's `multiple` flag). Settle the others of the batch that must
+    /// not be acked (dead letters) first.
+    async fn ack_through(self: Box<Self>);
     /// It is not an order (or the store refused it for good): it goes to the
     /// dead-letter queue for a person, never redelivered.
     async fn dead_letter(self: Box<Self>);
@@ -68,6 +99,12 @@ impl Delivery {
     /// Acknowledges it.
     pub async fn ack(self) {
         self.acker.ack().await;
+    }
+
+    /// Acknowledges it and every earlier unsettled delivery of its
+    /// consumer (see [`Acker::ack_through`]).
+    pub async fn ack_through(self) {
+        self.acker.ack_through().await;
     }
 
     /// Sends it to the dead-letter queue.

@@ -29,9 +29,39 @@ use super::StoreError;
 use crate::domain::{FrontDoor, Order, OrderStatus, Sale};
 
 /// Hard ceiling on orders per insert: 9 bind parameters per row must stay
-/// under the 65 535 parameters one statement may carry, and past a thousand
-/// rows a bigger statement no longer buys a cheaper commit.
+/// under the 65 535 parameters one statement may carry (PostgreSQL's and
+/// MySQL/MariaDB's protocol limit alike; checked below), and past a
+/// thousand rows a bigger statement no longer buys a cheaper commit.
 pub const MAX_BATCH: usize = 1000;
+
+/// Bind parameters per order row of [`orders_insert!`].
+pub const ORDER_COLUMNS: usize = 9;
+
+/// Most bind parameters one statement may carry (a 16-bit count in both
+/// wire protocols).
+pub const MAX_PARAMETERS: usize = 65_535;
+
+// A multi-row insert of a full batch, and the id check of one, fit.
+const _: () = assert!(MAX_BATCH * ORDER_COLUMNS <= MAX_PARAMETERS);
+
+/// Inserts of order batches one store runs side by side by default: while
+/// one waits for its commit (the WAL or redo-log flush), the next is sent,
+/// so several writers' batches do not queue behind one another.
+pub const DEFAULT_CONCURRENT_INSERTS: usize = 2;
+
+/// How the PostgreSQL store writes a batch of orders (the MySQL store
+/// always sends a multi-row `VALUES`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PgInsert {
+    /// `INSERT … SELECT * FROM UNNEST($1::BIGINT[], …)`: one array per
+    /// column, so the statement text is the same for every batch and is
+    /// prepared once per connection.
+    #[default]
+    Unnest,
+    /// A multi-row `VALUES (…), (…)` with nine parameters per row: a new
+    /// statement text (parse and plan) per batch size.
+    Values,
+}
 
 /// Attempts at a batch whose failure looks transient.
 const BATCH_ATTEMPTS: u32 = 3;
@@ -49,6 +79,10 @@ pub struct SqlSettings {
     pub max_connections: u32,
     /// Longest wait for a pooled connection before a call fails.
     pub acquire_timeout: Duration,
+    /// Order batches inserted side by side (at least 1).
+    pub concurrent_inserts: usize,
+    /// The PostgreSQL insert statement's shape.
+    pub pg_insert: PgInsert,
 }
 
 impl Default for SqlSettings {
@@ -58,6 +92,8 @@ impl Default for SqlSettings {
             max_batch: MAX_BATCH,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
+            concurrent_inserts: DEFAULT_CONCURRENT_INSERTS,
+            pg_insert: PgInsert::default(),
         }
     }
 }
@@ -441,12 +477,13 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer over `sink` (on the current tokio runtime).
-    pub(crate) fn start(sink: impl OrderSink, max_batch: usize) -> Self {
+    /// Starts the writer over `sink` (on the current tokio runtime), with
+    /// up to `concurrent` batches in flight.
+    pub(crate) fn start(sink: impl OrderSink, max_batch: usize, concurrent: usize) -> Self {
         let max_batch = max_batch.clamp(1, MAX_BATCH);
         // Room for a flood's worth of waiters; senders wait beyond it.
         let (tx, rx) = mpsc::channel(65_536);
-        let task = tokio::spawn(writer_loop(sink, rx, max_batch));
+        let task = tokio::spawn(writer_loop(sink, rx, max_batch, concurrent.max(1)));
         Self {
             tx: Mutex::new(Some(tx)),
             task: Mutex::new(Some(task)),
@@ -485,37 +522,70 @@ impl GroupCommit {
     }
 }
 
-async fn writer_loop(sink: impl OrderSink, mut rx: mpsc::Receiver<Pending>, max_batch: usize) {
+async fn writer_loop(
+    sink: impl OrderSink,
+    mut rx: mpsc::Receiver<Pending>,
+    max_batch: usize,
+    concurrent: usize,
+) {
+    let sink = std::sync::Arc::new(sink);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrent));
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
-        let (orders, replies): (Vec<Order>, Vec<_>) =
-            batch.drain(..).map(|p| (p.order, p.reply)).unzip();
-        metrics::histogram!("flashsale_store_batch_size").record(orders.len() as f64);
-        match insert_with_retry(&sink, &orders).await {
-            Ok(stored) => {
-                for (order, reply) in orders.iter().zip(replies) {
-                    let result = if stored.contains(&order.id) {
-                        Ok(())
-                    } else {
-                        Err(StoreError::Backend(format!(
-                            "order {} not stored: its idempotency key belongs to another order",
-                            order.id
-                        )))
-                    };
-                    // The waiter may have gone (client hung up); the write stands.
-                    let _ = reply.send(result);
-                }
+    loop {
+        // A free slot first: what arrives while every slot is busy joins
+        // the next batch instead of waiting behind it in a batch of its own.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        if rx.recv_many(&mut batch, max_batch).await == 0 {
+            break;
+        }
+        let mut taken = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        // Batches in flight together lock the rows they insert in one
+        // order (by id), so two holding the same ids (a redelivery) wait
+        // for each other instead of deadlocking.
+        taken.sort_unstable_by_key(|p| p.order.id);
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            write_batch(&*sink, taken).await;
+            drop(slot);
+        });
+    }
+    // Every batch in flight answers its waiters before the writer ends.
+    let _ = slots.acquire_many(concurrent as u32).await;
+    tracing::debug!("order store writer stopped");
+}
+
+async fn write_batch(sink: &impl OrderSink, batch: Vec<Pending>) {
+    let (orders, replies): (Vec<Order>, Vec<_>) =
+        batch.into_iter().map(|p| (p.order, p.reply)).unzip();
+    metrics::histogram!("flashsale_store_batch_size").record(orders.len() as f64);
+    match insert_with_retry(sink, &orders).await {
+        Ok(stored) => {
+            for (order, reply) in orders.iter().zip(replies) {
+                let result = if stored.contains(&order.id) {
+                    Ok(())
+                } else {
+                    // Final for this order alone: a conflict, not a
+                    // failure worth retrying (the order writer
+                    // dead-letters its message).
+                    Err(StoreError::Conflict(format!(
+                        "order {} not stored: its idempotency key belongs to another order",
+                        order.id
+                    )))
+                };
+                // The waiter may have gone (client hung up); the write stands.
+                let _ = reply.send(result);
             }
-            Err(e) => {
-                tracing::error!(error = %e, batch = orders.len(), "order store commit failed");
-                let message = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
-                }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = orders.len(), "order store commit failed");
+            let message = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Backend(message.clone())));
             }
         }
     }
-    tracing::debug!("order store writer stopped");
 }
 
 async fn insert_with_retry(

@@ -45,6 +45,9 @@ struct Shared {
     /// Consecutive reconciler readings of a sale whose database holds more
     /// units than Redis counts.
     short_counts: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+    /// True once a re-seed fell back to the database standing still (warned
+    /// once per process).
+    fallback_logged: std::sync::atomic::AtomicBool,
 }
 
 /// How long a lost sale waits before it may be re-seeded: longer than a
@@ -85,6 +88,7 @@ pub fn spawn_stock_watch(
             queue,
             lost_since: std::sync::Mutex::default(),
             short_counts: std::sync::Mutex::default(),
+            fallback_logged: std::sync::atomic::AtomicBool::new(false),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,39 +193,110 @@ async fn watch(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
                 .entry(rt.sale.id)
                 .or_insert_with(std::time::Instant::now);
             if since.elapsed() >= RESEED_SETTLE {
-                reseed(engine, cluster, rt).await;
+                reseed(engine, cluster, rt, since + RESEED_SETTLE).await;
             }
         }
         Err(e) => tracing::debug!(error = %e, "stock watcher cannot read Redis"),
     }
 }
 
-/// Re-seeds a sale Redis lost, once the queue has stayed empty for a
-/// second and the database's count stood still over that second (every
-/// confirmed order is then in the database, and no writer is still
-/// inserting one).
-async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
-    for attempt in 0..2 {
-        match cluster.queue.depth().await {
-            // Unacked deliveries count where the queue reports them (the
-            // in-process queue); RabbitMQ's AMQP interface does not, which is
-            // what the database's count standing still below stands in for.
-            Ok(d) if d.ready == 0 && d.unacked.unwrap_or(0) == 0 => {}
-            Ok(d) => {
-                let ready = d.ready;
-                tracing::info!(
-                    ready,
-                    "waiting for the order queue to drain before re-seeding"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the queue depth; not re-seeding yet");
-                return;
-            }
+/// Re-seeds a sale Redis lost once every order confirmed before the
+/// loss is in the database. No new order of the sale reaches the queue
+/// after `settled` (the end of [`RESEED_SETTLE`]), so that holds once the
+/// queue held none of them, ready *or* unacknowledged, at one instant
+/// after `settled` — every one was then acked, which a writer does only
+/// after its commit. Where the queue counts both in one sample (RabbitMQ's
+/// management API, the in-process queue), that is what is required. Where
+/// it cannot tell unacknowledged deliveries (the API unreachable), the
+/// queue must stay empty of ready messages for a second and the database's
+/// count stand still over another (after the API failed for a while: a
+/// late answer is waited for) (a writer that is inserting shows; one
+/// holding a delivery without inserting it would not: the residual risk
+/// in docs/CRASH_MATRIX.md).
+async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime, settled: std::time::Instant) {
+    let depth = match cluster.queue.depth().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the queue depth; not re-seeding yet");
+            return;
         }
-        if attempt == 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let counted = match depth.sample {
+        Some(sample) if sample.taken_after < settled => {
+            // Counted before the settle window closed, possibly before
+            // the last publish: wait for the broker's next sample.
+            tracing::debug!("waiting for a queue count taken after the settle window");
+            return;
+        }
+        Some(sample) if sample.ready > 0 || sample.unacked > 0 => {
+            tracing::info!(
+                ready = sample.ready,
+                unacked = sample.unacked,
+                "waiting for the order queue to drain (ready and unacked) before re-seeding"
+            );
+            return;
+        }
+        Some(_) => true,
+        None if depth.sample_pending => {
+            // The broker's API answered late or not yet: it will count
+            // again; the weaker check is for when it stays away.
+            tracing::debug!("waiting for the queue's count of unacked deliveries");
+            return;
+        }
+        None => false,
+    };
+    if !counted && !drained_without_unacked(engine, cluster, rt, depth.ready).await {
+        return;
+    }
+    let Ok(record) = engine
+        .store()
+        .sale_record(rt.sale.id)
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot read the database to re-seed");
+        })
+    else {
+        return;
+    };
+    seed_from(engine, cluster, rt, record).await;
+}
+
+/// The fallback drain check where unacknowledged deliveries are unknown:
+/// no ready message now and a second later, and the database's count the
+/// same over the next second.
+async fn drained_without_unacked(
+    engine: &Engine,
+    cluster: &Shared,
+    rt: &SaleRuntime,
+    ready: u32,
+) -> bool {
+    if ready > 0 {
+        tracing::info!(
+            ready,
+            "waiting for the order queue to drain before re-seeding"
+        );
+        return false;
+    }
+    if !cluster.fallback_logged.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "the order queue cannot report unacknowledged deliveries (is the RabbitMQ \
+             management API reachable? --queue-management-url); re-seeding waits for \
+             the database's count to stand still instead"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match cluster.queue.depth().await {
+        Ok(d) if d.ready == 0 => {}
+        Ok(d) => {
+            tracing::info!(
+                ready = d.ready,
+                "waiting for the order queue to drain before re-seeding"
+            );
+            return false;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the queue depth; not re-seeding yet");
+            return false;
         }
     }
     let read = || async {
@@ -234,16 +309,26 @@ async fn reseed(engine: &Engine, cluster: &Shared, rt: &SaleRuntime) {
             })
     };
     let Ok(before) = read().await else {
-        return;
+        return false;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let Ok(record) = read().await else {
-        return;
+        return false;
     };
     if record.sold != before.sold || record.holders.len() != before.holders.len() {
         tracing::info!("orders are still arriving in the database; not re-seeding yet");
-        return;
+        return false;
     }
+    true
+}
+
+/// Seeds the sale's Redis state from `record`, read from the database.
+async fn seed_from(
+    engine: &Engine,
+    cluster: &Shared,
+    rt: &SaleRuntime,
+    record: crate::backend::SaleRecord,
+) {
     // The window as stored now: an admin may have moved it while Redis did
     // not hold the sale (their write to Redis then found nothing to move).
     let Ok(Some(stored)) = engine.store().get_sale(rt.sale.id).await else {

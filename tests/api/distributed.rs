@@ -301,6 +301,91 @@ async fn redis_restarted_empty_refuses_purchases_until_reseeded_then_sells_exact
     backends.cleanup().await;
 }
 
+/// A writer holding deliveries it cannot insert (the orders table locked,
+/// reads still served) while Redis comes back empty: the re-seed sees the
+/// unacked deliveries through the broker's management API and waits for
+/// them, so the sale is re-seeded with every confirmed order counted. (The
+/// old stand-in, the database's count standing still, would re-seed at
+/// the first 40 — and sell the held 20 units again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reseed_waits_for_deliveries_a_writer_holds_unacked() {
+    use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+    use flashsale::backend::queue::OrderQueue;
+    use sqlx::Connection as _;
+    let mut servers = RedisServers::standalone().await;
+    let mut backends = Backends::new(Db::Postgres).await;
+    servers.use_for(&mut backends);
+    let nodes = nodes(&backends, 1).await;
+    let stock = 100;
+    let sale = nodes[0].open_sale(stock, 1).await;
+    let first = flood_nodes(&nodes, &sale, 40, 40).await;
+    assert_eq!(first.orders, 40);
+    backends
+        .wait_for_orders(&sale, 40, Duration::from_secs(30))
+        .await;
+
+    // Writes to orders wait; reads go on.
+    let mut lock = sqlx::PgConnection::connect(&backends.db_url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    // u0..u39 are at their limit: u40..u59 buy.
+    let second = flood_nodes(&nodes, &sale, 60, 60).await;
+    assert_eq!(second.orders, 20, "{:?}", second.outcomes);
+    servers.restart_empty().await;
+    let held = std::time::Instant::now();
+
+    // The broker counts the writer's 20 deliveries unacked (in one or more
+    // messages: at least one).
+    let queue = AmqpQueue::connect(&AmqpSettings::new(
+        crate::kit::AMQP,
+        backends.namespace.clone(),
+    ))
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = queue.depth().await.unwrap();
+        if d.sample
+            .is_some_and(|s| s.taken_after >= held && s.unacked > 0 && s.ready == 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never counted unacked: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Past the settle window (6 s) and a broker sample (5 s) after it:
+    // the count stood still all along, yet no re-seed.
+    while held.elapsed() < Duration::from_secs(14) {
+        assert_eq!(
+            redis_sold(&backends, &sale).await,
+            None,
+            "re-seeded while a writer held confirmed orders"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+    backends
+        .wait_for_orders(&sale, 60, Duration::from_secs(30))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while redis_sold(&backends, &sale).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never re-seeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis_sold(&backends, &sale).await, Some(60));
+    let mut accepted = accepted_orders(&first);
+    accepted.extend(accepted_orders(&second));
+    let rows = backends.orders(&sale).await;
+    check_stored(&rows, &accepted, stock, 1, true);
+    stop_all(nodes).await;
+    backends.cleanup().await;
+}
+
 /// Starts the real binary as a node over `backends`.
 async fn start_node_binary(
     backends: &Backends,
@@ -449,6 +534,7 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_and_orders_keep_flowing(
     let queue = AmqpQueue::connect(&AmqpSettings {
         url: crate::kit::AMQP.to_owned(),
         prefix: backends.namespace.clone(),
+        management: Default::default(),
     })
     .await
     .unwrap();

@@ -44,3 +44,4 @@ mod store_contract;
 mod tls;
 mod webhooks;
 mod window;
+mod writer;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::backend::amqp::{AmqpQueue, AmqpSettings};
+use flashsale::backend::amqp::{AmqpQueue, AmqpSettings, ManagementApi};
 use flashsale::backend::memory::InProcessQueue;
 use flashsale::backend::queue::{OrderConsumer, OrderQueue};
 
@@ -51,6 +51,59 @@ async fn contract(q: Arc<dyn OrderQueue>) {
     prefetch_bounds_unsettled_deliveries(&*q).await;
     concurrent_publishers_lose_nothing(q.clone()).await;
     every_subscriber_hears_every_event(&*q).await;
+    ack_through_settles_the_earlier_deliveries_of_its_consumer(&*q).await;
+}
+
+/// One ack for a batch (what the order writer sends): it settles the
+/// earlier deliveries of its consumer and itself, not a dead letter
+/// settled before it, and not what another consumer holds.
+async fn ack_through_settles_the_earlier_deliveries_of_its_consumer(q: &dyn OrderQueue) {
+    let before = q.depth().await.unwrap();
+    for i in 0..4u8 {
+        q.publish_orders(&[b'b', b'0' + i]).await.unwrap();
+    }
+    let mut c = q.consume("contract-f", 4).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap());
+    }
+    let bodies: Vec<Vec<u8>> = held.iter().map(|d| d.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        [b"b0", b"b1", b"b2", b"b3"],
+        "{:?}",
+        bodies
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect::<Vec<_>>()
+    );
+    let last = held.pop().unwrap();
+    let poison = held.pop().unwrap();
+    // Another consumer's delivery is not settled by this consumer's ack.
+    q.publish_orders(b"other").await.unwrap();
+    let mut other = q.consume("contract-g", 1).await.unwrap();
+    let theirs = tokio::time::timeout(WAIT, other.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.body, b"other");
+    poison.dead_letter().await;
+    drop(held);
+    last.ack_through().await;
+    c.close().await;
+    drop(theirs);
+    other.close().await;
+    // Only "other" comes back; b0, b1 and b3 are gone, b2 is a dead letter.
+    let mut again = q.consume("contract-h", 10).await.unwrap();
+    assert_eq!(next(&mut again).await, b"other");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), again.next())
+            .await
+            .is_err(),
+        "a delivery settled by ack_through came back"
+    );
+    again.close().await;
+    depth_becomes(q, before.ready, before.dead + 1).await;
 }
 
 async fn every_subscriber_hears_every_event(q: &dyn OrderQueue) {
@@ -164,10 +217,76 @@ async fn rabbitmq_keeps_the_contract() {
         AmqpQueue::connect(&AmqpSettings {
             url,
             prefix: format!("fs_queue_{:08x}", rand::random::<u32>()),
+            management: Default::default(),
         })
         .await
         .expect("the local RabbitMQ on 5672"),
     );
     contract(queue.clone()).await;
+    queue.delete_topology().await.unwrap();
+}
+
+/// Waits until the RabbitMQ queue's management sample, taken after
+/// `after`, shows `ready` and `unacked`.
+async fn sample_becomes(q: &AmqpQueue, ready: u32, unacked: u32, after: std::time::Instant) {
+    // The broker samples every 5 s: two samples' time, and some.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = q.depth().await.unwrap();
+        if let Some(s) = d.sample {
+            if s.taken_after >= after && s.ready == ready && s.unacked == unacked {
+                assert_eq!(d.unacked, Some(unacked));
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "depth {d:?}, expected a sample after the change with ready {ready} unacked {unacked}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// AMQP cannot count deliveries a consumer holds; the management API can,
+/// as a sample stamped no earlier than the request that first saw it
+/// change. The re-seed relies on both (see `worker::stock_watch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_counts_unacked_deliveries_through_its_management_api() {
+    let url = std::env::var("FLASHSALE_TEST_AMQP").unwrap_or_else(|_| crate::kit::AMQP.to_owned());
+    let prefix = format!("fs_queue_{:08x}", rand::random::<u32>());
+    let queue = AmqpQueue::connect(&AmqpSettings::new(url.clone(), prefix.clone()))
+        .await
+        .expect("the local RabbitMQ on 5672");
+    for i in 0..3u8 {
+        queue.publish_orders(&[b'u', b'0' + i]).await.unwrap();
+    }
+    let mut c = queue.consume("holder", 10).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap());
+    }
+    let holding = std::time::Instant::now();
+    // Over AMQP the queue looks empty at once: nothing is ready.
+    assert_eq!(queue.depth().await.unwrap().ready, 0);
+    sample_becomes(&queue, 0, 3, holding).await;
+    held.pop().unwrap().ack_through().await;
+    let settled = std::time::Instant::now();
+    sample_becomes(&queue, 0, 0, settled).await;
+    c.close().await;
+
+    // Switched off, or unreachable: unknown, and the rest still works.
+    for management in [
+        ManagementApi::Off,
+        ManagementApi::At("http://127.0.0.1:1".into()),
+    ] {
+        let blind = AmqpQueue::connect(&AmqpSettings {
+            management,
+            ..AmqpSettings::new(url.clone(), prefix.clone())
+        })
+        .await
+        .unwrap();
+        let d = blind.depth().await.unwrap();
+        assert_eq!((d.ready, d.unacked, d.sample), (0, None, None));
+    }
     queue.delete_topology().await.unwrap();
 }

@@ -27,7 +27,7 @@ use flashsale::backend::outbox::{
     event_id, AttemptRecord, Delivery, DeliveryFilter, DeliveryState, OutboxEvent,
 };
 use flashsale::backend::postgres::PgOrderStore;
-use flashsale::backend::sql::{redact_url, SqlSettings};
+use flashsale::backend::sql::{redact_url, PgInsert, SqlSettings};
 use flashsale::backend::{Intent, OrderStore, StoreError};
 use flashsale::domain::order::Transition;
 use flashsale::domain::{Order, OrderStatus, Sale};
@@ -67,6 +67,8 @@ struct Fixture {
     /// Connection URL of the isolated schema / database (SQL only).
     url: Option<String>,
     opened: Mutex<Vec<Arc<dyn OrderStore>>>,
+    /// The PostgreSQL store's insert shape.
+    pg_insert: PgInsert,
 }
 
 fn sql_settings() -> SqlSettings {
@@ -103,6 +105,7 @@ impl Fixture {
             place: Place::Embedded(tempfile::tempdir().expect("creating a data dir")),
             url: None,
             opened: Mutex::default(),
+            pg_insert: PgInsert::default(),
         }
     }
 
@@ -145,6 +148,7 @@ impl Fixture {
             place: Place::Postgres { admin, schema },
             url: Some(url.into()),
             opened: Mutex::default(),
+            pg_insert: PgInsert::default(),
         }
     }
 
@@ -188,6 +192,7 @@ impl Fixture {
             place: Place::MySql { admin, database },
             url: Some(url.into()),
             opened: Mutex::default(),
+            pg_insert: PgInsert::default(),
         }
     }
 
@@ -220,6 +225,7 @@ impl Fixture {
     async fn open_with(&self, outbox: bool) -> Arc<dyn OrderStore> {
         let sql = SqlSettings {
             outbox,
+            pg_insert: self.pg_insert,
             ..sql_settings()
         };
         let store: Arc<dyn OrderStore> = match &self.place {
@@ -347,6 +353,120 @@ contract_suite!(
     claims_lease_events_and_stale_results_change_nothing,
     concurrent_claims_hand_each_event_out_once,
 );
+
+/// The SQL stores' batch insert, in each shape it comes in: new orders,
+/// one of them three times, an order already stored and one clashing on
+/// another's idempotency key, all committed at once, with the outbox off
+/// and on.
+mod batch_insert {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_unnest() {
+        super::run(
+            super::Fixture::postgres().await,
+            super::a_mixed_batch_stores_each_order_once,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_values() {
+        let mut fixture = super::Fixture::postgres().await;
+        fixture.pg_insert = super::PgInsert::Values;
+        super::run(fixture, super::a_mixed_batch_stores_each_order_once).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::run(
+            super::Fixture::mysql().await,
+            super::a_mixed_batch_stores_each_order_once,
+        )
+        .await;
+    }
+}
+
+async fn a_mixed_batch_stores_each_order_once(fx: Arc<Fixture>) {
+    for (sale_id, outbox) in [(1, false), (2, true)] {
+        let store = fx.open_with(outbox).await;
+        store.create_sale(&sale(sale_id)).await.unwrap();
+        let base = sale_id * 10_000;
+        let keyed = |id, user: &str| Order {
+            idempotency_key: Some("k-1".to_owned()),
+            ..order(id, sale_id, user, 1, None)
+        };
+        let stored = order(base + 1, sale_id, "pre", 1, None);
+        // Keys are unique per user across sales: a user of this sale alone.
+        let kim = format!("kim-{sale_id}");
+        let key_holder = keyed(base + 2, &kim);
+        for o in [&stored, &key_holder] {
+            store.commit_order(o.clone()).await.unwrap();
+        }
+        let fresh: Vec<Order> = (0..50)
+            .map(|i| {
+                order(
+                    base + 100 + i,
+                    sale_id,
+                    &format!("n{i}"),
+                    1,
+                    Some(T + 60_000),
+                )
+            })
+            .collect();
+        let clash = keyed(base + 3, &kim);
+        let mut batch = fresh.clone();
+        batch.extend([
+            fresh[7].clone(),
+            fresh[7].clone(),
+            stored.clone(),
+            clash.clone(),
+        ]);
+        let results = join_all(batch.iter().map(|o| store.commit_order(o.clone()))).await;
+        for (o, r) in batch.iter().zip(&results) {
+            if o.id == clash.id {
+                assert!(
+                    matches!(r, Err(StoreError::Conflict(_))),
+                    "the clash fails alone, for good: {r:?}"
+                );
+            } else {
+                assert!(r.is_ok(), "order {}: {r:?}", o.id);
+            }
+        }
+        assert_eq!(store.get_order(clash.id).await.unwrap(), None);
+        for o in fresh.iter().chain([&stored, &key_holder]) {
+            assert_eq!(store.get_order(o.id).await.unwrap().as_ref(), Some(o));
+        }
+        let snapshot = store.load().await.unwrap();
+        assert_eq!(
+            persisted_map(&snapshot.persisted).get(&sale_id),
+            Some(&(fresh.len() as u64 + 2))
+        );
+        // With the outbox on, one accepted event per stored order, none
+        // for the repeats or the clash.
+        let ids: HashSet<u64> = fresh
+            .iter()
+            .chain([&stored, &key_holder, &clash])
+            .map(|o| o.id)
+            .collect();
+        let events: Vec<Delivery> = log_of(&store, None)
+            .await
+            .into_iter()
+            .filter(|d| ids.contains(&d.order_id))
+            .collect();
+        if outbox {
+            let mut want: Vec<String> = fresh
+                .iter()
+                .chain([&stored, &key_holder])
+                .map(|o| event_id(o.id, OrderStatus::PendingPayment))
+                .collect();
+            want.sort();
+            let mut got = ids_of(&events);
+            got.sort();
+            assert_eq!(got, want);
+        } else {
+            assert!(events.is_empty(), "{events:?}");
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Builders.

@@ -51,6 +51,19 @@ pub enum Mode {
     /// server-sent events (`--users` streams, `--room-rate`): admission
     /// rate and order, the sold-out broadcast, the server's memory.
     Room,
+    /// The product's order writer draining a pre-filled queue (`--queue`,
+    /// `--requests` orders) into `--database` (PostgreSQL or MariaDB):
+    /// orders stored per second, each exactly once.
+    WriterDrain,
+}
+
+/// PostgreSQL's insert shape for `--mode writer-drain`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgShape {
+    /// One typed array per column, `INSERT … SELECT * FROM UNNEST(…)`.
+    Unnest,
+    /// A multi-row `VALUES` list, nine parameters per row.
+    Values,
 }
 
 impl Mode {
@@ -64,6 +77,7 @@ impl Mode {
             Self::RedisEvalsha => "redis-evalsha",
             Self::RedisCoalesced => "redis-coalesced",
             Self::Room => "room",
+            Self::WriterDrain => "writer-drain",
         }
     }
 }
@@ -218,7 +232,41 @@ pub struct BenchArgs {
     /// Give up on a single request after this long (counted as `timeout`).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+
+    /// Writer-drain mode: orders per queue message (the hand-off sends the
+    /// orders accepted together as one JSON array, up to 512).
+    #[arg(long, default_value_t = DEFAULT_ORDERS_PER_MESSAGE,
+          value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub orders_per_message: u32,
+
+    /// Writer-drain mode: consumers of the writer (`--writer-consumers` of
+    /// `flashsale serve`).
+    #[arg(long, default_value_t = flashsale::worker::order_writer::DEFAULT_CONSUMERS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writer_consumers: u16,
+
+    /// Writer-drain mode: prefetch per consumer.
+    #[arg(long, default_value_t = flashsale::worker::order_writer::DEFAULT_PREFETCH,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub writer_prefetch: u16,
+
+    /// Writer-drain mode: most orders per consumer batch.
+    #[arg(long, default_value_t = flashsale::worker::order_writer::DEFAULT_BATCH as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub writer_batch: u32,
+
+    /// Writer-drain mode: order batches the store inserts side by side.
+    #[arg(long, default_value_t = flashsale::backend::sql::DEFAULT_CONCURRENT_INSERTS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub concurrent_inserts: u16,
+
+    /// Writer-drain mode: PostgreSQL's insert statement.
+    #[arg(long, value_enum, default_value_t = PgShape::Unnest)]
+    pub pg_insert: PgShape,
 }
+
+/// Orders per message in writer-drain mode by default.
+pub const DEFAULT_ORDERS_PER_MESSAGE: u32 = 1;
 
 impl BenchArgs {
     /// When the load stops: after `--requests`, else after `--duration`
@@ -325,6 +373,49 @@ mod tests {
             Cli::try_parse_from(["bench", "--mode", "sale-page", "--duration", "500ms"]).unwrap();
         assert_eq!(cli.bench.mode, Mode::SalePage);
         assert_eq!(cli.bench.duration, Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn writer_drain_flags() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--mode",
+            "writer-drain",
+            "--requests",
+            "5000",
+            "--orders-per-message",
+            "10",
+            "--writer-consumers",
+            "3",
+            "--pg-insert",
+            "values",
+        ])
+        .unwrap();
+        let args = cli.bench;
+        assert_eq!(args.mode, Mode::WriterDrain);
+        assert_eq!(args.mode.as_str(), "writer-drain");
+        assert_eq!(
+            (
+                args.orders_per_message,
+                args.writer_consumers,
+                args.pg_insert
+            ),
+            (10, 3, PgShape::Values)
+        );
+        let defaults = Cli::try_parse_from(["bench"]).unwrap().bench;
+        assert_eq!(
+            usize::from(defaults.writer_consumers),
+            flashsale::worker::order_writer::DEFAULT_CONSUMERS
+        );
+        assert_eq!(defaults.pg_insert, PgShape::Unnest);
+        for bad in [
+            &["bench", "--orders-per-message", "0"][..],
+            &["bench", "--orders-per-message", "513"],
+            &["bench", "--writer-consumers", "0"],
+            &["bench", "--pg-insert", "copy"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

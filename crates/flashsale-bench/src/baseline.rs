@@ -228,6 +228,7 @@ pub async fn redis_evalsha(args: &BenchArgs) -> anyhow::Result<Summary> {
         AmqpQueue::connect(&AmqpSettings {
             url: args.queue.clone(),
             prefix: prefix.clone(),
+            management: Default::default(),
         })
         .await
         .context("connecting to --queue for the redis-evalsha baseline")?,
@@ -310,6 +311,7 @@ pub async fn redis_coalesced(args: &BenchArgs) -> anyhow::Result<Summary> {
         AmqpQueue::connect(&AmqpSettings {
             url: args.queue.clone(),
             prefix: prefix.clone(),
+            management: Default::default(),
         })
         .await
         .context("connecting to --queue for the redis-coalesced run")?,

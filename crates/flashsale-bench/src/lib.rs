@@ -36,6 +36,7 @@ pub mod buyers;
 pub mod checks;
 pub mod classic;
 pub mod cpu;
+pub mod drain;
 pub mod load;
 pub mod plots;
 pub mod probe;
@@ -74,6 +75,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         Mode::RedisEvalsha => return baseline::redis_evalsha(args).await,
         Mode::RedisCoalesced => return baseline::redis_coalesced(args).await,
         Mode::Room => bail!("room mode reports with room::run (flashsale-bench runs it)"),
+        Mode::WriterDrain => {
+            bail!("writer-drain mode reports with drain::run (flashsale-bench runs it)")
+        }
         Mode::Purchase | Mode::Healthz | Mode::SalePage => {}
     }
     let concurrency = usize::try_from(args.concurrency)?;

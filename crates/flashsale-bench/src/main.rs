@@ -34,6 +34,26 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if args.mode == flashsale_bench::args::Mode::WriterDrain {
+        return match flashsale_bench::drain::run(&args).await {
+            Ok(summary) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                } else {
+                    print!("{}", summary.render());
+                }
+                if summary.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("flashsale bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let summary = match flashsale_bench::run(&args).await {
         Ok(summary) => summary,
         Err(e) => {

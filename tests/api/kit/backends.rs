@@ -299,6 +299,7 @@ impl Backends {
         if let Ok(q) = AmqpQueue::connect(&AmqpSettings {
             url: env_or("FLASHSALE_TEST_AMQP", AMQP),
             prefix: self.namespace.clone(),
+            management: Default::default(),
         })
         .await
         {
