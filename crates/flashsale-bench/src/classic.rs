@@ -242,6 +242,7 @@ impl Classic {
         let settings = AmqpSettings {
             url: config.queue.clone(),
             prefix: config.prefix.clone(),
+            management: Default::default(),
         };
         let mut queues = Vec::new();
         for _ in 0..config.amqp_channels.max(1) {

@@ -269,6 +269,7 @@ async fn drain(
         payment_window_secs: None,
         created_at_ms: now_ms(),
         front_door: Default::default(),
+        buckets: 1,
     };
     backends.store.create_sale(&sale).await?;
     let store = backends.store.clone();
