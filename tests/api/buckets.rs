@@ -238,21 +238,31 @@ async fn skewed_buyers_buy_exactly_the_stock(backends: &Backends) {
     }
 }
 
+/// Runs `test` on fresh backends over the machine's Redis, then cleans up.
+async fn on_standalone(db: Db, test: impl AsyncFnOnce(&Backends)) {
+    let backends = Backends::new(db).await;
+    test(&backends).await;
+    backends.cleanup().await;
+}
+
+/// Runs `test` on fresh backends over a private 3-master Redis Cluster.
+async fn on_cluster(db: Db, test: impl AsyncFnOnce(&Backends)) {
+    let servers = RedisServers::cluster().await;
+    let mut backends = Backends::new(db).await;
+    servers.use_for(&mut backends);
+    test(&backends).await;
+    backends.cleanup().await;
+    drop(servers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skewed_buyers_buy_exactly_the_stock_of_a_3_bucket_sale_on_standalone_redis() {
-    let backends = Backends::new(Db::Postgres).await;
-    skewed_buyers_buy_exactly_the_stock(&backends).await;
-    backends.cleanup().await;
+    on_standalone(Db::Postgres, skewed_buyers_buy_exactly_the_stock).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn skewed_buyers_buy_exactly_the_stock_of_a_3_bucket_sale_on_a_redis_cluster() {
-    let servers = RedisServers::cluster().await;
-    let mut backends = Backends::new(Db::MySql).await;
-    servers.use_for(&mut backends);
-    skewed_buyers_buy_exactly_the_stock(&backends).await;
-    backends.cleanup().await;
-    drop(servers);
+    on_cluster(Db::MySql, skewed_buyers_buy_exactly_the_stock).await;
 }
 
 /// Units that come back — by cancel, by expiry — return to their buyer's
@@ -327,19 +337,12 @@ async fn returned_units_sell_again_exactly(backends: &Backends) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn returned_units_of_a_3_bucket_sale_sell_again_exactly_on_standalone_redis() {
-    let backends = Backends::new(Db::Postgres).await;
-    returned_units_sell_again_exactly(&backends).await;
-    backends.cleanup().await;
+    on_standalone(Db::Postgres, returned_units_sell_again_exactly).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn returned_units_of_a_3_bucket_sale_sell_again_exactly_on_a_redis_cluster() {
-    let servers = RedisServers::cluster().await;
-    let mut backends = Backends::new(Db::Postgres).await;
-    servers.use_for(&mut backends);
-    returned_units_sell_again_exactly(&backends).await;
-    backends.cleanup().await;
-    drop(servers);
+    on_cluster(Db::Postgres, returned_units_sell_again_exactly).await;
 }
 
 /// `kill -9` of one of three nodes in the middle of a skewed flood (it may
@@ -407,19 +410,12 @@ async fn kill_9_mid_flood(backends: &Backends) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_loses_and_strands_nothing() {
-    let backends = Backends::new(Db::Postgres).await;
-    kill_9_mid_flood(&backends).await;
-    backends.cleanup().await;
+    on_standalone(Db::Postgres, kill_9_mid_flood).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_mid_flood_of_a_3_bucket_sale_on_a_redis_cluster_loses_nothing() {
-    let servers = RedisServers::cluster().await;
-    let mut backends = Backends::new(Db::MySql).await;
-    servers.use_for(&mut backends);
-    kill_9_mid_flood(&backends).await;
-    backends.cleanup().await;
-    drop(servers);
+    on_cluster(Db::MySql, kill_9_mid_flood).await;
 }
 
 /// `EVALSHA` calls each server has served so far.
