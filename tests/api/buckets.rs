@@ -6,21 +6,16 @@
 //! checked in the database and in Redis.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::auth::Secret;
 use flashsale::backend::redis::buckets::{bucket_of, tag};
-use flashsale_bench::buyers::Buyers;
-use flashsale_bench::checks;
-use flashsale_bench::load::{self, Body, Http, Outcome, Plan, Requests};
-use reqwest::{StatusCode, Url};
+use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::kit::flood::assert_checks;
+use crate::kit::flood::flood_buyers;
 use crate::kit::{
     accepted_orders, check_stored, json_status, no_answer, open_sale_body, start_binary_with,
-    token, unique_admin_token, Backends, Db, RedisServers, TestApp, JWT_SECRET,
+    token, unique_admin_token, Backends, Db, RedisServers, TestApp,
 };
 
 const K: u8 = 3;
@@ -63,39 +58,6 @@ fn skewed_buyers(prefix: &str, n: usize, skew: f64) -> Vec<String> {
             return all;
         }
     }
-}
-
-/// One one-unit purchase per buyer of `names`, spread round-robin over
-/// `nodes`, 64 at a time; checks every `201` names a distinct order.
-async fn flood_buyers(nodes: &[TestApp], sale_id: &str, names: Vec<String>) -> Outcome {
-    let n = names.len();
-    let buyers = Arc::new(
-        Buyers::mint(&Secret::new(JWT_SECRET), names)
-            .await
-            .expect("minting buyer tokens"),
-    );
-    let targets = nodes
-        .iter()
-        .map(|node| {
-            Url::parse(&format!("{}/api/v1/sales/{sale_id}/purchase", node.address)).unwrap()
-        })
-        .collect();
-    let plan = Plan {
-        requests: Requests::Listed((0..n as u32).map(|i| (i, 1)).collect::<Vec<_>>().into()),
-        concurrency: 64,
-        sale_id: Some(sale_id.to_owned()),
-        buyers: Arc::clone(&buyers),
-        progress: false,
-        watch: None,
-    };
-    let action = Http::purchases(nodes[0].client.clone(), targets, buyers, Body::Auto);
-    let outcome = load::drive(plan, action).await.expect("the flood failed");
-    assert_checks(&[
-        checks::unique_orders(outcome.accepted.iter().map(|a| a.order_id.as_str())),
-        checks::answers_well_formed(&outcome),
-        checks::errors_well_formed(&outcome),
-    ]);
-    outcome
 }
 
 /// A Redis connection for reading a bucket's keys: standalone, or the

@@ -109,6 +109,28 @@ pub async fn flood_nodes(
     requests: usize,
 ) -> Outcome {
     let names = (0..users).map(|n| format!("u{n}")).collect();
+    let requests = Requests::RoundRobin {
+        users: u32::try_from(users).unwrap(),
+        quantity: 1,
+        stop: Stop::Requests(u64::try_from(requests).unwrap()),
+    };
+    flood_with_plan(nodes, sale_id, names, requests).await
+}
+
+/// One one-unit purchase per buyer of `names`, in that order, spread
+/// round-robin over `nodes`, 64 at a time; checked as [`flood_nodes`] is.
+pub async fn flood_buyers(nodes: &[TestApp], sale_id: &str, names: Vec<String>) -> Outcome {
+    let n = u32::try_from(names.len()).unwrap();
+    let requests = Requests::Listed((0..n).map(|i| (i, 1)).collect::<Vec<_>>().into());
+    flood_with_plan(nodes, sale_id, names, requests).await
+}
+
+async fn flood_with_plan(
+    nodes: &[TestApp],
+    sale_id: &str,
+    names: Vec<String>,
+    requests: Requests,
+) -> Outcome {
     let buyers = Arc::new(
         Buyers::mint(&Secret::new(JWT_SECRET), names)
             .await
@@ -119,11 +141,7 @@ pub async fn flood_nodes(
         .map(|node| purchase_url(&node.address, sale_id))
         .collect();
     let plan = Plan {
-        requests: Requests::RoundRobin {
-            users: u32::try_from(users).unwrap(),
-            quantity: 1,
-            stop: Stop::Requests(u64::try_from(requests).unwrap()),
-        },
+        requests,
         concurrency: 64,
         sale_id: Some(sale_id.to_owned()),
         buyers: Arc::clone(&buyers),
