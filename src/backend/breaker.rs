@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use super::outbox::{AttemptRecord, Delivery, DeliveryFilter, OutboxEvent};
 use super::queue::{OrderConsumer, OrderQueue, QueueDepth, QueueError};
-use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
+use super::stock::{Decision, OrderPlace, Reservation, StockError, StockState, StockStore};
 use super::{Intent, OrderStore, SaleAudit, SaleRecord, Snapshot, StoreError, TransitionReport};
 use crate::domain::order::Transition;
 use crate::domain::{Ledger, LiveSchedule, Order, Sale, Schedule};
@@ -552,6 +552,20 @@ impl StockStore for BreakerStock {
         self.run(self.inner.outbox_remove(sale_id, payloads)).await
     }
 
+    async fn in_flight_order(
+        &self,
+        order_id: u64,
+        user: &str,
+        sales: &[(u64, u8)],
+    ) -> Result<Option<Order>, StockError> {
+        self.run(self.inner.in_flight_order(order_id, user, sales))
+            .await
+    }
+
+    async fn forget_in_flight(&self, orders: &[OrderPlace<'_>]) -> Result<(), StockError> {
+        self.run(self.inner.forget_in_flight(orders)).await
+    }
+
     async fn lease_node_id(&self) -> Result<u16, StockError> {
         self.run(self.inner.lease_node_id()).await
     }
@@ -715,6 +729,10 @@ impl OrderStore for BreakerStore {
 
     async fn get_sale(&self, sale_id: u64) -> Result<Option<Sale>, StoreError> {
         self.run(self.inner.get_sale(sale_id)).await
+    }
+
+    async fn newest_sales(&self, limit: usize) -> Result<Vec<Sale>, StoreError> {
+        self.run(self.inner.newest_sales(limit)).await
     }
 
     async fn move_schedule(

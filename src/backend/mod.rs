@@ -248,6 +248,16 @@ pub trait OrderStore: Send + Sync {
         ))
     }
 
+    /// The `limit` newest sales, newest first (where a node that has not
+    /// met a sale yet looks for an order in flight). Only the SQL stores
+    /// provide it; the others answer none.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    async fn newest_sales(&self, _limit: usize) -> Result<Vec<Sale>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// What the reconciler compares with the shared stock.
     ///
     /// # Errors

@@ -407,6 +407,10 @@ impl OrderStore for MySqlOrderStore {
         get_sale(&self.pool, sale_id).await
     }
 
+    async fn newest_sales(&self, limit: usize) -> Result<Vec<Sale>, StoreError> {
+        newest_sales(&self.pool, limit).await
+    }
+
     /// One conditional `UPDATE`: the row changes only while it still holds
     /// `from` (a NULL-safe comparison for "no end").
     async fn move_schedule(

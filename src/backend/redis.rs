@@ -12,6 +12,7 @@
 //! | `…:holders` | hash | user → units held (pending or paid) |
 //! | `…:idem` | hash | `user\nkey` → the order a keyed purchase made |
 //! | `…:outbox` | sorted set | accepted orders not yet confirmed by the broker, by time |
+//! | `…:inflight` | hash | order id → an accepted order not yet stored by a writer (read by any node's `GET` of the order; the writer deletes it once the order is stored) |
 //! | `…:released` | set | orders whose units went back (so they go back once) |
 //! | `…:seedlock` | string | the node re-seeding the sale after Redis lost it (bucket 0's, for a bucketed sale) |
 //! | `…:xfer` | hash | a bucket's transfers out not yet completed: id → `to:units:gen` |
@@ -133,7 +134,7 @@ use dashmap::DashMap;
 
 use self::buckets::Layout;
 use super::breaker::Breaker;
-use super::stock::{Decision, Reservation, StockError, StockState, StockStore};
+use super::stock::{Decision, OrderPlace, Reservation, StockError, StockState, StockStore};
 use super::SaleRecord;
 use crate::domain::{Ledger, LiveSchedule, Order, Rejection, Sale, Schedule};
 
@@ -160,12 +161,12 @@ end
 /// rejection letters (`{code}`) come from [`Rejection`]'s table. The last
 /// value is the units left, then the server's clock.
 const PURCHASE_LUA: &str = r"
--- KEYS: meta, holders, idem, outbox[, directory (one-bucket keys only)]
+-- KEYS: meta, holders, idem, outbox, inflight[, directory (one-bucket keys only)]
 -- ARGV: fence ('1' = check the stamp), n, then n x (order_id, user, qty, idem_key or '', payload)
 local m = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'start', 'end', 'rid', 'halt')
 if not m[1] then
-  if KEYS[5] then
-    local k = redis.call('GET', KEYS[5])
+  if KEYS[6] then
+    local k = redis.call('GET', KEYS[6])
     if k then return {'K', k} end
   end
   return {'U'}
@@ -192,6 +193,7 @@ for i = 0, n - 1 do
       sold = sold + q
       redis.call('HINCRBY', KEYS[2], user, q)
       redis.call('ZADD', KEYS[4], now, payload)
+      redis.call('HSET', KEYS[5], ARGV[b], payload)
       if key ~= '' then redis.call('HSET', KEYS[3], user .. '\n' .. key, payload) end
       r = 'A'
     end
@@ -722,6 +724,17 @@ impl RedisStock {
         format!("{}:{{{tag}}}:{part}", self.prefix)
     }
 
+    /// The in-flight hash of `user`'s orders in a sale of `k` buckets:
+    /// under the buyer's bucket's tag, where the purchase script wrote it.
+    fn in_flight_key(&self, sale_id: u64, user: &str, k: u8) -> String {
+        if k <= 1 {
+            self.key(sale_id, "inflight")
+        } else {
+            let b = buckets::bucket_of(user, k);
+            self.tkey(&buckets::tag(sale_id, b, k), "inflight")
+        }
+    }
+
     /// `EVALSHA`, loading the scripts again once on `NOSCRIPT`.
     async fn eval<T: FromRedisValue>(
         &self,
@@ -755,6 +768,7 @@ impl RedisStock {
             self.tkey(tag, "holders"),
             self.tkey(tag, "idem"),
             self.tkey(tag, "outbox"),
+            self.tkey(tag, "inflight"),
         ];
         if directory {
             keys.push(self.tkey(tag, "buckets"));
@@ -1111,6 +1125,58 @@ impl StockStore for RedisStock {
         Ok(Some(self.eval(&self.scripts.time, &[key], &[]).await?))
     }
 
+    /// One `HGET` per sale, side by side (each sale's keys may sit on
+    /// another shard); the first record of this buyer wins (an order id is
+    /// one order, so at most one sale holds it).
+    async fn in_flight_order(
+        &self,
+        order_id: u64,
+        user: &str,
+        sales: &[(u64, u8)],
+    ) -> Result<Option<Order>, StockError> {
+        let id = order_id.to_string();
+        let reads = sales.iter().map(|&(sale_id, k)| {
+            let key = self.in_flight_key(sale_id, user, k);
+            let id = &id;
+            async move {
+                self.conn
+                    .query::<Option<Vec<u8>>>(redis::cmd("HGET").arg(key).arg(id))
+                    .await
+            }
+        });
+        for payload in futures::future::join_all(reads).await {
+            let Some(payload) = payload? else { continue };
+            match Order::from_wire(&payload) {
+                Ok(order) if order.id == order_id && order.user_id == user => {
+                    return Ok(Some(order))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(StockError::new(format!("an in-flight record: {e}"))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// One `HDEL` per (sale, bucket) of the batch, side by side.
+    async fn forget_in_flight(&self, orders: &[OrderPlace<'_>]) -> Result<(), StockError> {
+        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+        for o in orders {
+            by_key
+                .entry(self.in_flight_key(o.sale_id, o.user, o.buckets))
+                .or_default()
+                .push(o.order_id.to_string());
+        }
+        let deletes = by_key.into_iter().map(|(key, ids)| async move {
+            self.conn
+                .query::<i64>(redis::cmd("HDEL").arg(key).arg(ids))
+                .await
+        });
+        for deleted in futures::future::join_all(deletes).await {
+            deleted?;
+        }
+        Ok(())
+    }
+
     /// A node id (0..1024) for this process: ids are unique across nodes
     /// only if node ids are, so distributed nodes take the next number of a
     /// shared counter unless one was configured.
@@ -1207,8 +1273,10 @@ impl StockStore for RedisStock {
             return self.seed_buckets(&layout, sale, from_db).await;
         }
         let lock = self.key(sale.id, "seedlock");
-        let keys = ["meta", "seedlock", "holders", "idem", "released", "outbox"]
-            .map(|k| self.key(sale.id, k));
+        let keys = [
+            "meta", "seedlock", "holders", "idem", "released", "outbox", "inflight",
+        ]
+        .map(|k| self.key(sale.id, k));
         let claimed: i64 = self
             .eval(&self.scripts.seed_claim, &keys, &[self.fence])
             .await?;
@@ -1284,7 +1352,7 @@ impl StockStore for RedisStock {
             self.forget_buckets(&layout).await?;
         }
         for key in [
-            "meta", "holders", "idem", "outbox", "released", "seedlock", "buckets",
+            "meta", "holders", "idem", "outbox", "inflight", "released", "seedlock", "buckets",
         ] {
             let _: i64 = self
                 .conn

@@ -610,7 +610,7 @@ async fn insert_with_retry(
 /// `$p1`/`$p2` are the dialect's first and second placeholders and `$units`
 /// its "sum of quantity as a 64-bit integer"; a macro for the same reason
 /// as [`read_snapshot!`]. It defines free functions `get_sale`,
-/// `sale_record` and `sale_audit` on `$pool` (the trait impl calls them:
+/// `newest_sales`, `sale_record` and `sale_audit` on `$pool` (the trait impl calls them:
 /// `#[async_trait]` does not see methods a macro expands to).
 macro_rules! sale_reads {
     ($pool:ty, $p1:literal, $p2:literal, $units:literal) => {
@@ -625,6 +625,22 @@ macro_rules! sale_reads {
             .fetch_optional(pool)
             .await?;
             Ok(row.as_ref().map(sale_from_row).transpose()?)
+        }
+
+        async fn newest_sales(pool: &$pool, limit: usize) -> Result<Vec<Sale>, StoreError> {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                sale_columns!(),
+                " FROM sales ORDER BY sale_id DESC LIMIT ",
+                $p1
+            ))
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(sale_from_row)
+                .collect::<Result<Vec<_>, _>>()?)
         }
 
         async fn sale_record(pool: &$pool, sale_id: u64) -> Result<SaleRecord, StoreError> {

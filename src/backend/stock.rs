@@ -44,6 +44,21 @@ impl Reservation {
     }
 }
 
+/// Where a shared stock keeps an accepted order's in-flight record: the
+/// order, its buyer (whose bucket holds it) and its sale's number of
+/// buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderPlace<'a> {
+    /// The order.
+    pub order_id: u64,
+    /// Its sale.
+    pub sale_id: u64,
+    /// Its buyer.
+    pub user: &'a str,
+    /// The sale's number of stock buckets (1 = one bucket).
+    pub buckets: u8,
+}
+
 /// What the stock decided for one purchase.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -245,6 +260,35 @@ pub trait StockStore: Send + Sync + std::fmt::Debug {
     /// [`StockError`] when the stock could not be reached (the relay then
     /// sends them again, which the idempotent writer ignores).
     async fn outbox_remove(&self, _sale_id: u64, _payloads: &[String]) -> Result<(), StockError> {
+        Ok(())
+    }
+
+    /// The accepted order `order_id` of `user`, if a shared stock still
+    /// holds it as in flight (accepted, not yet stored by a writer), looked
+    /// for in each of `sales` (a sale id and its number of buckets): what
+    /// lets a buyer polling any node see an order at once. `None` from a
+    /// stock that keeps no such record (the embedded default: its node
+    /// answers from its own hand-off).
+    ///
+    /// # Errors
+    /// [`StockError`] when the stock could not be read.
+    async fn in_flight_order(
+        &self,
+        _order_id: u64,
+        _user: &str,
+        _sales: &[(u64, u8)],
+    ) -> Result<Option<Order>, StockError> {
+        Ok(None)
+    }
+
+    /// Drops the in-flight records of orders a writer has stored (the order
+    /// store answers for them from now on).
+    ///
+    /// # Errors
+    /// [`StockError`] when the stock could not be reached: the records stay
+    /// (the order store is read first, so they are never seen again) until
+    /// the sale is re-seeded or forgotten.
+    async fn forget_in_flight(&self, _orders: &[OrderPlace<'_>]) -> Result<(), StockError> {
         Ok(())
     }
 

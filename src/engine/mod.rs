@@ -30,12 +30,13 @@ pub mod room;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::backend::stock::{Decision, Reservation, StockStore};
+use crate::backend::stock::{Decision, OrderPlace, Reservation, StockStore};
 use crate::backend::{Backends, OrderStore, StoreError, TransitionReport};
 use crate::domain::order::Transition;
 use crate::domain::sale::Window;
@@ -44,6 +45,10 @@ use crate::domain::{
     SaleStatus, Schedule, WindowMove,
 };
 pub use admission::{Admission, Attempt, Proof, Refusal};
+
+/// How many of the newest sales a node looks in for an order in flight
+/// (see [`Engine::order`]).
+pub const IN_FLIGHT_SALES: usize = 64;
 use events::{OrderNotifier, QueueEvents};
 use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
 use idempotency::{Claim, IdempotencyCache};
@@ -312,6 +317,9 @@ pub struct Engine {
     /// Sale ids recently looked up in the store and not found, so a flood
     /// of bad ids does not become a flood of queries.
     unknown: quick_cache::sync::Cache<u64, i64>,
+    /// The store's newest sales (id, buckets) and when they were read: where
+    /// an order in flight may be, for sales this node never met.
+    newest: std::sync::Mutex<(i64, Arc<Vec<(u64, u8)>>)>,
 }
 
 impl Engine {
@@ -387,6 +395,7 @@ impl Engine {
             intents,
             metrics: PurchaseMetrics::new(),
             unknown: quick_cache::sync::Cache::new(10_000),
+            newest: std::sync::Mutex::new((i64::MIN, Arc::new(Vec::new()))),
         });
         Ok((engine, intent_task))
     }
@@ -875,11 +884,100 @@ impl Engine {
         let found = match self.store.get_order(order_id).await? {
             Some(order) => Some(order),
             // Handed off here moments ago, not yet stored by a writer.
-            None => self.handoff.recent(order_id),
+            None => match self.handoff.recent(order_id) {
+                Some(order) => Some(order),
+                None => self.in_flight_order(order_id, user).await,
+            },
         };
         match found {
             Some(order) if order.user_id == user => Ok(order),
             _ => Err(EngineError::NotFound),
+        }
+    }
+
+    /// `user`'s order `order_id` as a shared stock holds it between the
+    /// purchase (on any node) and the writer's commit: looked for in the
+    /// newest [`IN_FLIGHT_SALES`] sales — those this node knows and the
+    /// store's newest (read at most once a second), so a node that never
+    /// met the sale finds it too — in the buyer's bucket of each. A stock
+    /// or store that cannot be read answers as before the lookup existed:
+    /// not found.
+    async fn in_flight_order(&self, order_id: u64, user: &str) -> Option<Order> {
+        if !self.stock.is_shared() {
+            return None;
+        }
+        let mut sales: Vec<(u64, u8)> = self
+            .sales
+            .iter()
+            .map(|rt| (rt.sale.id, rt.sale.buckets))
+            .collect();
+        sales.extend(self.newest_sales().await.iter().copied());
+        sales.sort_unstable();
+        sales.dedup_by_key(|s| s.0);
+        // Ids grow with time: the newest sales are where orders are in flight.
+        sales.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        sales.truncate(IN_FLIGHT_SALES);
+        match self.stock.in_flight_order(order_id, user, &sales).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, order_id, "reading in-flight orders");
+                None
+            }
+        }
+    }
+
+    /// The store's newest sales, read again when the last read is a second
+    /// old (a flood of polls for unknown orders costs one query a second).
+    async fn newest_sales(&self) -> Arc<Vec<(u64, u8)>> {
+        let now = now_ms();
+        {
+            let cached = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            if now.saturating_sub(cached.0) < 1000 {
+                return cached.1.clone();
+            }
+        }
+        let read = match self.store.newest_sales(IN_FLIGHT_SALES).await {
+            Ok(sales) => Arc::new(sales.iter().map(|s| (s.id, s.buckets)).collect()),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the newest sales");
+                Arc::new(Vec::new())
+            }
+        };
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = (now, read.clone());
+        read
+    }
+
+    /// Drops the in-flight records of `orders`, which a writer has stored
+    /// (see [`Self::order`]). A failure only leaves records that the order
+    /// store now shadows; it is logged, not retried.
+    pub async fn forget_in_flight(&self, orders: &[Order]) {
+        if !self.stock.is_shared() || orders.is_empty() {
+            return;
+        }
+        // A writer-only node may not know the sale yet: its buckets decide
+        // where the records are.
+        let mut buckets: HashMap<u64, u8> = HashMap::new();
+        for o in orders {
+            if let std::collections::hash_map::Entry::Vacant(v) = buckets.entry(o.sale_id) {
+                v.insert(match self.find_sale(o.sale_id).await {
+                    Ok(rt) => rt.sale.buckets,
+                    Err(_) => continue,
+                });
+            }
+        }
+        let places: Vec<OrderPlace<'_>> = orders
+            .iter()
+            .filter_map(|o| {
+                Some(OrderPlace {
+                    order_id: o.id,
+                    sale_id: o.sale_id,
+                    user: &o.user_id,
+                    buckets: *buckets.get(&o.sale_id)?,
+                })
+            })
+            .collect();
+        if let Err(e) = self.stock.forget_in_flight(&places).await {
+            tracing::warn!(error = %e, orders = orders.len(), "dropping in-flight order records");
         }
     }
 

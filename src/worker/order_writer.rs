@@ -332,5 +332,7 @@ async fn settle(
     }
     metrics::counter!("flashsale_writer_orders_total").increment(stored);
     metrics::histogram!("flashsale_writer_batch_size").record(stored as f64);
+    // Stored: the order store answers for them now, on every node.
+    engine.forget_in_flight(orders).await;
     engine.notify(orders).await;
 }

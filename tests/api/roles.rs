@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::kit::{
-    accepted_orders, assert_error, check_stored, flood_nodes, spawn_app_with, Backends, Db,
+    accepted_orders, assert_error, check_stored, flood_nodes, json_ok, spawn_app_with, time_in,
+    Backends, Db,
 };
 use flashsale::worker::Roles;
 
@@ -106,4 +108,104 @@ async fn a_subset_of_roles_is_refused_in_the_embedded_mode() {
         format!("{err:#}").contains("needs the distributed mode"),
         "{err:#}"
     );
+}
+
+/// In-flight records left in Redis under this test's namespace.
+async fn in_flight_records(backends: &Backends) -> i64 {
+    let mut conn = backends.redis_conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*:inflight", backends.namespace))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut n = 0;
+    for key in keys {
+        n += redis::cmd("HLEN")
+            .arg(key)
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_accepted_on_one_node_reads_on_another_before_any_writer_stores_it() {
+    let backends = Backends::new(Db::Postgres).await;
+    let api_node = |id: u16| {
+        let backends = &backends;
+        async move {
+            spawn_app_with(|s| {
+                backends.configure(s);
+                s.roles = Roles::parse("api").unwrap();
+                s.engine.node_id = id;
+                s.lease_node_id = false;
+            })
+            .await
+        }
+    };
+    let (seller, reader) = (api_node(1).await, api_node(2).await);
+    // A sale of one bucket and one over three (an order's record sits in
+    // its buyer's bucket).
+    let mut bought = Vec::new();
+    for buckets in [1, 3] {
+        let sale = seller
+            .create_sale(json!({
+                "item": format!("in flight, {buckets} buckets"), "stock": 20,
+                "per_user_limit": 2, "starts_at": time_in(-1), "buckets": buckets,
+            }))
+            .await;
+        let sale = sale["id"].as_str().unwrap().to_owned();
+        for i in 0..6 {
+            let user = format!("b{buckets}-u{i}");
+            let order = seller.buy_ok(&sale, &user, 1 + i % 2).await;
+            bought.push((user, order));
+        }
+    }
+    assert_eq!(in_flight_records(&backends).await, 12);
+    // No writer runs: the other node reads each order from Redis, at once,
+    // as its buyer's; anybody else gets 404.
+    for (user, order) in &bought {
+        let id = order["order_id"].as_str().unwrap();
+        let read = json_ok(reader.get_order(id, &reader.token(user)).await).await;
+        for field in [
+            "order_id",
+            "sale_id",
+            "user_id",
+            "quantity",
+            "status",
+            "created_at",
+        ] {
+            assert_eq!(read[field], order[field], "{field}: {read} vs {order}");
+        }
+        assert_eq!(read["status"], "pending_payment");
+        let other = reader.get_order(id, &reader.token("someone-else")).await;
+        assert_error(other, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let unknown = reader.get_order("12345", &reader.token("b1-u0")).await;
+    assert_error(unknown, StatusCode::NOT_FOUND, "not_found").await;
+    // A writer stores them and drops their records; the reads go on, now
+    // from the database.
+    let writer = spawn_app_with(|s| {
+        backends.configure(s);
+        s.roles = Roles::parse("writer").unwrap();
+        s.engine.node_id = 3;
+        s.lease_node_id = false;
+    })
+    .await;
+    crate::kit::eventually(
+        Duration::from_secs(20),
+        "in-flight records dropped",
+        || async { (in_flight_records(&backends).await == 0).then_some(()) },
+    )
+    .await;
+    for (user, order) in &bought {
+        let id = order["order_id"].as_str().unwrap();
+        let read = json_ok(reader.get_order(id, &reader.token(user)).await).await;
+        assert_eq!(read["order_id"], order["order_id"]);
+    }
+    writer.stop().await;
+    reader.stop().await;
+    seller.stop().await;
+    backends.cleanup().await;
 }

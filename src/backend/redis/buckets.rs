@@ -239,8 +239,8 @@ impl Probe {
 }
 
 /// The keys every bucket has (`seedlock` only on bucket 0).
-const BUCKET_PARTS: [&str; 7] = [
-    "meta", "holders", "idem", "outbox", "released", "xfer", "xferin",
+const BUCKET_PARTS: [&str; 8] = [
+    "meta", "holders", "idem", "outbox", "inflight", "released", "xfer", "xferin",
 ];
 
 /// What a transfer's give answered.
