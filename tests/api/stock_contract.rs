@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use flashsale::backend::memory::EmbeddedStock;
 use flashsale::backend::redis::{RedisSettings, RedisStock};
-use flashsale::backend::stock::{Decision, Reservation, StockStore};
+use flashsale::backend::stock::{Decision, OrderPlace, Reservation, StockStore};
 use flashsale::domain::{now_ms, Ledger, LiveSchedule, Order, OrderStatus, Rejection, Sale};
 
 use crate::kit::RedisServers;
@@ -303,6 +303,64 @@ async fn replays_a_keyed_purchase(stock: Arc<dyn StockStore>, k: u8) {
     f.cleanup().await;
 }
 
+/// A shared stock holds every accepted order in flight, readable from any
+/// node by its buyer, until a writer says it is stored.
+async fn keeps_accepted_orders_in_flight_until_forgotten(stock: Arc<dyn StockStore>, k: u8) {
+    // 1 + 2 + 1 + 2 + 1 + 2 = 9 units: all of them.
+    let f = Fixture::new(stock.clone(), k, 9, 2, -1000).await;
+    let mut orders = Vec::new();
+    for i in 0..6u32 {
+        let order = f.order(&format!("in-flight-{i}"), 1 + i % 2, None);
+        assert_eq!(f.reserve(order.clone()).await, Decision::Accepted);
+        orders.push(order);
+    }
+    // Sold out now: a refused order leaves no record.
+    let refused = f.order("late", 1, None);
+    let late = f.reserve(refused.clone()).await;
+    assert_eq!(late, Decision::Rejected(Rejection::SoldOut));
+    // Another sale listed first, as a node looks in several.
+    let sales = [(f.sale.id + 7, 1), (f.sale.id, k)];
+    for o in &orders {
+        let found = stock
+            .in_flight_order(o.id, &o.user_id, &sales)
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref(), Some(o), "order {}", o.id);
+        assert_eq!(
+            stock
+                .in_flight_order(o.id, "someone-else", &sales)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        stock
+            .in_flight_order(refused.id, "late", &sales)
+            .await
+            .unwrap(),
+        None
+    );
+    let stored: Vec<OrderPlace<'_>> = orders[..4]
+        .iter()
+        .map(|o| OrderPlace {
+            order_id: o.id,
+            sale_id: o.sale_id,
+            user: &o.user_id,
+            buckets: k,
+        })
+        .collect();
+    stock.forget_in_flight(&stored).await.unwrap();
+    for (i, o) in orders.iter().enumerate() {
+        let found = stock
+            .in_flight_order(o.id, &o.user_id, &sales)
+            .await
+            .unwrap();
+        assert_eq!(found.is_some(), i >= 4, "order {i}");
+    }
+    f.cleanup().await;
+}
+
 fn prefix() -> String {
     format!("fs_stock_{:08x}", rand::random::<u32>())
 }
@@ -329,6 +387,7 @@ async fn standalone(k: u8) {
     };
     contract(make, k).await;
     replays_a_keyed_purchase(make().await, k).await;
+    keeps_accepted_orders_in_flight_until_forgotten(make().await, k).await;
 }
 
 async fn cluster(k: u8) {
@@ -344,6 +403,7 @@ async fn cluster(k: u8) {
     };
     contract(make, k).await;
     replays_a_keyed_purchase(make().await, k).await;
+    keeps_accepted_orders_in_flight_until_forgotten(make().await, k).await;
     drop(servers);
 }
 
