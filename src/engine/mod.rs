@@ -46,6 +46,9 @@ use crate::domain::{
 };
 pub use admission::{Admission, Attempt, Proof, Refusal};
 
+/// Sales by id, each with its number of stock buckets.
+type SaleBuckets = Arc<Vec<(u64, u8)>>;
+
 /// How many of the newest sales a node looks in for an order in flight
 /// (see [`Engine::order`]).
 pub const IN_FLIGHT_SALES: usize = 64;
@@ -319,7 +322,7 @@ pub struct Engine {
     unknown: quick_cache::sync::Cache<u64, i64>,
     /// The store's newest sales (id, buckets) and when they were read: where
     /// an order in flight may be, for sales this node never met.
-    newest: std::sync::Mutex<(i64, Arc<Vec<(u64, u8)>>)>,
+    newest: std::sync::Mutex<(i64, SaleBuckets)>,
 }
 
 impl Engine {
@@ -915,7 +918,7 @@ impl Engine {
         sales.sort_unstable();
         sales.dedup_by_key(|s| s.0);
         // Ids grow with time: the newest sales are where orders are in flight.
-        sales.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        sales.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
         sales.truncate(IN_FLIGHT_SALES);
         match self.stock.in_flight_order(order_id, user, &sales).await {
             Ok(found) => found,
@@ -928,7 +931,7 @@ impl Engine {
 
     /// The store's newest sales, read again when the last read is a second
     /// old (a flood of polls for unknown orders costs one query a second).
-    async fn newest_sales(&self) -> Arc<Vec<(u64, u8)>> {
+    async fn newest_sales(&self) -> SaleBuckets {
         let now = now_ms();
         {
             let cached = self.newest.lock().unwrap_or_else(|p| p.into_inner());
