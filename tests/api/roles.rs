@@ -10,20 +10,25 @@ use serde_json::json;
 
 use crate::kit::{
     accepted_orders, assert_error, check_stored, flood_nodes, json_ok, spawn_app_with, time_in,
-    Backends, Db,
+    Backends, Db, TestApp,
 };
 use flashsale::worker::Roles;
+
+/// A node of `backends` running `roles`, with node id `id`.
+async fn role_node(backends: &Backends, roles: &str, id: u16) -> TestApp {
+    spawn_app_with(|s| {
+        backends.configure(s);
+        s.roles = Roles::parse(roles).unwrap();
+        s.engine.node_id = id;
+        s.lease_node_id = false;
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_only_node_sells_with_no_writer_and_a_writer_started_later_stores_every_order() {
     let backends = Backends::new(Db::Postgres).await;
-    let api = spawn_app_with(|s| {
-        backends.configure(s);
-        s.roles = Roles::parse("api").unwrap();
-        s.engine.node_id = 1;
-        s.lease_node_id = false;
-    })
-    .await;
+    let api = role_node(&backends, "api", 1).await;
     let stock = 150;
     let sale = api.open_sale(stock, 2).await;
     let result = flood_nodes(std::slice::from_ref(&api), &sale, 100, 400).await;
@@ -41,13 +46,7 @@ async fn an_api_only_node_sells_with_no_writer_and_a_writer_started_later_stores
         0,
         "an API-only node stored orders itself"
     );
-    let writer = spawn_app_with(|s| {
-        backends.configure(s);
-        s.roles = Roles::parse("writer,relay,reconciler").unwrap();
-        s.engine.node_id = 2;
-        s.lease_node_id = false;
-    })
-    .await;
+    let writer = role_node(&backends, "writer,relay,reconciler", 2).await;
     let accepted = accepted_orders(&result);
     let rows = backends
         .wait_for_accepted(&sale, &accepted, Duration::from_secs(30))
@@ -132,19 +131,10 @@ async fn in_flight_records(backends: &Backends) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_accepted_on_one_node_reads_on_another_before_any_writer_stores_it() {
     let backends = Backends::new(Db::Postgres).await;
-    let api_node = |id: u16| {
-        let backends = &backends;
-        async move {
-            spawn_app_with(|s| {
-                backends.configure(s);
-                s.roles = Roles::parse("api").unwrap();
-                s.engine.node_id = id;
-                s.lease_node_id = false;
-            })
-            .await
-        }
-    };
-    let (seller, reader) = (api_node(1).await, api_node(2).await);
+    let (seller, reader) = (
+        role_node(&backends, "api", 1).await,
+        role_node(&backends, "api", 2).await,
+    );
     // A sale of one bucket and one over three (an order's record sits in
     // its buyer's bucket).
     let mut bought = Vec::new();
@@ -186,13 +176,7 @@ async fn an_order_accepted_on_one_node_reads_on_another_before_any_writer_stores
     assert_error(unknown, StatusCode::NOT_FOUND, "not_found").await;
     // A writer stores them and drops their records; the reads go on, now
     // from the database.
-    let writer = spawn_app_with(|s| {
-        backends.configure(s);
-        s.roles = Roles::parse("writer").unwrap();
-        s.engine.node_id = 3;
-        s.lease_node_id = false;
-    })
-    .await;
+    let writer = role_node(&backends, "writer", 3).await;
     crate::kit::eventually(
         Duration::from_secs(20),
         "in-flight records dropped",
