@@ -725,14 +725,11 @@ impl RedisStock {
     }
 
     /// The in-flight hash of `user`'s orders in a sale of `k` buckets:
-    /// under the buyer's bucket's tag, where the purchase script wrote it.
+    /// under the buyer's bucket's tag, where the purchase script wrote it
+    /// (for one bucket, the sale's own tag).
     fn in_flight_key(&self, sale_id: u64, user: &str, k: u8) -> String {
-        if k <= 1 {
-            self.key(sale_id, "inflight")
-        } else {
-            let b = buckets::bucket_of(user, k);
-            self.tkey(&buckets::tag(sale_id, b, k), "inflight")
-        }
+        let b = buckets::bucket_of(user, k);
+        self.tkey(&buckets::tag(sale_id, b, k), "inflight")
     }
 
     /// `EVALSHA`, loading the scripts again once on `NOSCRIPT`.

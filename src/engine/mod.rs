@@ -46,17 +46,18 @@ use crate::domain::{
 };
 pub use admission::{Admission, Attempt, Proof, Refusal};
 
+use events::{OrderNotifier, QueueEvents};
+use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
+use idempotency::{Claim, IdempotencyCache};
+use intents::{IntentRecorder, MissedBuyers};
+use metrics::PurchaseMetrics;
+
 /// Sales by id, each with its number of stock buckets.
 type SaleBuckets = Arc<Vec<(u64, u8)>>;
 
 /// How many of the newest sales a node looks in for an order in flight
 /// (see [`Engine::order`]).
 pub const IN_FLIGHT_SALES: usize = 64;
-use events::{OrderNotifier, QueueEvents};
-use handoff::{HandedOff, HandoffError, OrderHandoff, QueueHandoff, StoreHandoff};
-use idempotency::{Claim, IdempotencyCache};
-use intents::{IntentRecorder, MissedBuyers};
-use metrics::PurchaseMetrics;
 
 /// Per-sale counters reported by the stats endpoint (since process start,
 /// except `orders_persisted`, which is rebuilt from the store).
@@ -915,10 +916,9 @@ impl Engine {
             .map(|rt| (rt.sale.id, rt.sale.buckets))
             .collect();
         sales.extend(self.newest_sales().await.iter().copied());
-        sales.sort_unstable();
-        sales.dedup_by_key(|s| s.0);
         // Ids grow with time: the newest sales are where orders are in flight.
         sales.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+        sales.dedup_by_key(|s| s.0);
         sales.truncate(IN_FLIGHT_SALES);
         match self.stock.in_flight_order(order_id, user, &sales).await {
             Ok(found) => found,
@@ -960,12 +960,12 @@ impl Engine {
         // A writer-only node may not know the sale yet: its buckets decide
         // where the records are.
         let mut buckets: HashMap<u64, u8> = HashMap::new();
-        for o in orders {
-            if let std::collections::hash_map::Entry::Vacant(v) = buckets.entry(o.sale_id) {
-                v.insert(match self.find_sale(o.sale_id).await {
-                    Ok(rt) => rt.sale.buckets,
-                    Err(_) => continue,
-                });
+        let mut sale_ids: Vec<u64> = orders.iter().map(|o| o.sale_id).collect();
+        sale_ids.sort_unstable();
+        sale_ids.dedup();
+        for sale_id in sale_ids {
+            if let Ok(rt) = self.find_sale(sale_id).await {
+                buckets.insert(sale_id, rt.sale.buckets);
             }
         }
         let places: Vec<OrderPlace<'_>> = orders
