@@ -4,8 +4,11 @@
 # rotating buyer tokens, $ROUNDS rounds alternating
 #   healthz, no body, {"quantity":1} + JSON content type,
 #   the same with a fresh Idempotency-Key per request, with a replayed key.
-# Prints each round's rate, each shape's median rate / median healthz rate
-# and the worst p99.
+# Prints each round's rate, each shape's median rate / median healthz rate,
+# the worst p99, and the server's CPU time (user + system, /proc) per request.
+# The ceiling is GET /healthz sent through the same wrk script as the
+# shapes, so both sides pay wrk's per-request script call on the two cores
+# they share; wrk's script-less /healthz run is shown beside it.
 #
 #   ./scripts/bench-shapes.sh [seconds per run, default 10]
 set -euo pipefail
@@ -48,19 +51,23 @@ for args in "" "-H Content-Type:application/json -d {\"quantity\":1}" \
         || { echo "unexpected answer: $answer" >&2; exit 1; }
 done
 
-run() { # shape → "rate p99_ms"
-    local shape=$1 out="$WORK/wrk.out"
-    if [ "$shape" = healthz ]; then
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+run() { # shape → "rate p99_ms server_cpu_us_per_request"
+    local shape=$1 out="$WORK/wrk.out" before
+    before=$(cpu_ticks)
+    if [ "$shape" = static ]; then
         wrk -t1 -c"$CONC" -d"${SECS}s" --latency "$URL/healthz" >"$out"
     else
         SHAPE=$shape NONCE="$RANDOM$RANDOM-$shape" \
             wrk -t1 -c"$CONC" -d"${SECS}s" --latency -s scripts/wrk/shapes.lua "$URL" >"$out"
     fi
+    local ticks=$(($(cpu_ticks) - before))
     if grep -q "Socket errors" "$out"; then grep "Socket errors" "$out" >&2; fi
-    awk '/Requests\/sec/ {r=$2} $1 == "99%" {p=$2} END {
+    awk -v ticks="$ticks" -v tick_us="$TICK_US" '/requests in/ {n=$1} /Requests\/sec/ {r=$2} $1 == "99%" {p=$2} END {
         if (p ~ /us$/) { sub(/us$/, "", p); p /= 1000 } else if (p ~ /ms$/) { sub(/ms$/, "", p) }
         else if (p ~ /s$/) { sub(/s$/, "", p); p *= 1000 }
-        printf "%d %.2f\n", r, p }' "$out"
+        printf "%d %.2f %.2f\n", r, p, ticks * tick_us / n }' "$out"
 }
 
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); machine: $(nproc) cores, $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -68,7 +75,7 @@ echo "wrk -t1 -c$CONC -d${SECS}s, $BUYERS rotating buyer tokens, sold-out sale $
 # Warm-up: every buyer's replay key gets its first (recorded) answer.
 SHAPE=replay wrk -t1 -c"$CONC" -d2s -s scripts/wrk/shapes.lua "$URL" >/dev/null
 wrk -t1 -c"$CONC" -d2s "$URL/healthz" >/dev/null
-SHAPES=(healthz nobody json fresh replay)
+SHAPES=(static healthz nobody json fresh replay)
 RESULTS="$WORK/results"
 for round in $(seq "$ROUNDS"); do
     for shape in "${SHAPES[@]}"; do
@@ -80,25 +87,27 @@ RSS=$(awk '/VmRSS/ {print $2 " " $3}' "/proc/$PID/status")
 python3 - "$RESULTS" "$STATS" "$RSS" <<'PY'
 import json, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-names = {"healthz": "GET /healthz", "nobody": "sold-out, no body",
+names = {"static": "GET /healthz, wrk without a script", "healthz": "GET /healthz (the ceiling)", "nobody": "sold-out, no body",
          "json": 'sold-out, {"quantity":1} + JSON type', "fresh": "sold-out, JSON + fresh Idempotency-Key",
          "replay": "sold-out, JSON + replayed Idempotency-Key"}
 by = {}
-for r, shape, rate, p99 in rows:
-    by.setdefault(shape, []).append((int(r), float(rate), float(p99)))
-health = {r: rate for r, rate, _ in by["healthz"]}
+for r, shape, rate, p99, cpu in rows:
+    by.setdefault(shape, []).append((int(r), float(rate), float(p99), float(cpu)))
+health = {r: rate for r, rate, _, _ in by["healthz"]}
 h_med = statistics.median(health.values())
-print(f"\n{'run':42} {'rates /s (rounds)':>24} {'median':>8} {'/healthz':>9} {'per round':>16} {'p99 max':>8}")
+h_cpu = statistics.median(c for _, _, _, c in by["healthz"])
+print(f"\n{'run':42} {'rates /s (rounds)':>24} {'median':>8} {'/healthz':>9} {'per round':>16} {'p99 max':>8} {'cpu us/req':>10} {'healthz cpu / cpu':>17}")
 ok = True
-for shape in ["healthz", "nobody", "json", "fresh", "replay"]:
+for shape in ["static", "healthz", "nobody", "json", "fresh", "replay"]:
     runs = by[shape]
-    med = statistics.median(rate for _, rate, _ in runs)
+    med = statistics.median(rate for _, rate, _, _ in runs)
     ratio = med / h_med
-    per_round = " ".join(f"{rate / health[r]:.2f}" for r, rate, _ in runs)
-    p99 = max(p for _, _, p in runs)
-    rates = " ".join(str(round(rate)) for _, rate, _ in runs)
-    print(f"{names[shape]:42} {rates:>24} {round(med):>8} {ratio:>9.2f} {per_round:>16} {p99:>6.2f}ms")
-    if shape != "healthz":
+    per_round = " ".join(f"{rate / health[r]:.2f}" for r, rate, _, _ in runs)
+    p99 = max(p for _, _, p, _ in runs)
+    cpu = statistics.median(c for _, _, _, c in runs)
+    rates = " ".join(str(round(rate)) for _, rate, _, _ in runs)
+    print(f"{names[shape]:42} {rates:>24} {round(med):>8} {ratio:>9.2f} {per_round:>16} {p99:>6.2f}ms {cpu:>10.2f} {h_cpu / cpu:>17.2f}")
+    if shape not in ("healthz", "static"):
         ok &= ratio >= 0.90 and p99 <= 10
 stats = json.loads(sys.argv[2])
 print(f"\nsale stats: attempts {stats['attempts']}, sold_out {stats['rejected']['sold_out']}, "

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-8}"
-BIN="${CARGO_TARGET_DIR:-target}/release/flashsale"
+BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/flashsale"
 ./scripts/debian-package.sh wrk wrk
 ./scripts/debian-package.sh valgrind valgrind
 export FLASHSALE_ADMIN_TOKEN=bench-admin FLASHSALE_JWT_SECRET=bench-secret
@@ -28,7 +28,7 @@ trap cleanup EXIT
 
 (cd "$WORK" && exec valgrind --tool=callgrind --dump-instr=no --collect-atstart=yes \
     --callgrind-out-file="$WORK/cg.out" \
-    "$OLDPWD/$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data") >"$WORK/server.log" 2>&1 &
+    "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data") >"$WORK/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 600); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }

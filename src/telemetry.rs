@@ -33,7 +33,13 @@ pub fn init_tracing() {
                 .with(fmt::layer().json().with_target(false))
                 .try_init()
         } else {
-            registry.with(fmt::layer().with_target(false)).try_init()
+            // Colours only on a terminal: a log file or a collector gets
+            // plain text, and the server skips writing escape codes into
+            // every request span's fields.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            registry
+                .with(fmt::layer().with_target(false).with_ansi(ansi))
+                .try_init()
         };
     });
 }

@@ -7,6 +7,9 @@
 --           (unique per request; $NONCE keeps runs apart)
 --   replay  the JSON body and the key "replay-<buyer>", the same for every
 --           request of a buyer (after a warm-up, every request is a replay)
+--   healthz GET /healthz, through this same script: the ceiling the
+--           shapes are compared with pays wrk's per-request script call
+--           too (wrk sends a script-less run's one request without it)
 -- Requests are formatted once at start (all but the fresh key), so wrk
 -- spends little more per request than for a static one.
 --   TOKENS=/tmp/tokens SALE_ID=123 SHAPE=json wrk -t1 -c64 -d10s -s scripts/wrk/shapes.lua http://127.0.0.1:8080
@@ -19,7 +22,9 @@ local n = 0
 for token in io.lines(os.getenv("TOKENS")) do
   n = n + 1
   local head = "POST " .. path .. " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " .. token .. "\r\n"
-  if shape == "nobody" then
+  if shape == "healthz" then
+    heads[n] = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+  elseif shape == "nobody" then
     heads[n] = head .. "Content-Length: 0\r\n\r\n"
   else
     head = head .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n"

@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod buyer_stream;
 pub mod clock;
+mod detach;
 pub mod events;
 pub mod handoff;
 pub mod idempotency;
@@ -196,8 +197,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
-fn task_failed(e: tokio::task::JoinError) -> EngineError {
-    EngineError::Store(StoreError::Backend(e.to_string()))
+fn task_failed(why: String) -> EngineError {
+    EngineError::Store(StoreError::Backend(why))
 }
 
 /// Settings of the engine's protective layers.
@@ -771,13 +772,15 @@ impl Engine {
         let guard = guard.map(|(g, _)| g);
         match decision {
             Decision::Accepted => {
-                // Detached: once units are taken, the hand-off and its
-                // follow-up (units back on failure) run even if the client
-                // hangs up.
+                // Once units are taken, the hand-off and its follow-up
+                // (units back on failure) run to the end even if the client
+                // hangs up: in this task, or in one of their own from then.
                 let engine = self.clone();
-                tokio::spawn(async move { engine.hand_off(rt, reservation, guard).await })
-                    .await
-                    .map_err(task_failed)?
+                detach::finish_detached(
+                    async move { engine.hand_off(rt, reservation, guard).await },
+                )
+                .await
+                .map_err(task_failed)?
             }
             Decision::Replay(first) => {
                 if first.quantity != quantity {
@@ -998,7 +1001,7 @@ impl Engine {
         transition: Transition,
     ) -> Result<Order, EngineError> {
         let engine = self.clone();
-        tokio::spawn(async move {
+        detach::finish_detached(async move {
             let settle = engine.handoff.settle_time();
             let started = std::time::Instant::now();
             let mut report = engine

@@ -38,6 +38,7 @@ use routes;
 
 mod antibot;
 pub mod client_ip;
+mod coalesce;
 pub mod error;
 pub mod extract;
 pub mod fast_lane;

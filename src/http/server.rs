@@ -23,6 +23,8 @@
 //! - **TLS** (`--tls-cert`, `--tls-key`): rustls, HTTP/2 and HTTP/1.1
 //!   offered by ALPN; the handshake happens in the connection's task and
 //!   counts as head bytes, so a slow handshake meets the head timeout too;
+//! - **self-wakes polled inline** ([`Coalesced`]): a connection task that
+//!   hyper wakes while it runs is polled again at once rather than queued;
 //! - **graceful stop**: the listener closes, every connection finishes the
 //!   request it is serving (hyper's graceful shutdown), then the call
 //!   returns.
@@ -47,6 +49,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
+
+use super::coalesce::Coalesced;
 
 /// Limits on connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,14 +558,14 @@ where
                     )
                     .into_owned();
                 let served = graceful.watch(served);
-                tokio::spawn(async move {
+                tokio::spawn(Coalesced::new(async move {
                     tokio::select! {
                         _ = served => {}
                         // Dropping the connection closes its socket.
                         () = conn.close.cancelled() => {}
                     }
                     registry.conns.remove(&id);
-                });
+                }));
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task; the head
@@ -569,7 +573,7 @@ where
                 let handshake = acceptor.accept(io);
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                tokio::spawn(Coalesced::new(async move {
                     tokio::select! {
                         tls = handshake => match tls {
                             Ok(stream) => {
@@ -592,7 +596,7 @@ where
                         () = conn.close.cancelled() => {}
                     }
                     registry.conns.remove(&id);
-                });
+                }));
             }
         }
     }
