@@ -87,9 +87,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_work_runs_in_the_callers_task_and_answers_it() {
-        let caller = tokio::task::id();
-        let ran_in = finish_detached(async { tokio::task::try_id() }).await;
-        assert_eq!(ran_in, Ok(Some(caller)));
+        let (caller, ran_in) = tokio::spawn(async {
+            let caller = tokio::task::id();
+            (caller, finish_detached(async { tokio::task::id() }).await)
+        })
+        .await
+        .unwrap();
+        assert_eq!(ran_in, Ok(caller));
     }
 
     #[tokio::test]
@@ -118,14 +122,13 @@ mod tests {
         panic!("the work did not finish after its caller went away");
     }
 
+    fn boom() {
+        panic!("boom");
+    }
+
     #[tokio::test]
     async fn a_panic_in_the_work_is_an_error() {
-        let answer = finish_detached(async {
-            if tokio::task::try_id().is_some() {
-                panic!("boom");
-            }
-        })
-        .await;
+        let answer = finish_detached(async { boom() }).await;
         assert_eq!(answer, Err("the hand-off panicked: boom".into()));
     }
 }
