@@ -334,7 +334,10 @@ impl Sentinels {
             _processes: processes,
             _dir: dir,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Sentinels find the replica from the master's INFO every 10 s and
+        // each other by hello messages every 2 s; on a loaded machine that
+        // took over 30 s once (a CI run on 2026-12-03).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         for &port in &sentinels.ports {
             loop {
                 let mut c = connect(port).await;
