@@ -60,7 +60,7 @@ impl<T: Send + 'static> Future for Detached<T> {
                 .map(|s| (*s).to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
-            format!("the hand-off panicked: {message}")
+            format!("the detached work panicked: {message}")
         }))
     }
 }
@@ -129,6 +129,6 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_work_is_an_error() {
         let answer = finish_detached(async { boom() }).await;
-        assert_eq!(answer, Err("the hand-off panicked: boom".into()));
+        assert_eq!(answer, Err("the detached work panicked: boom".into()));
     }
 }
