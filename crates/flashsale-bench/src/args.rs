@@ -24,6 +24,18 @@ pub enum Shape {
     Replayed,
 }
 
+/// The HTTP client the load itself sends with.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadClient {
+    /// A lean HTTP/1.1 client that writes each request's bytes as they are
+    /// (like `wrk`), so the load tool costs little per request; plain
+    /// `http://` only (TLS falls back to reqwest).
+    Wire,
+    /// reqwest's pooled client: more work per request, most of all for
+    /// requests with headers and a body.
+    Reqwest,
+}
+
 /// What each simulated request does.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -187,6 +199,11 @@ pub struct BenchArgs {
     /// really sends matters as much as how many.
     #[arg(long, value_enum, default_value_t = Shape::Bare)]
     pub shape: Shape,
+
+    /// The load's own HTTP client for the flood (the set-up and the checks
+    /// always use reqwest).
+    #[arg(long, value_enum, default_value_t = LoadClient::Wire)]
+    pub client: LoadClient,
 
     /// Print one JSON summary on stdout instead of the report (no progress
     /// bar).

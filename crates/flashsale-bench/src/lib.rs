@@ -42,6 +42,7 @@ pub mod plots;
 pub mod probe;
 pub mod report;
 pub mod room;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,13 +51,21 @@ use anyhow::{anyhow, bail, Context as _};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-pub use args::{BenchArgs, Mode, Shape};
+pub use args::{BenchArgs, LoadClient, Mode, Shape};
 pub use report::Summary;
 
 use api::Api;
 use buyers::{bearer, Buyers};
 use checks::{Evidence, Stats};
 use load::{json_id, Body, Http, Outcome, Plan, Requests};
+
+/// The flood's requests as `--client` says.
+fn lean(args: &BenchArgs, http: Http) -> Http {
+    match args.client {
+        LoadClient::Wire => http.over_wire(args.timeout),
+        LoadClient::Reqwest => http,
+    }
+}
 
 /// Reads of an accepted order before it counts as missing (the distributed
 /// mode's writer may lag the `201` by a moment).
@@ -179,8 +188,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
                 Shape::Keyed => Body::JsonFreshKey,
                 Shape::Replayed => Body::JsonBuyerKey,
             };
-            let action =
-                Http::purchases(api.client.clone(), vec![target], Arc::clone(&buyers), body);
+            let action = lean(
+                args,
+                Http::purchases(api.client.clone(), vec![target], Arc::clone(&buyers), body),
+            );
             let mut outcome = load::drive(plan, action).await?;
             if args.shape == Shape::Replayed {
                 outcome.count_replays_once();
@@ -190,13 +201,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         (Mode::SalePage, Some(sale)) => {
             let target = api.url(&["api", "v1", "sales", &sale.id])?;
             announce(args, &target, concurrency);
-            let action = Http::get(api.client.clone(), target);
+            let action = lean(args, Http::get(api.client.clone(), target));
             load::drive(plan, action).await?
         }
         (Mode::Healthz, _) => {
             let target = api.url(&["healthz"])?;
             announce(args, &target, concurrency);
-            let action = Http::get(api.client.clone(), target);
+            let action = lean(args, Http::get(api.client.clone(), target));
             load::drive(plan, action).await?
         }
         _ => bail!("no sale to send {} requests to", args.mode.as_str()),

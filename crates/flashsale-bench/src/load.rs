@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,13 +26,14 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, Url};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::buyers::Buyers;
+use crate::wire::{self, Wire};
 
 /// Largest latency the histograms track, in microseconds (one hour); longer
 /// ones are recorded as this.
@@ -192,6 +194,9 @@ pub enum Body {
 pub struct Http {
     client: Client,
     targets: Arc<[Url]>,
+    /// The lean client's connections, one [`Wire`] per target, when
+    /// [`Http::over_wire`] chose it; reqwest's pool otherwise.
+    wires: Option<Arc<[Wire]>>,
     purchase: Option<(Arc<Buyers>, Body)>,
 }
 
@@ -201,6 +206,7 @@ impl Http {
         Self {
             client,
             targets: Arc::from([url]),
+            wires: None,
             purchase: None,
         }
     }
@@ -211,23 +217,96 @@ impl Http {
         Self {
             client,
             targets: targets.into(),
+            wires: None,
             purchase: Some((buyers, body)),
+        }
+    }
+
+    /// Sends the requests with the lean HTTP/1.1 client of [`crate::wire`]
+    /// instead of reqwest, each given up after `timeout`: the floods'
+    /// client, so the load tool spends little more per request than `wrk`.
+    /// Leaves the requests to reqwest when a target is not plain `http://`.
+    #[must_use]
+    pub fn over_wire(mut self, timeout: Duration) -> Self {
+        let method = if self.purchase.is_some() {
+            "POST"
+        } else {
+            "GET"
+        };
+        let wires: Option<Vec<Wire>> = self
+            .targets
+            .iter()
+            .map(|url| Wire::new(method, url, timeout))
+            .collect();
+        self.wires = wires.map(Arc::from);
+        self
+    }
+
+    /// Appends the headers (after `Host`) and body of request `job` in the
+    /// wire format; `token` is the buyer's `Authorization` value.
+    fn write_rest(&self, job: Job, token: Option<&HeaderValue>, out: &mut Vec<u8>) {
+        let (Some((_, body)), Some(token)) = (&self.purchase, token) else {
+            out.extend_from_slice(b"\r\n");
+            return;
+        };
+        out.extend_from_slice(b"Authorization: ");
+        out.extend_from_slice(token.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        // Writing into a Vec cannot fail.
+        match body {
+            Body::JsonFreshKey => {
+                let _ = write!(out, "Idempotency-Key: k{}\r\n", job.index);
+            }
+            Body::JsonBuyerKey => {
+                let _ = write!(out, "Idempotency-Key: b{}\r\n", job.user);
+            }
+            Body::Auto | Body::Json => {}
+        }
+        if *body == Body::Auto && job.quantity == 1 {
+            out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        } else {
+            // `{"quantity":` and `}` around the number's digits.
+            let digits = job.quantity.checked_ilog10().unwrap_or(0) + 1;
+            let _ = write!(
+                out,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"quantity\":{}}}",
+                digits + 13,
+                job.quantity
+            );
         }
     }
 }
 
 impl Action for Http {
     async fn perform(&self, job: Job) -> Answer {
-        let Some(target) = usize::try_from(job.index)
+        let Some(pick) = usize::try_from(job.index)
             .ok()
-            .and_then(|i| self.targets.get(i % self.targets.len().max(1)))
+            .map(|i| i % self.targets.len().max(1))
         else {
+            return failed("error", "no target URL");
+        };
+        let token = match &self.purchase {
+            Some((buyers, _)) => match buyers.token(job.user) {
+                Some(token) => Some(token),
+                None => return failed("error", format!("no token for buyer {}", job.user)),
+            },
+            None => None,
+        };
+        if let Some(wire) = self.wires.as_ref().and_then(|w| w.get(pick)) {
+            let sent = wire.send(|out| self.write_rest(job, token, out)).await;
+            return match sent {
+                Ok((status, body)) => Answer::Http { status, body },
+                Err(wire::Failure::Timeout) => failed(TIMEOUT, "no answer in time"),
+                Err(wire::Failure::Transport(e)) => failed(TRANSPORT_ERROR, e),
+            };
+        }
+        let Some(target) = self.targets.get(pick) else {
             return failed("error", "no target URL");
         };
         let request = match &self.purchase {
             None => self.client.get(target.clone()),
-            Some((buyers, body)) => {
-                let Some(token) = buyers.token(job.user) else {
+            Some((_, body)) => {
+                let Some(token) = token else {
                     return failed("error", format!("no token for buyer {}", job.user));
                 };
                 let request = self

@@ -22,7 +22,7 @@ pub use flashsale_bench::load::{Outcome, Seen, TIMEOUT, TRANSPORT_ERROR};
 use reqwest::Url;
 use tokio::sync::mpsc;
 
-use super::app::{TestApp, JWT_SECRET};
+use super::app::{TestApp, JWT_SECRET, REQUEST_TIMEOUT};
 use super::backends::StoredOrder;
 
 /// Outcome keys of a request that got no answer (a stopped or killed
@@ -148,7 +148,10 @@ async fn flood_with_plan(
         progress: false,
         watch: None,
     };
-    let action = Http::purchases(nodes[0].client.clone(), targets, buyers, Body::Auto);
+    // The floods over several nodes use the load tool's lean client (the
+    // one `flashsale bench` floods with); `flood_with` keeps reqwest.
+    let action = Http::purchases(nodes[0].client.clone(), targets, buyers, Body::Auto)
+        .over_wire(REQUEST_TIMEOUT);
     let outcome = load::drive(plan, action).await.expect("the flood failed");
     assert_checks(&[
         checks::unique_orders(outcome.accepted.iter().map(|a| a.order_id.as_str())),
