@@ -26,6 +26,10 @@ use tokio::sync::watch;
 
 use crate::domain::{Order, Rejection};
 
+mod rejections;
+
+use rejections::Rejections;
+
 /// How long a remembered rejection is replayed.
 pub const REJECTION_TTL_MS: i64 = 24 * 3600 * 1000;
 /// Longest accepted key.
@@ -121,16 +125,13 @@ impl Hasher for FingerprintHasher {
 
 type BuildFingerprint = BuildHasherDefault<FingerprintHasher>;
 
-/// Most rejections remembered under their keys (40 bytes each, plus the
-/// cache's own bookkeeping). A flood with a fresh key per request must not
-/// grow memory without bound: past this, the least recently used
-/// rejections are forgotten, and a retry with a forgotten key simply runs
-/// again — a rejection bought nothing, so running it again can never buy
-/// twice. Accepted keys are never evicted.
+/// Most rejections remembered under their keys (48 bytes each, in a table
+/// allocated at start: about 10 MB). A flood with a fresh key per request
+/// must not grow memory without bound: past this, old rejections are
+/// forgotten (see [`rejections`]), and a retry with a forgotten key simply
+/// runs again — a rejection bought nothing, so running it again can never
+/// buy twice. Accepted keys are never evicted.
 pub const MAX_REMEMBERED_REJECTIONS: usize = 200_000;
-
-type RejectedCache =
-    quick_cache::sync::Cache<Key, Rejected, quick_cache::UnitWeighter, BuildFingerprint>;
 
 /// Remembered keyed answers: claims in flight and accepted orders in one
 /// map (kept until restart, then rebuilt from the stored orders), rejections
@@ -138,7 +139,7 @@ type RejectedCache =
 pub struct IdempotencyCache {
     seed: u64,
     slots: Arc<DashMap<Key, Slot, BuildFingerprint>>,
-    rejected: Arc<RejectedCache>,
+    rejected: Arc<Rejections>,
 }
 
 impl Default for IdempotencyCache {
@@ -154,13 +155,7 @@ impl IdempotencyCache {
         Self {
             seed: rand::random(),
             slots: Arc::new(DashMap::with_hasher(BuildFingerprint::default())),
-            rejected: Arc::new(RejectedCache::with(
-                rejections,
-                rejections as u64,
-                quick_cache::UnitWeighter,
-                BuildFingerprint::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
-            )),
+            rejected: Arc::new(Rejections::with_capacity(rejections)),
         }
     }
 
@@ -207,7 +202,7 @@ impl IdempotencyCache {
                 // A finished rejection moves here before its slot goes (see
                 // `Guard::finish`), so a vacant slot with no rejection is
                 // really unused.
-                if let Some(done) = self.rejected.get(&k) {
+                if let Some(done) = self.rejected.get(k) {
                     return done.judge(sale_id, quantity);
                 }
                 let (tx, rx) = watch::channel(None);
@@ -256,7 +251,7 @@ impl IdempotencyCache {
         };
         match self.slots.entry(k) {
             Entry::Vacant(v) => {
-                if let Some(done) = self.rejected.get(&k) {
+                if let Some(done) = self.rejected.get(k) {
                     return replay(done.judge(sale_id, quantity));
                 }
                 match on_vacant() {
@@ -291,7 +286,7 @@ impl IdempotencyCache {
     /// the bounded rejection cache only, never the map of accepted keys.
     pub fn evict_expired(&self, now_ms: i64) {
         self.rejected
-            .retain(|_, d| now_ms - d.at_ms < REJECTION_TTL_MS);
+            .retain(|d| now_ms - d.at_ms < REJECTION_TTL_MS);
     }
 
     /// Keys remembered.
@@ -316,7 +311,7 @@ fn judge(done: &Done, sale_id: u64, quantity: u32) -> Claim {
 /// Holds a claimed key until the purchase's answer is known.
 pub struct Guard {
     slots: Arc<DashMap<Key, Slot, BuildFingerprint>>,
-    rejected: Arc<RejectedCache>,
+    rejected: Arc<Rejections>,
     key: Option<Key>,
     tx: watch::Sender<Option<Done>>,
     sale_id: u64,
