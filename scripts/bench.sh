@@ -12,7 +12,9 @@
 #      sends: no body, {"quantity":1} with its content type, a fresh
 #      Idempotency-Key per request, a buyer's key replayed
 #                                                 (flashsale bench --shape, and wrk: scripts/bench-shapes.sh)
-#      (1, 2 and 3 alternate $ROUNDS times, default 3; medians are compared)
+#      (1 and 2 alternate $ROUNDS times, default 3, each round starting one
+#      flood further along; medians are compared, with the server's CPU per
+#      request from /proc beside the rates)
 #   3. accept path, group commit                  (stock = buyers = 100,000)
 #   4. accept path, one commit per order          (--commit-batch 1, 10,000 orders)
 #   5. the classic design on PostgreSQL           (flashsale bench --mode pg-row-lock)
@@ -46,16 +48,27 @@ run_bench() { "$BIN" bench --url "$URL" --json "$@" 2>/dev/null; }
 echo "machine: $(nproc) cores, $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 start main
 MAIN_URL=$URL
+MAIN_PID=${PIDS[-1]}
 # healthz and the sold-out flood alternate ROUNDS times; the medians are
 # compared, which keeps a burst of noise from deciding the ratio.
 HS=(); SS=(); SJ=(); SK=(); SR=(); AS=()
 sold_out() { run_bench --stock 100 --users 5000 --concurrency "$CONC" --duration "${SECS}s" "$@"; }
-for _ in $(seq "${ROUNDS:-3}"); do
-    HS+=("$(run_bench --mode healthz --concurrency "$CONC" --duration "${SECS}s")")
-    SS+=("$(sold_out --shape bare)")
-    SJ+=("$(sold_out --shape json)")
-    SK+=("$(sold_out --shape keyed)")
-    SR+=("$(sold_out --shape replayed)")
+# Each round starts one step further along the list of floods, so no
+# flood always runs first after the accept flood (which leaves the disk and
+# the caches busy) or always last.
+FLOODS=(healthz bare json keyed replayed)
+flood() { # name: one flood, its JSON summary appended to its array
+    local cpu=(--server-pid "$MAIN_PID")
+    case $1 in
+        healthz) HS+=("$(run_bench --mode healthz --concurrency "$CONC" --duration "${SECS}s" "${cpu[@]}")") ;;
+        bare) SS+=("$(sold_out --shape bare "${cpu[@]}")") ;;
+        json) SJ+=("$(sold_out --shape json "${cpu[@]}")") ;;
+        keyed) SK+=("$(sold_out --shape keyed "${cpu[@]}")") ;;
+        replayed) SR+=("$(sold_out --shape replayed "${cpu[@]}")") ;;
+    esac
+}
+for round in $(seq 0 $((${ROUNDS:-3} - 1))); do
+    for i in 0 1 2 3 4; do flood "${FLOODS[$(((i + round) % 5))]}"; done
     AS+=("$(run_bench --stock 100000 --users 100000 --concurrency "$CONC" --requests 100000 --verify-sample 5000)")
 done
 median_run() { # picks the run with the median throughput from JSON lines on stdin
@@ -76,6 +89,15 @@ echo "sold-out rounds, no body:    $(printf '%s\n' "${SS[@]}" | rounds)"
 echo "sold-out rounds, JSON body:  $(printf '%s\n' "${SJ[@]}" | rounds)"
 echo "sold-out rounds, fresh key:  $(printf '%s\n' "${SK[@]}" | rounds)"
 echo "sold-out rounds, replayed:   $(printf '%s\n' "${SR[@]}" | rounds)"
+# The server's own CPU per request (user + system, from /proc) for each
+# flood: what the server pays, whatever the load tool beside it pays.
+cpu_median() { python3 -c '
+import json, statistics, sys
+print(round(statistics.median(json.loads(l)["server_cpu_us_per_request"] for l in sys.stdin if l.strip()), 2))'; }
+HC=$(printf '%s\n' "${HS[@]}" | cpu_median)
+echo "server CPU per request, median (us): healthz $HC, no body $(printf '%s\n' "${SS[@]}" | cpu_median)," \
+    "JSON body $(printf '%s\n' "${SJ[@]}" | cpu_median), fresh key $(printf '%s\n' "${SK[@]}" | cpu_median)," \
+    "replayed $(printf '%s\n' "${SR[@]}" | cpu_median)"
 A=$(printf '%s\n' "${AS[@]}" | median_run)
 echo "accept rounds:   $(printf '%s\n' "${AS[@]}" | python3 -c 'import json,sys; print(" ".join(str(round(json.loads(l)["accepted_per_sec"])) for l in sys.stdin if l.strip()))')"
 start per-order --commit-batch 1
