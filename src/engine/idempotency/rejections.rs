@@ -16,8 +16,11 @@
 //! its set from its own bits (it is uniformly random already). A set is one
 //! lock and its ways, 192 bytes aligned to cache lines: a lookup or an
 //! insert is one uncontended lock and two or three adjacent lines. A full
-//! set forgets its oldest insertion (first in, first out), so the table
-//! forgets roughly in age order and never holds more than `capacity`.
+//! set forgets its oldest insertion that was not looked up since it was
+//! last passed over (first in, first out with a second chance, CLOCK within
+//! the set): a buyer's key that is being retried stays while a stream of
+//! one-off keys flows through, and the table never holds more than
+//! `capacity`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -38,8 +41,10 @@ struct Way {
 
 struct Ways {
     ways: [Option<Way>; WAYS],
-    /// The way the next insertion into a full set replaces.
+    /// The way the next insertion into a full set looks at first.
     next: u8,
+    /// Bit `i`: way `i` was looked up since the hand last passed it.
+    referenced: u8,
 }
 
 /// A set: its lock and its ways, on lines of their own.
@@ -68,6 +73,7 @@ impl Rejections {
                     Set(Mutex::new(Ways {
                         ways: [None; WAYS],
                         next: 0,
+                        referenced: 0,
                     }))
                 })
                 .collect(),
@@ -90,12 +96,13 @@ impl Rejections {
     /// The rejection remembered under `key`.
     pub fn get(&self, key: Key) -> Option<Rejected> {
         let key = split(key);
-        self.set(key)
+        let mut set = self.set(key);
+        let i = set
             .ways
             .iter()
-            .flatten()
-            .find(|w| w.key == key)
-            .map(|w| w.value)
+            .position(|w| w.is_some_and(|w| w.key == key))?;
+        set.referenced |= 1 << i;
+        set.ways[i].map(|w| w.value)
     }
 
     /// Remembers `value` under `key`, in place of what `key` held, or in an
@@ -106,11 +113,18 @@ impl Rejections {
         let way = Some(Way { key, value });
         if let Some(slot) = set.ways.iter_mut().flatten().find(|w| w.key == key) {
             slot.value = value;
-        } else if let Some(slot) = set.ways.iter_mut().find(|w| w.is_none()) {
-            *slot = way;
+        } else if let Some(i) = set.ways.iter().position(Option::is_none) {
+            set.ways[i] = way;
+            set.referenced &= !(1 << i);
             self.len.fetch_add(1, Ordering::Relaxed);
         } else {
-            let victim = usize::from(set.next) % WAYS;
+            // The hand passes over looked-up ways once, clearing their bit;
+            // after one turn every bit is clear, so this ends.
+            let mut victim = usize::from(set.next) % WAYS;
+            while set.referenced & (1 << victim) != 0 {
+                set.referenced &= !(1 << victim);
+                victim = (victim + 1) % WAYS;
+            }
             set.ways[victim] = way;
             set.next = ((victim + 1) % WAYS) as u8;
         }
@@ -200,6 +214,30 @@ mod tests {
             .filter(|k| table.get(**k).is_some())
             .count();
         assert!(recent >= 95, "the survivors are recent: {recent} of 100");
+    }
+
+    #[test]
+    fn a_key_looked_up_outlives_a_stream_of_one_off_keys() {
+        let table = Rejections::with_capacity(WAYS);
+        let retried = xxhash_rust::xxh3::xxh3_128(b"retried");
+        table.insert(retried, rejected(1));
+        for i in 0..1_000u64 {
+            // Retried between every few one-off keys, as a buyer's retries
+            // come between other buyers' fresh requests.
+            if i % 2 == 0 {
+                assert!(
+                    table.get(retried).is_some(),
+                    "forgotten after {i} one-off keys"
+                );
+            }
+            table.insert(xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()), rejected(2));
+        }
+        assert_eq!(table.len(), WAYS);
+        // Not looked up any more: it goes like any other.
+        for i in 1_000..1_010u64 {
+            table.insert(xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()), rejected(2));
+        }
+        assert!(table.get(retried).is_none());
     }
 
     #[test]
