@@ -189,6 +189,40 @@ pub enum Body {
     JsonBuyerKey,
 }
 
+impl Body {
+    /// The `Idempotency-Key` request `job` carries in this shape, if any.
+    fn key(self, job: Job) -> Option<RequestKey> {
+        match self {
+            Self::JsonFreshKey => Some(RequestKey::Fresh(job.index)),
+            Self::JsonBuyerKey => Some(RequestKey::Buyer(job.user)),
+            Self::Auto | Self::Json => None,
+        }
+    }
+
+    /// True when request `job` carries `{"quantity": n}` in this shape.
+    fn has_json(self, job: Job) -> bool {
+        !(self == Self::Auto && job.quantity == 1)
+    }
+}
+
+/// An `Idempotency-Key` value, written by both clients as `k<request>` or
+/// `b<buyer>`.
+enum RequestKey {
+    /// Unique to one request.
+    Fresh(u64),
+    /// The same for every request of one buyer.
+    Buyer(u32),
+}
+
+impl std::fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fresh(index) => write!(f, "k{index}"),
+            Self::Buyer(user) => write!(f, "b{user}"),
+        }
+    }
+}
+
 /// HTTP requests to a Flashsale server (or several, taken in turn).
 #[derive(Debug, Clone)]
 pub struct Http {
@@ -253,16 +287,10 @@ impl Http {
         out.extend_from_slice(token.as_bytes());
         out.extend_from_slice(b"\r\n");
         // Writing into a Vec cannot fail.
-        match body {
-            Body::JsonFreshKey => {
-                let _ = write!(out, "Idempotency-Key: k{}\r\n", job.index);
-            }
-            Body::JsonBuyerKey => {
-                let _ = write!(out, "Idempotency-Key: b{}\r\n", job.user);
-            }
-            Body::Auto | Body::Json => {}
+        if let Some(key) = body.key(job) {
+            let _ = write!(out, "Idempotency-Key: {key}\r\n");
         }
-        if *body == Body::Auto && job.quantity == 1 {
+        if !body.has_json(job) {
             out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         } else {
             // `{"quantity":` and `}` around the number's digits.
@@ -303,33 +331,23 @@ impl Action for Http {
         let Some(target) = self.targets.get(pick) else {
             return failed("error", "no target URL");
         };
-        let request = match &self.purchase {
-            None => self.client.get(target.clone()),
-            Some((_, body)) => {
-                let Some(token) = token else {
-                    return failed("error", format!("no token for buyer {}", job.user));
-                };
-                let request = self
+        let request = match (&self.purchase, token) {
+            (Some((_, body)), Some(token)) => {
+                let mut request = self
                     .client
                     .post(target.clone())
                     .header(AUTHORIZATION, token.clone());
-                let request = match body {
-                    Body::JsonFreshKey => {
-                        request.header("idempotency-key", format!("k{}", job.index))
-                    }
-                    Body::JsonBuyerKey => {
-                        request.header("idempotency-key", format!("b{}", job.user))
-                    }
-                    Body::Auto | Body::Json => request,
-                };
-                if *body == Body::Auto && job.quantity == 1 {
-                    request
-                } else {
-                    request
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(format!(r#"{{"quantity":{}}}"#, job.quantity))
+                if let Some(key) = body.key(job) {
+                    request = request.header("idempotency-key", key.to_string());
                 }
+                if body.has_json(job) {
+                    request = request
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(format!(r#"{{"quantity":{}}}"#, job.quantity));
+                }
+                request
             }
+            _ => self.client.get(target.clone()),
         };
         let answer = match request.send().await {
             Ok(response) => {
